@@ -1,0 +1,40 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create .venv when it is missing and install meshnode into it.
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.meshnode-installed
+
+.PHONY: demo test bench lint protos clean
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "meshnode needs Python 3.11 or newer on PATH (python3.11, python3.12, ...)"; exit 1; fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/meshnode demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/meshnode bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check meshnode tests
+	$(BIN)/mypy meshnode
+
+# Regenerate protobuf code with the grpcio-tools that matches the lowest
+# grpcio we support (see pyproject.toml); the result is committed.
+protos:
+	@test -x .venv-protoc/bin/python || $(PYTHON) -m venv .venv-protoc
+	.venv-protoc/bin/python -m pip install --quiet 'grpcio-tools==1.78.0'
+	.venv-protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
+		protos/meshnode/demo/v1/demo.proto
+
+clean:
+	rm -rf $(VENV) .venv-protoc build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,151 @@
+"""Strict TOML reading shared by the node and agent configs.
+
+Every key is read through a :class:`Section`, which knows where it is
+(``peers.beta.address`` in ``node.toml``) so errors can name the exact key,
+and which refuses keys nobody read (typos fail loudly, with a suggestion).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshnode.errors import ConfigError
+
+__all__ = ["MISSING", "Section", "load_toml"]
+
+T = TypeVar("T")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a TOML file; errors name the file and, for syntax errors, the line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: config file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read config file {p}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: config file {p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what}: {p} is not valid TOML: {exc}") from None
+
+
+class Section:
+    """One TOML table, read key by key; :meth:`done` rejects unknown keys."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, source: str, what: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{what}: {source}: '{where}' must be a table")
+        self._data = data
+        self._where = where
+        self._source = source
+        self._what = what
+        self._seen: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self._where}.{key}" if self._where else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self._what}: {self._source}: '{self.path(key)}' {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str, default: Any) -> Any:
+        self._seen.add(key)
+        if key not in self._data:
+            if default is MISSING:
+                raise self.error(key, "is required")
+            return default
+        value = self._data[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"must be {kind_name}, not a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"must be {kind_name}, not {type(value).__name__} {value!r}")
+        return value
+
+    def string(self, key: str, default: Any = MISSING) -> Any:
+        value = self._get(key, str, "a string", default)
+        if isinstance(value, str) and not value.strip() and default is MISSING:
+            raise self.error(key, "must not be empty")
+        return value
+
+    def integer(self, key: str, default: Any = MISSING, *, minimum: int | None = None) -> Any:
+        value = self._get(key, int, "an integer", default)
+        if isinstance(value, int) and minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def number(self, key: str, default: Any = MISSING, *, minimum: float | None = None) -> Any:
+        value = self._get(key, (int, float), "a number", default)
+        if isinstance(value, (int, float)) and minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return float(value) if isinstance(value, (int, float)) else value
+
+    def boolean(self, key: str, default: Any = MISSING) -> Any:
+        return self._get(key, bool, "true or false", default)
+
+    def strings(self, key: str, default: Any = MISSING) -> Any:
+        value = self._get(key, list, "a list of strings", default)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise self.error(key, f"item {i} must be a string, not {item!r}")
+            return tuple(value)
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = MISSING) -> Any:
+        value = self.string(key, default)
+        if value is not default and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def section(self, key: str, *, required: bool = False) -> Section:
+        self._seen.add(key)
+        if key not in self._data:
+            if required:
+                raise self.error(key, "is required (a table)")
+            return Section({}, self.path(key), self._source, self._what)
+        return Section(self._data[key], self.path(key), self._source, self._what)
+
+    def sections(self, key: str) -> dict[str, Section]:
+        """A table of tables (``[peers.NAME]``), by name."""
+        table = self.section(key)
+        out: dict[str, Section] = {}
+        for name in list(table._data):
+            out[name] = table.section(name)
+        table.done()
+        return out
+
+    def section_list(self, key: str) -> list[Section]:
+        """An array of tables (``[[entries]]``)."""
+        self._seen.add(key)
+        value = self._data.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(key, "must be an array of tables ([[...]])")
+        return [Section(item, f"{self.path(key)}[{i}]", self._source, self._what) for i, item in enumerate(value)]
+
+    def done(self) -> None:
+        """Refuse any key that was not read."""
+        for key in self._data:
+            if key not in self._seen:
+                close = difflib.get_close_matches(key, sorted(self._seen), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                known = ", ".join(sorted(self._seen)) or "none"
+                raise self.error(key, f"is not a known key (known here: {known}){hint}")

@@ -1,0 +1,97 @@
+"""The meshnode error tree.
+
+Every error meshnode raises on purpose is a :class:`MeshnodeError`. Errors
+from grpc, cryptography and py-spiffe are translated at the boundary
+(``raise IdentityUnavailableError(...) from exc``), so callers need to know
+only this tree::
+
+    MeshnodeError
+     +-- ConfigError                 bad configuration: fix the file/env (exit 2)
+     |    +-- InvalidSpiffeIdError   a SPIFFE ID or trust domain breaks the spec
+     |    +-- PolicyError            an authorization policy is invalid
+     +-- IdentityError               identity problems (exit 3)
+     |    +-- IdentityUnavailableError  no SVID could be obtained in time
+     |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
+     +-- PeerError                   unknown peer, or a channel cannot be built
+     +-- ServeError                  the server cannot start (port in use...) (exit 4)
+     +-- ClosedError                 an object was used after close()
+
+Messages start with the component (``"identity: ..."``) and say what to do
+next. ``exit_code`` is the process exit status ``meshnode`` uses for the
+error; the codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_IDENTITY",
+    "EXIT_SERVE",
+    "ClosedError",
+    "ConfigError",
+    "IdentityError",
+    "IdentityUnavailableError",
+    "InvalidIdentityError",
+    "InvalidSpiffeIdError",
+    "MeshnodeError",
+    "PeerError",
+    "PolicyError",
+    "ServeError",
+]
+
+#: Exit status for an invalid configuration (file, env, policy, CLI usage).
+EXIT_CONFIG = 2
+#: Exit status when no usable identity could be obtained.
+EXIT_IDENTITY = 3
+#: Exit status when the server cannot start serving (e.g. port in use).
+EXIT_SERVE = 4
+
+
+class MeshnodeError(Exception):
+    """Root of every error meshnode raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(MeshnodeError, ValueError):
+    """A configuration value is missing, malformed or contradictory."""
+
+    exit_code = EXIT_CONFIG
+
+
+class InvalidSpiffeIdError(ConfigError):
+    """A string is not a valid SPIFFE ID or trust domain name."""
+
+
+class PolicyError(ConfigError):
+    """An authorization policy (config, code or file) is invalid."""
+
+
+class IdentityError(MeshnodeError):
+    """The node's identity cannot be obtained or used."""
+
+    exit_code = EXIT_IDENTITY
+
+
+class IdentityUnavailableError(IdentityError):
+    """No SVID arrived from the configured source (in time)."""
+
+
+class InvalidIdentityError(IdentityError):
+    """An SVID or bundle was obtained but cannot be used."""
+
+
+class PeerError(MeshnodeError):
+    """A peer is unknown or a channel to it cannot be built."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ServeError(MeshnodeError):
+    """The server could not start serving."""
+
+    exit_code = EXIT_SERVE
+
+
+class ClosedError(MeshnodeError, RuntimeError):
+    """An object was used after it was closed."""

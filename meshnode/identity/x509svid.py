@@ -1,0 +1,177 @@
+"""X.509-SVID rules: parsing PEM, SPIFFE ID extraction, chain verification.
+
+One place for the checks every source and the authorization layer need:
+the leaf carries exactly one URI SAN that is a valid SPIFFE ID, it is not a
+CA, the private key matches it, and the chain verifies (signatures, CA
+flags, validity) up to a root of the SVID's own trust domain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtensionOID
+
+from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
+from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
+from meshnode.spiffeid import SpiffeID, parse_spiffe_id
+
+__all__ = [
+    "build_snapshot",
+    "check_leaf",
+    "load_pem_certs",
+    "load_pem_key",
+    "spiffe_id_of",
+    "uri_sans",
+    "verify_chain",
+]
+
+
+def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    """All certificates in PEM ``data``; raises InvalidIdentityError naming ``what``."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise InvalidIdentityError(f"identity: {what}: not a PEM certificate list ({exc})") from None
+    if not certs:
+        raise InvalidIdentityError(f"identity: {what}: holds no certificate")
+    return certs
+
+
+def load_pem_key(data: bytes, what: str) -> CertificateIssuerPrivateKeyTypes:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        # never echo the file content: it is key material
+        raise InvalidIdentityError(
+            f"identity: {what}: not an unencrypted PEM private key ({type(exc).__name__})"
+        ) from None
+    return key  # type: ignore[return-value]
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return ext.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
+    """The SPIFFE ID of an SVID leaf: its one and only URI SAN."""
+    uris = uri_sans(cert)
+    if len(uris) != 1:
+        raise InvalidIdentityError(
+            f"identity: certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
+        )
+    try:
+        return parse_spiffe_id(uris[0])
+    except InvalidSpiffeIdError as exc:
+        raise InvalidIdentityError(f"identity: certificate URI SAN is not a SPIFFE ID: {exc}") from None
+
+
+def check_leaf(cert: x509.Certificate) -> None:
+    """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs."""
+    try:
+        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        if bc.ca:
+            raise InvalidIdentityError("identity: SVID leaf has CA=true; a leaf SVID must not be a CA")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        return
+    if ku.key_cert_sign or ku.crl_sign:
+        raise InvalidIdentityError("identity: SVID leaf has keyCertSign/cRLSign key usage")
+
+
+def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(serialization.Encoding.DER, fmt) == key.public_key().public_bytes(
+        serialization.Encoding.DER, fmt
+    )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: dt.datetime | None = None,
+) -> None:
+    """Verify ``chain`` (leaf first, then intermediates) up to one of ``roots``.
+
+    Checks signatures, that every issuer is a CA, and every validity window.
+    Raises InvalidIdentityError saying which link failed.
+    """
+    now = now or utcnow()
+    if not roots:
+        raise InvalidIdentityError("identity: no trust bundle to verify the chain against")
+    for cert in list(chain):
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise InvalidIdentityError(
+                f"identity: certificate serial {cert.serial_number:x} is outside its validity "
+                f"({cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})"
+            )
+    current = chain[0]
+    rest = list(chain[1:])
+    for _ in range(len(chain) + 1):
+        for root in roots:
+            if _issued_by(current, root):
+                if not _is_ca(root):
+                    raise InvalidIdentityError("identity: the trust bundle entry that signed the chain is not a CA")
+                if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
+                    raise InvalidIdentityError("identity: the bundle CA that signed the chain has expired")
+                return
+        nxt = next((c for c in rest if _issued_by(current, c)), None)
+        if nxt is None:
+            break
+        if not _is_ca(nxt):
+            raise InvalidIdentityError("identity: an intermediate in the chain is not a CA")
+        rest.remove(nxt)
+        current = nxt
+    raise InvalidIdentityError("identity: the certificate chain does not verify against the trust bundle")
+
+
+def build_snapshot(
+    chain: Sequence[x509.Certificate],
+    private_key: CertificateIssuerPrivateKeyTypes,
+    bundles: Bundles,
+    *,
+    generation: int = 1,
+    now: dt.datetime | None = None,
+) -> IdentitySnapshot:
+    """Validate an SVID with its key and bundles and wrap it in a snapshot."""
+    leaf = chain[0]
+    spiffe_id = spiffe_id_of(leaf)
+    check_leaf(leaf)
+    if not _key_matches(leaf, private_key):
+        raise InvalidIdentityError("identity: the private key does not match the SVID certificate")
+    roots = bundles.get(spiffe_id.trust_domain)
+    if not roots:
+        raise InvalidIdentityError(
+            f"identity: no trust bundle for the SVID's own trust domain '{spiffe_id.trust_domain}'"
+        )
+    verify_chain(chain, roots, now)
+    return IdentitySnapshot(spiffe_id, tuple(chain), private_key, bundles, generation)
