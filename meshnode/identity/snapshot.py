@@ -31,7 +31,7 @@ Bundles = Mapping[str, tuple[x509.Certificate, ...]]
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def certs_pem(certs: Iterable[x509.Certificate]) -> bytes:

@@ -1,0 +1,297 @@
+"""Peer channels: identity-bound, swapped on rotation without failing a call.
+
+``PeerChannel`` looks like a ``grpc.aio.Channel`` to generated stubs. Under
+it sits one real channel per *generation* of credentials:
+
+* ``dns`` mode: ``ssl_channel_credentials`` with the node's SVID, roots of
+  the peer's trust domain only, and the server name pinned (grpcio checks
+  servers by DNS SAN only). Channel credentials are fixed for a channel's
+  life, so when the SVID or the peer's bundle changes, a new channel is
+  built, warmed (connected and handshaken) and swapped in; the old one is
+  closed when its last in-flight call or stream ends, or when its
+  certificate expires, whichever comes first.
+* ``spiffe-id`` mode: one ``xds:///peer`` channel for good; gRPC's xDS
+  security reads rotated files itself (see :mod:`meshnode.xds`).
+
+Stubs made once keep working across swaps: each multicallable looks up the
+current generation per call (one attribute read). Failed calls whose
+details name a TLS identity problem are re-raised with an explanation that
+says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from meshnode.errors import ClosedError
+from meshnode.identity.snapshot import IdentitySnapshot, utcnow
+
+__all__ = ["ChannelPlan", "PeerChannel"]
+
+log = logging.getLogger("meshnode.channel")
+
+Explain = Callable[[grpc.aio.AioRpcError], "str | None"]
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """How to build one generation's channel from an identity snapshot."""
+
+    key: str  # generations with the same key share a channel
+    target: str
+    credentials: grpc.ChannelCredentials
+    options: tuple[tuple[str, Any], ...]
+    not_after: dt.datetime | None  # when this generation's client certificate expires
+
+
+class _Generation:
+    __slots__ = ("callables", "channel", "closing", "inflight", "key", "not_after", "number", "retired")
+
+    def __init__(self, number: int, plan: ChannelPlan, interceptors: Sequence[Any]) -> None:
+        self.number = number
+        self.key = plan.key
+        self.not_after = plan.not_after
+        self.channel = grpc.aio.secure_channel(
+            plan.target, plan.credentials, options=list(plan.options), interceptors=list(interceptors) or None
+        )
+        self.inflight = 0
+        self.retired = False
+        self.closing = False
+        self.callables: dict[tuple[Any, ...], Any] = {}
+
+    def callable(self, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> Any:
+        key = (kind, method, ser, deser)
+        found = self.callables.get(key)
+        if found is None:
+            factory = getattr(self.channel, kind)
+            found = factory(method, request_serializer=ser, response_deserializer=deser, _registered_method=registered)
+            self.callables[key] = found
+        return found
+
+    def done(self, _call: Any) -> None:
+        self.inflight -= 1
+        if self.retired and self.inflight <= 0:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.ensure_future(self.channel.close())
+
+
+class _TranslatedCall:
+    """Wraps a call so a TLS identity failure carries meshnode's explanation."""
+
+    __slots__ = ("_call", "_explain")
+
+    def __init__(self, call: Any, explain: Explain) -> None:
+        self._call = call
+        self._explain = explain
+
+    def _translate(self, err: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        better = self._explain(err)
+        if better is None:
+            return err
+        return grpc.aio.AioRpcError(
+            err.code(), err.initial_metadata(), err.trailing_metadata(), details=better,
+            debug_error_string=err.debug_error_string(),
+        )
+
+    def __await__(self) -> Any:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.aio.AioRpcError as err:
+            raise self._translate(err) from None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise self._translate(err) from None
+
+    async def read(self) -> Any:
+        try:
+            return await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise self._translate(err) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _MultiCallable:
+    __slots__ = ("_deser", "_gen", "_kind", "_method", "_owner", "_real", "_registered", "_ser")
+
+    def __init__(self, owner: PeerChannel, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._deser = deser
+        self._registered = registered
+        self._gen: _Generation | None = None
+        self._real: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        gen = self._owner._active
+        if gen is None:
+            raise ClosedError(f"channel: the channel to peer '{self._owner.peer_name}' is closed")
+        if gen is not self._gen:
+            self._real = gen.callable(self._kind, self._method, self._ser, self._deser, self._registered)
+            self._gen = gen
+        call = self._real(*args, **kwargs)
+        gen.inflight += 1
+        call.add_done_callback(gen.done)
+        return _TranslatedCall(call, self._owner.explain)
+
+
+class PeerChannel:
+    """A channel to one configured peer that survives identity rotation.
+
+    ``plan(snapshot)`` returns the :class:`ChannelPlan` for a snapshot;
+    call :meth:`update` with every new snapshot (from any thread).
+    """
+
+    def __init__(
+        self,
+        peer_name: str,
+        snapshot: IdentitySnapshot,
+        plan: Callable[[IdentitySnapshot], ChannelPlan],
+        *,
+        interceptors: Sequence[Any] = (),
+        explain: Explain | None = None,
+        warm_timeout: float = 3.0,
+    ) -> None:
+        self.peer_name = peer_name
+        self._plan = plan
+        self._interceptors = tuple(interceptors)
+        self._explain = explain
+        self._warm_timeout = warm_timeout
+        self._numbers = itertools.count(1)
+        self._loop = asyncio.get_running_loop()
+        self._active: _Generation | None = _Generation(next(self._numbers), plan(snapshot), self._interceptors)
+        self._latest = self._active.number
+        self._old: list[_Generation] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.swaps = 0
+
+    # -- grpc.aio.Channel surface used by stubs ---------------------------
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: bool = False) -> Any:
+        return _MultiCallable(self, "unary_unary", method, request_serializer, response_deserializer, _registered_method)
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool = False) -> Any:
+        return _MultiCallable(self, "unary_stream", method, request_serializer, response_deserializer, _registered_method)
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool = False) -> Any:
+        return _MultiCallable(self, "stream_unary", method, request_serializer, response_deserializer, _registered_method)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: bool = False) -> Any:
+        return _MultiCallable(self, "stream_stream", method, request_serializer, response_deserializer, _registered_method)
+
+    async def channel_ready(self) -> None:
+        gen = self._require()
+        await gen.channel.channel_ready()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._require().channel.get_state(try_to_connect)
+
+    @property
+    def generation(self) -> int:
+        """Which channel generation new calls use (grows on every swap)."""
+        return self._require().number
+
+    def explain(self, err: grpc.aio.AioRpcError) -> str | None:
+        if self._explain is None:
+            return None
+        try:
+            return self._explain(err)
+        except Exception:  # an explanation must never hide the real error
+            log.exception("channel: could not explain an error from peer '%s'", self.peer_name)
+            return None
+
+    def _require(self) -> _Generation:
+        if self._active is None:
+            raise ClosedError(f"channel: the channel to peer '{self.peer_name}' is closed")
+        return self._active
+
+    # -- rotation ---------------------------------------------------------
+
+    def update(self, snapshot: IdentitySnapshot) -> None:
+        """Take a new identity snapshot; thread-safe, returns at once."""
+        self._loop.call_soon_threadsafe(self._rebuild, snapshot)
+
+    def _rebuild(self, snapshot: IdentitySnapshot) -> None:
+        active = self._active
+        if active is None:
+            return
+        try:
+            plan = self._plan(snapshot)
+        except Exception as exc:
+            log.warning("channel: keeping the current channel to '%s': %s", self.peer_name, exc)
+            return
+        if plan.key == active.key:
+            return
+        gen = _Generation(next(self._numbers), plan, self._interceptors)
+        self._latest = gen.number
+        task = asyncio.ensure_future(self._warm_and_swap(gen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _warm_and_swap(self, gen: _Generation) -> None:
+        try:
+            await asyncio.wait_for(gen.channel.channel_ready(), self._warm_timeout)
+        except (TimeoutError, grpc.aio.UsageError):
+            log.debug("channel: '%s' did not become ready in %.1fs; swapping anyway", self.peer_name,
+                      self._warm_timeout)
+        if self._active is None or gen.number != self._latest:
+            gen.close()  # closed meanwhile, or a newer generation superseded this one
+            return
+        old, self._active = self._active, gen
+        self.swaps += 1
+        log.debug("channel: '%s' now on generation %d", self.peer_name, gen.number)
+        self._retire(old)
+
+    def _retire(self, gen: _Generation) -> None:
+        gen.retired = True
+        if gen.inflight <= 0:
+            gen.close()
+            return
+        self._old.append(gen)
+        if gen.not_after is not None:
+            delay = max((gen.not_after - utcnow()).total_seconds(), 0.0)
+            self._loop.call_later(delay, gen.close)
+        self._old = [g for g in self._old if not g.closing]
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every generation; in-flight calls get ``grace`` seconds."""
+        active, self._active = self._active, None
+        for task in list(self._tasks):
+            task.cancel()
+        gens = [g for g in [active, *self._old] if g is not None]
+        self._old = []
+        await asyncio.gather(*(g.channel.close(grace) for g in gens), return_exceptions=True)
+
+    async def __aenter__(self) -> PeerChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,323 @@
+"""node.toml: the node's configuration, frozen and validated when loaded.
+
+```toml
+[node]
+name = "alpha"
+listen = "127.0.0.1:7001"
+mode = "production"            # development | staging | production  (env MESHNODE_MODE)
+services = ["meshnode.demo:EchoService"]
+shutdown_grace = 5.0
+peer_verify = "spiffe-id"       # default verification for [peers.*]: spiffe-id | dns
+
+[identity]
+source = "workload-api"         # workload-api | files | dev
+socket = "unix:///run/spire/agent.sock"   # default: SPIFFE_ENDPOINT_SOCKET
+trust_domain = "example.org"
+timeout = 10.0                  # seconds to wait for the first SVID
+federates_with = []             # other trust domains whose callers this node accepts
+# files:  cert, key, bundle, federated_bundles_dir
+# dev:    spiffe_id, state_dir, svid_ttl
+
+[authz]
+allow = ["spiffe://example.org/node/beta"]
+policy = "policy.json"          # gRFC A43 policy file (reloaded on change)
+audit = "on_deny"               # none | on_deny | on_allow | all
+dry_run = false
+
+[peers.beta]
+address = "127.0.0.1:7002"
+spiffe_id = "spiffe://example.org/node/beta"
+server_name = "..."             # optional, dns mode: the TLS name to verify
+verify = "dns"                  # optional, overrides node.peer_verify
+
+[telemetry]
+exporter = "jsonl"              # otlp | console | jsonl | none
+jsonl_path = "alpha-spans.jsonl"
+```
+
+Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
+(listen). This module and :mod:`meshnode.config.agent` are the only places
+that read configuration files and the environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from meshnode.config._reader import Section, load_toml
+from meshnode.errors import ConfigError, InvalidSpiffeIdError
+from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
+
+__all__ = [
+    "MODES",
+    "AuthzSettings",
+    "IdentityConfig",
+    "NodeConfig",
+    "PeerConfig",
+    "load_node_config",
+    "node_config_from_dict",
+    "parse_address",
+]
+
+Mode = Literal["development", "staging", "production"]
+MODES: tuple[Mode, ...] = ("development", "staging", "production")
+SOURCES = ("workload-api", "files", "dev")
+VERIFY_MODES = ("spiffe-id", "dns")
+AUDIT_CONDITIONS = ("none", "on_deny", "on_allow", "all")
+MODE_ENV = "MESHNODE_MODE"
+LISTEN_ENV = "MESHNODE_LISTEN"
+DEFAULT_DEV_TRUST_DOMAIN = "example.org"
+
+
+def parse_address(value: str, what: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port); raises ConfigError."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"config: {what} {value!r} is not host:port (e.g. 127.0.0.1:7001)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"config: {what} {value!r}: port {port} is out of range")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ConfigError(f"config: {what} {value!r}: unbalanced '[' in the IPv6 address")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"config: {what} {value!r}: {host} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ConfigError(f"config: {what} {value!r}: write IPv6 addresses as [addr]:port")
+    elif not all(c.isalnum() or c in ".-_" for c in host):
+        raise ConfigError(f"config: {what} {value!r}: {host!r} is not a host name or IP address")
+    return host, port
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    source: str = "workload-api"
+    socket: str | None = None
+    trust_domain: str | None = None
+    timeout: float = 10.0
+    federates_with: tuple[str, ...] = ()
+    cert: Path | None = None
+    key: Path | None = None
+    bundle: Path | None = None
+    federated_bundles_dir: Path | None = None
+    spiffe_id: SpiffeID | None = None
+    state_dir: Path | None = None
+    svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+
+    def accepted_trust_domains(self, own: str) -> frozenset[str]:
+        return frozenset((own, *self.federates_with))
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    address: str
+    spiffe_id: SpiffeID
+    verify: str = "spiffe-id"
+    server_name: str | None = None
+
+    @property
+    def tls_name(self) -> str:
+        """The DNS name a dns-mode channel verifies."""
+        return self.server_name or dns_name_for(self.spiffe_id)
+
+
+@dataclass(frozen=True)
+class AuthzSettings:
+    allow: tuple[str, ...] = ()
+    policy: Path | None = None
+    audit: str = "on_deny"
+    dry_run: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.allow) or self.policy is not None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    listen: str
+    mode: Mode = "development"
+    services: tuple[str, ...] = ()
+    shutdown_grace: float = 5.0
+    peer_verify: str = "spiffe-id"
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    authz: AuthzSettings = field(default_factory=AuthzSettings)
+    peers: Mapping[str, PeerConfig] = field(default_factory=dict)
+    telemetry: Any = None  # meshnode.telemetry.TelemetrySettings
+    source_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
+        parse_address(self.listen, "[node] listen")
+        if self.mode not in MODES:
+            raise ConfigError(f"config: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_address(self.listen, "[node] listen")
+
+
+def _path(section: Section, key: str, base: Path) -> Path | None:
+    value = section.string(key, None)
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _spiffe_id(section: Section, key: str, default: Any = None) -> SpiffeID | None:
+    value = section.string(key, default)
+    if value is None:
+        return None
+    try:
+        return parse_spiffe_id(value)
+    except InvalidSpiffeIdError as exc:
+        raise section.error(key, f"is not a valid SPIFFE ID: {str(exc).removeprefix('spiffeid: ')}") from None
+
+
+def _trust_domain(section: Section, key: str, value: str) -> str:
+    try:
+        return parse_trust_domain(value)
+    except InvalidSpiffeIdError as exc:
+        raise section.error(key, str(exc).removeprefix("spiffeid: ")) from None
+
+
+def _identity(s: Section, base: Path) -> IdentityConfig:
+    source = s.choice("source", SOURCES, "workload-api")
+    td = s.string("trust_domain", None)
+    trust_domain = _trust_domain(s, "trust_domain", td) if td is not None else None
+    federates = tuple(_trust_domain(s, "federates_with", t) for t in s.strings("federates_with", ()))
+    cfg = IdentityConfig(
+        source=source,
+        socket=s.string("socket", None),
+        trust_domain=trust_domain,
+        timeout=s.number("timeout", 10.0, minimum=0.1),
+        federates_with=federates,
+        cert=_path(s, "cert", base),
+        key=_path(s, "key", base),
+        bundle=_path(s, "bundle", base),
+        federated_bundles_dir=_path(s, "federated_bundles_dir", base),
+        spiffe_id=_spiffe_id(s, "spiffe_id"),
+        state_dir=_path(s, "state_dir", base),
+        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, minimum=2)),
+    )
+    if source == "files":
+        for key in ("cert", "key", "bundle"):
+            if getattr(cfg, key) is None:
+                raise s.error(key, "is required when source = \"files\" (PEM file written by spiffe-helper or the CSI driver)")
+    if cfg.spiffe_id is not None and trust_domain is not None and cfg.spiffe_id.trust_domain != trust_domain:
+        raise s.error("spiffe_id", f"is outside trust_domain '{trust_domain}'")
+    s.done()
+    return cfg
+
+
+def _authz(s: Section, base: Path) -> AuthzSettings:
+    allow = s.strings("allow", ())
+    for i, entry in enumerate(allow):
+        if entry == "*":
+            continue
+        value = entry[:-2] if entry.endswith("/*") else entry
+        try:
+            parse_spiffe_id(value)
+        except InvalidSpiffeIdError as exc:
+            raise s.error("allow", f"item {i} {entry!r}: {str(exc).removeprefix('spiffeid: ')}") from None
+    cfg = AuthzSettings(
+        allow=allow,
+        policy=_path(s, "policy", base),
+        audit=s.choice("audit", AUDIT_CONDITIONS, "on_deny"),
+        dry_run=s.boolean("dry_run", False),
+    )
+    s.done()
+    return cfg
+
+
+def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
+    address = s.string("address")
+    try:
+        parse_address(address, f"[peers.{name}] address")
+    except ConfigError as exc:
+        raise s.error("address", str(exc).split(": ", 2)[-1]) from None
+    spiffe_id = _spiffe_id(s, "spiffe_id")
+    assert spiffe_id is not None
+    peer = PeerConfig(
+        name=name,
+        address=address,
+        spiffe_id=spiffe_id,
+        verify=s.choice("verify", VERIFY_MODES, default_verify),
+        server_name=s.string("server_name", None),
+    )
+    if peer.verify == "dns" and peer.server_name is None:
+        try:
+            dns_name_for(spiffe_id)
+        except InvalidSpiffeIdError as exc:
+            raise s.error("spiffe_id", str(exc).removeprefix("spiffeid: ")) from None
+    s.done()
+    return peer
+
+
+def node_config_from_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str = "node.toml",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML; ``environ`` overrides (default os.environ)."""
+    env = os.environ if environ is None else environ
+    base = base_dir or Path.cwd()
+    root = Section(data, "", source, "config")
+    node = root.section("node", required=True)
+    name = node.string("name")
+    listen = env.get(LISTEN_ENV) or node.string("listen")
+    if env.get(LISTEN_ENV):
+        node.string("listen", None)
+    mode = node.choice("mode", MODES, "development")
+    if env.get(MODE_ENV):
+        mode = env[MODE_ENV]
+        if mode not in MODES:
+            raise ConfigError(f"config: {MODE_ENV}={mode!r} must be one of {', '.join(MODES)}")
+    services = node.strings("services", ())
+    for i, spec in enumerate(services):
+        if spec.count(":") != 1 or not all(spec.split(":")):
+            raise node.error("services", f"item {i} {spec!r} must look like 'package.module:ClassName'")
+    shutdown_grace = node.number("shutdown_grace", 5.0, minimum=0.0)
+    peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
+    node.done()
+    identity = _identity(root.section("identity"), base)
+    authz = _authz(root.section("authz"), base)
+    peers = {n: _peer(n, s, peer_verify) for n, s in root.sections("peers").items()}
+    for peer_name in peers:
+        if not peer_name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")
+    from meshnode.telemetry.setup import telemetry_settings_from_section
+
+    telemetry = telemetry_settings_from_section(root.section("telemetry"))
+    root.done()
+    try:
+        return NodeConfig(
+            name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
+            peer_verify=peer_verify, identity=identity, authz=authz, peers=peers, telemetry=telemetry,
+            source_path=None,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"config: {source}: {str(exc).removeprefix('config: ')}") from None
+
+
+def load_node_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Load and validate node.toml; raises ConfigError naming the file and key."""
+    p = Path(path)
+    data = load_toml(p, "config")
+    cfg = node_config_from_dict(data, source=str(p), base_dir=p.resolve().parent, environ=environ)
+    object.__setattr__(cfg, "source_path", p)
+    return cfg

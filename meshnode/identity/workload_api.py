@@ -1,0 +1,204 @@
+"""The ``workload-api`` identity source: a SPIRE agent (or any SPIFFE
+Workload API server) through py-spiffe's ``X509Source``.
+
+* The socket comes from config or ``SPIFFE_ENDPOINT_SOCKET``; a bare path is
+  taken as ``unix:<path>``.
+* The first SVID must arrive within ``timeout`` seconds. When it does not,
+  a short probe finds out why (no socket file, nobody listening, no
+  registration entry, silent agent) so the error can say what to fix.
+* Updates stream in (SVID and bundle rotation, federated bundles). Each one
+  is validated before it is published; a bad push keeps the last good SVID.
+* When the agent goes away, ``X509Source`` keeps the last SVID and
+  reconnects by itself. When it closes itself for good (a fatal error), a
+  supervisor thread opens a new one with backoff: the node keeps serving on
+  its current SVID meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as pysocket
+import threading
+from collections.abc import Callable
+
+import grpc
+from spiffe import X509Source
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+from spiffe.errors import PySpiffeError
+
+from meshnode.errors import IdentityUnavailableError, InvalidIdentityError
+from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.identity.source import Publisher
+from meshnode.identity.x509svid import build_snapshot
+
+__all__ = ["ENDPOINT_ENV", "WorkloadApiSource", "diagnose_socket", "socket_address"]
+
+log = logging.getLogger("meshnode.identity")
+
+#: The environment variable SPIFFE libraries read the Workload API address from.
+ENDPOINT_ENV = "SPIFFE_ENDPOINT_SOCKET"
+
+_FIX = (
+    "start the SPIRE agent (or `meshnode agent --config agent.toml` for development), "
+    f"point [identity] socket or {ENDPOINT_ENV} at its socket, and register this workload"
+)
+
+
+def socket_address(configured: str | None) -> str:
+    """The Workload API address to use, as a ``unix:`` URI; raises if none is set."""
+    value = configured or os.environ.get(ENDPOINT_ENV, "")
+    if not value:
+        raise IdentityUnavailableError(
+            f"identity: no Workload API socket configured: set [identity] socket or {ENDPOINT_ENV} "
+            f"(e.g. unix:///run/spire/agent-sockets/spire-agent.sock); {_FIX}"
+        )
+    if value.startswith("/"):
+        value = "unix:" + value
+    if not value.startswith("unix:"):
+        raise IdentityUnavailableError(
+            f"identity: Workload API address {value!r} is not a unix socket; use unix:///path/to/agent.sock"
+        )
+    return value
+
+
+def _path_of(address: str) -> str:
+    path = address[len("unix:") :]
+    return "/" + path.lstrip("/")
+
+
+def diagnose_socket(address: str, timeout: float = 0.5) -> str:
+    """Why ``address`` gives no SVID, in one sentence a person can act on."""
+    path = _path_of(address)
+    if not os.path.exists(path):
+        return f"the socket file {path} does not exist (is the agent running, and is the socket mounted here?)"
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except PermissionError:
+        return f"this process may not connect to {path} (permission denied on the socket file)"
+    except OSError as exc:
+        return f"nothing accepts connections on {path} ({exc.strerror}); the agent is not running"
+    finally:
+        probe.close()
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        try:
+            stream = stub.FetchX509SVID(
+                workload_pb2.X509SVIDRequest(), timeout=timeout, metadata=(("workload.spiffe.io", "true"),)
+            )
+            next(iter(stream))
+            stream.cancel()
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                return (
+                    f"the agent on {path} has no registration entry for this workload (PERMISSION_DENIED): "
+                    "create one (spire-server entry create -parentID ... -spiffeID ... -selector ...)"
+                )
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"the agent on {path} accepted the call but sent no SVID within {timeout:g} s"
+            return f"the agent on {path} answered {code.name}: {exc.details()}"
+        except StopIteration:
+            return f"the agent on {path} closed the stream without an SVID"
+    return f"the agent on {path} answers now; it was late (try a larger [identity] timeout)"
+
+
+def _snapshot_from(source: X509Source) -> IdentitySnapshot:
+    context = source.get_x509_context()
+    svid = context.default_svid
+    bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in context.x509_bundle_set.bundles}
+    return build_snapshot(svid.cert_chain, svid.private_key, bundles)  # type: ignore[arg-type]
+
+
+class WorkloadApiSource(Publisher):
+    """SVIDs and bundles streamed from the Workload API."""
+
+    def __init__(
+        self,
+        socket: str | None = None,
+        *,
+        timeout: float = 10.0,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.address = socket_address(socket)
+        self.description = f"workload-api {self.address}"
+        self._timeout = timeout
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._x509 = self._open(timeout)
+        self._thread = threading.Thread(target=self._supervise, name="meshnode-workload-api", daemon=True)
+        self._thread.start()
+
+    def _open(self, timeout: float) -> X509Source:
+        try:
+            source = X509Source(socket_path=self.address, timeout_in_seconds=timeout)
+        except PySpiffeError as exc:
+            reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
+            raise IdentityUnavailableError(
+                f"identity: no SVID from the Workload API at {self.address} within {timeout:g} s: "
+                f"{reason}. To fix: {_FIX}"
+            ) from exc
+        try:
+            self._publish(_snapshot_from(source))
+        except (InvalidIdentityError, PySpiffeError) as exc:
+            source.close()
+            raise InvalidIdentityError(f"identity: the Workload API at {self.address} gave an unusable SVID: {exc}") from exc
+        source.subscribe_for_updates(self._updated)
+        return source
+
+    def _updated(self) -> None:
+        """Runs on py-spiffe's watcher thread for every push: validate and publish."""
+        with self._lock:
+            source = self._x509
+        try:
+            published = self._publish(_snapshot_from(source))
+        except (InvalidIdentityError, PySpiffeError) as exc:
+            self._report(f"identity: ignoring an update from {self.address}, keeping the current SVID: {exc}")
+            return
+        if published is not None:
+            log.info(
+                "identity: SVID update from the Workload API serial=%s not_after=%s generation=%d",
+                published.serial, published.not_after.isoformat(), published.generation,
+            )
+
+    def _report(self, message: str) -> None:
+        log.warning("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
+
+    def _supervise(self) -> None:
+        """Re-open the X509Source if it closed itself (fatal stream error)."""
+        backoff = 0.5
+        while not self._stop.wait(1.0):
+            with self._lock:
+                source = self._x509
+            if not source.is_closed():
+                backoff = 0.5
+                continue
+            self._report(f"identity: the Workload API stream at {self.address} failed; reconnecting")
+            while not self._stop.is_set():
+                try:
+                    replacement = X509Source(socket_path=self.address, timeout_in_seconds=5.0)
+                except PySpiffeError:
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                with self._lock:
+                    self._x509 = replacement
+                replacement.subscribe_for_updates(self._updated)
+                self._updated()
+                break
+
+    def close(self) -> None:
+        if self._mark_closed():
+            self._stop.set()
+            with self._lock:
+                source = self._x509
+            source.close()
+            if threading.current_thread() is not self._thread:
+                self._thread.join(timeout=5)

@@ -1,0 +1,94 @@
+"""Tracks the node's SVID validity and drives health.
+
+Health is SERVING only while the node holds an unexpired SVID and a bundle.
+When the SVID expires without renewal (agent gone too long) it turns
+NOT_SERVING, and back to SERVING when a new SVID arrives. A warning is
+logged once the SVID is past 75% of its lifetime without renewal (SPIRE
+renews at 50%).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from meshnode.identity.snapshot import IdentitySnapshot, utcnow
+from meshnode.identity.source import IdentitySource
+
+__all__ = ["IdentityState"]
+
+log = logging.getLogger("meshnode.identity")
+
+WARN_AT = 0.75
+
+
+class IdentityState:
+    """Watches expiry on the event loop; calls ``on_health(serving)`` on changes."""
+
+    def __init__(self, source: IdentitySource, on_health: Callable[[bool], Awaitable[None]]) -> None:
+        self._source = source
+        self._on_health = on_health
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.serving: bool | None = None
+        self._unsubscribe = source.subscribe(lambda _s: self._loop.call_soon_threadsafe(self._wake.set))
+
+    @property
+    def snapshot(self) -> IdentitySnapshot:
+        return self._source.current()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _set(self, serving: bool) -> None:
+        if serving != self.serving:
+            self.serving = serving
+            await self._on_health(serving)
+
+    async def _run(self) -> None:
+        warned_serial = ""
+        while True:
+            snap = self._source.current()
+            now = utcnow()
+            valid = snap.not_before <= now < snap.not_after and bool(snap.bundles.get(snap.trust_domain))
+            if not valid and self.serving is not False:
+                log.error(
+                    "identity: SVID serial=%s expired at %s without renewal; health is NOT_SERVING "
+                    "until the identity source delivers a new one (%s)",
+                    snap.serial, snap.not_after.isoformat(), self._source.description,
+                )
+            elif valid and self.serving is False:
+                log.warning("identity: new SVID serial=%s; health is SERVING again", snap.serial)
+            await self._set(valid)
+            lifetime = (snap.not_after - snap.not_before).total_seconds()
+            warn_at = snap.not_before.timestamp() + lifetime * WARN_AT
+            now_ts = now.timestamp()
+            if valid and now_ts >= warn_at and warned_serial != snap.serial:
+                warned_serial = snap.serial
+                log.warning(
+                    "identity: SVID serial=%s expires at %s (in %.0f s) and has not been renewed; "
+                    "check the identity source (%s)",
+                    snap.serial, snap.not_after.isoformat(), snap.seconds_left(now), self._source.description,
+                )
+            if valid:
+                next_check = warn_at if now_ts < warn_at else snap.not_after.timestamp()
+                delay = max(next_check - now_ts, 0.01)
+            else:
+                delay = 3600.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

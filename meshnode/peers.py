@@ -1,0 +1,141 @@
+"""The node's channels to its configured peers, one verification mode each.
+
+* ``dns``: ``ssl_channel_credentials`` with roots of the peer's trust domain
+  only and ``grpc.ssl_target_name_override`` pinned to the peer's DNS name
+  (``server_name``, default: the name mapped from its SPIFFE ID). Rebuilt
+  on every rotation (see :mod:`meshnode.channel`).
+* ``spiffe-id``: an ``xds:///peer`` channel whose TLS config, served by the
+  node's embedded xDS control plane, pins the peer's exact SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from meshnode.channel import ChannelPlan, PeerChannel
+from meshnode.config.node import PeerConfig
+from meshnode.credentials import channel_credentials
+from meshnode.errors import PeerError
+from meshnode.identity.snapshot import IdentitySnapshot
+
+if TYPE_CHECKING:
+    from meshnode.node import Node
+
+__all__ = ["PeerChannels", "explain_dns_error"]
+
+log = logging.getLogger("meshnode.channel")
+
+T = TypeVar("T")
+
+
+def explain_dns_error(peer: PeerConfig, err: grpc.aio.AioRpcError) -> str | None:
+    """meshnode's wording for TLS failures of a dns-mode channel (None: leave as is)."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = err.details() or ""
+    where = f"peer '{peer.name}' ({peer.address})"
+    if "not in peer certificate" in details:
+        return (
+            f"meshnode: {where} presented a certificate without the DNS name '{peer.tls_name}' that "
+            f"stands for {peer.spiffe_id}. grpcio verifies servers only by DNS SAN: add it to the peer's "
+            f"SVID (SPIRE: spire-server entry create ... -dns {peer.tls_name}), or use "
+            f"verify = \"spiffe-id\" for this peer. [{details}]"
+        )
+    lowered = details.lower()
+    if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
+        return (
+            f"meshnode: {where} presented a certificate that does not chain to the bundle of trust domain "
+            f"'{peer.spiffe_id.trust_domain}' (another trust domain or CA?). [{details}]"
+        )
+    return None
+
+
+class PeerChannels:
+    """Creates peer channels lazily and feeds them every new snapshot."""
+
+    def __init__(self, node: Node, peers: Mapping[str, PeerConfig], *, tracing: bool, tracer_provider: Any) -> None:
+        self._node = node
+        self._peers = dict(peers)
+        self._tracing = tracing
+        self._tracer_provider = tracer_provider
+        self._channels: dict[str, PeerChannel] = {}
+        self._stubs: dict[tuple[str, type[Any]], Any] = {}
+        self._unsubscribe: Any = None
+        self._xds: Any = None
+
+    async def start(self) -> None:
+        spiffe_id_peers = {n: p for n, p in self._peers.items() if p.verify == "spiffe-id"}
+        if spiffe_id_peers:
+            from meshnode.xds.node import start_control_plane
+
+            self._xds = await start_control_plane(self._node, spiffe_id_peers)
+        self._unsubscribe = self._node.source.subscribe(self._updated)
+
+    def _updated(self, snapshot: IdentitySnapshot) -> None:
+        if self._xds is not None:
+            self._xds.update_identity(snapshot)
+        for channel in list(self._channels.values()):
+            channel.update(snapshot)
+
+    def _interceptors(self, peer: PeerConfig) -> list[Any]:
+        if not self._tracing:
+            return []
+        from meshnode.telemetry.grpc import client_interceptors
+
+        return client_interceptors(self._node, peer, self._tracer_provider)
+
+    def _dns_plan(self, peer: PeerConfig, snapshot: IdentitySnapshot) -> ChannelPlan:
+        td = peer.spiffe_id.trust_domain
+        return ChannelPlan(
+            key=f"{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}",
+            target=peer.address,
+            credentials=channel_credentials(snapshot, td),
+            options=(("grpc.ssl_target_name_override", peer.tls_name), ("grpc.default_authority", peer.tls_name)),
+            not_after=snapshot.not_after,
+        )
+
+    def channel(self, name: str) -> PeerChannel:
+        found = self._channels.get(name)
+        if found is not None:
+            return found
+        peer = self._peers.get(name)
+        if peer is None:
+            known = ", ".join(sorted(self._peers)) or "none"
+            raise PeerError(f"node: no peer named {name!r} in [peers] (configured: {known})")
+        snapshot = self._node.source.current()
+        if peer.verify == "spiffe-id":
+            xds = self._xds
+            channel = PeerChannel(
+                name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
+                explain=lambda err: xds.explain(name, err),
+            )
+        else:
+            channel = PeerChannel(
+                name, snapshot, lambda s: self._dns_plan(peer, s), interceptors=self._interceptors(peer),
+                explain=lambda err: explain_dns_error(peer, err),
+            )
+        self._channels[name] = channel
+        return channel
+
+    def stub(self, name: str, stub_class: type[T]) -> T:
+        key = (name, stub_class)
+        found = self._stubs.get(key)
+        if found is None:
+            found = stub_class(self.channel(name))  # type: ignore[call-arg]
+            self._stubs[key] = found
+        return found  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+        if self._xds is not None:
+            await self._xds.close()
+            self._xds = None

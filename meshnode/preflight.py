@@ -1,0 +1,160 @@
+"""What must hold before a node serves: obtaining the identity, and the
+production checks.
+
+``production`` refuses to start unless every check passes, before any port
+is opened. ``staging`` starts but logs each failing check as a warning.
+``development`` falls back to an in-process dev identity when no agent
+answers, and says so loudly; it never falls back to plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig
+from meshnode.errors import (
+    ConfigError,
+    IdentityError,
+    IdentityUnavailableError,
+    InvalidIdentityError,
+    MeshnodeError,
+)
+from meshnode.identity.dev import DevSource
+from meshnode.identity.files import FileSource, SvidFiles
+from meshnode.identity.snapshot import IdentitySnapshot, utcnow
+from meshnode.identity.source import IdentitySource
+from meshnode.identity.workload_api import WorkloadApiSource
+from meshnode.spiffeid import parse_spiffe_id
+
+__all__ = ["Check", "enforce", "identity_checks", "open_identity", "static_checks"]
+
+log = logging.getLogger("meshnode.preflight")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One production requirement and whether it holds."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    #: the error class raised when production fails this check
+    error: type[MeshnodeError] = ConfigError
+
+
+def dev_spiffe_id(config: NodeConfig) -> str:
+    if config.identity.spiffe_id is not None:
+        return str(config.identity.spiffe_id)
+    td = config.identity.trust_domain or DEFAULT_DEV_TRUST_DOMAIN
+    return f"spiffe://{td}/node/{config.name}"
+
+
+def _dev_source(config: NodeConfig) -> DevSource:
+    idc = config.identity
+    return DevSource(parse_spiffe_id(dev_spiffe_id(config)), state_dir=idc.state_dir, svid_ttl=idc.svid_ttl)
+
+
+def open_identity(
+    config: NodeConfig, *, on_error: Callable[[str], None] | None = None
+) -> tuple[IdentitySource, list[str]]:
+    """Open the configured identity source; returns it and notes for the operator.
+
+    In production every failure raises (IdentityError: exit 3; ConfigError: 2).
+    """
+    idc = config.identity
+    if idc.source == "dev":
+        if config.mode == "production":
+            raise ConfigError(
+                "preflight: [identity] source = \"dev\" is refused in production: the dev CA is not a "
+                "trust anchor anyone should rely on; use source = \"workload-api\" (SPIRE) or \"files\""
+            )
+        return _dev_source(config), ["identity from the in-process dev CA (source = \"dev\")"]
+    if idc.source == "files":
+        assert idc.cert is not None and idc.key is not None and idc.bundle is not None
+        files = SvidFiles(idc.cert, idc.key, idc.bundle, idc.federated_bundles_dir)
+        return FileSource(files), []
+    try:
+        return WorkloadApiSource(idc.socket, timeout=idc.timeout, on_error=on_error), []
+    except IdentityError as exc:
+        if config.mode == "production":
+            raise
+        note = (
+            f"NO WORKLOAD API IDENTITY ({exc}). Mode is {config.mode}: falling back to the in-process "
+            f"dev identity {dev_spiffe_id(config)}. Peers that do not trust this dev CA will refuse it. "
+            "This fallback never happens in production."
+        )
+        log.warning("preflight: %s", note)
+        return _dev_source(config), [note]
+
+
+def static_checks(config: NodeConfig, *, service_policies: bool = False) -> list[Check]:
+    """Checks that need only the configuration."""
+    idc = config.identity
+    checks = [
+        Check(
+            "identity source is a production source",
+            idc.source in ("workload-api", "files"),
+            f"source = {idc.source!r}",
+            "set [identity] source = \"workload-api\" (SPIRE agent) or \"files\" (spiffe-helper, CSI driver)",
+        ),
+        Check(
+            "trust domain is configured",
+            idc.trust_domain is not None,
+            f"trust_domain = {idc.trust_domain!r}",
+            "set [identity] trust_domain to your SPIRE trust domain",
+        ),
+        Check(
+            "authorization policy is configured",
+            config.authz.configured or service_policies,
+            "allow list / policy file / service policies "
+            + ("present" if config.authz.configured or service_policies else "missing"),
+            "set [authz] allow = [...] or [authz] policy = \"policy.json\", or declare who may call each service",
+        ),
+        Check("serves mTLS only (no plaintext port)", True, "meshnode never opens a plaintext port"),
+    ]
+    return checks
+
+
+def identity_checks(config: NodeConfig, snapshot: IdentitySnapshot | None) -> list[Check]:
+    """Checks on the SVID the source delivered."""
+    if snapshot is None:
+        return [Check("SVID obtained", False, "no SVID", "see the error above", IdentityUnavailableError)]
+    now = utcnow()
+    want = config.identity.trust_domain
+    valid = snapshot.not_before <= now < snapshot.not_after
+    return [
+        Check("SVID obtained", True, f"{snapshot.spiffe_id} serial {snapshot.serial}"),
+        Check(
+            "SVID is in the configured trust domain",
+            want is None or snapshot.trust_domain == want,
+            f"SVID trust domain {snapshot.trust_domain!r}, configured {want!r}",
+            "register the workload in the configured trust domain, or fix [identity] trust_domain",
+            InvalidIdentityError,
+        ),
+        Check(
+            "SVID is within its validity period",
+            valid,
+            f"valid {snapshot.not_before.isoformat()} .. {snapshot.not_after.isoformat()}",
+            "the agent must renew the SVID: check that the SPIRE agent is running and can reach its server",
+            InvalidIdentityError,
+        ),
+    ]
+
+
+def enforce(config: NodeConfig, checks: list[Check]) -> None:
+    """Production: raise for the first failing check. Staging: warn for each."""
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return
+    if config.mode == "production":
+        first = failed[0]
+        others = "; also failing: " + ", ".join(c.name for c in failed[1:]) if failed[1:] else ""
+        raise first.error(
+            f"preflight: production check failed: {first.name} ({first.detail}). Fix: {first.fix}{others}"
+        )
+    if config.mode == "staging":
+        for c in failed:
+            log.warning("preflight: would refuse in production: %s (%s). Fix: %s", c.name, c.detail, c.fix)

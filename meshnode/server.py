@@ -1,0 +1,168 @@
+"""The node's grpc.aio server: mTLS only, every handler behind authorization.
+
+Services are registered through :class:`Registrar`, which stands in for the
+server when a generated ``add_XServicer_to_server`` runs, so meshnode sees
+each method handler and wraps it with the authorizer once, at registration
+(no per-call interceptor). Health (``grpc.health.v1``) and server
+reflection are registered the same way, on the same port.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from meshnode.errors import ServeError
+
+__all__ = ["HandlerWrapper", "MeshServer", "Registrar"]
+
+log = logging.getLogger("meshnode.server")
+
+#: (full method name "/pkg.Svc/M", handler) -> handler that authorizes first
+HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class _WrappingGenericHandler(grpc.GenericRpcHandler):
+    """For servicers registered only through a generic handler (old generated code)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._cache) < 4096:
+            self._cache[method] = (handler, wrapped)
+        return wrapped
+
+
+class Registrar:
+    """Collects method handlers from generated ``add_*_to_server`` functions."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        if service in self.services:
+            raise ServeError(f"server: service {service} is registered twice")
+        self.services[service] = dict(handlers)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.generic.extend(handlers)
+
+
+class MeshServer:
+    """Builds and owns the grpc.aio server of a node."""
+
+    def __init__(
+        self,
+        *,
+        wrap: HandlerWrapper,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        max_workers: int = 16,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._wrap = wrap
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
+        self.server = grpc.aio.server(
+            migration_thread_pool=self._pool,
+            interceptors=list(interceptors) or None,
+            options=list(options),
+        )
+        self.registrar = Registrar()
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.registrar)
+        self._registered = False
+        self.port = 0
+
+    def add(self, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
+        """Register ``servicer`` with its generated ``add_XServicer_to_server``."""
+        add_to_server(servicer, self.registrar)
+
+    def _register_all(self) -> None:
+        names = sorted(self.registrar.services)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ReflectionServicer([*names, reflection.SERVICE_NAME]), self.registrar
+        )
+        registered_generic = []
+        for service, handlers in self.registrar.services.items():
+            wrapped = {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+            registered_generic.append(grpc.method_handlers_generic_handler(service, wrapped))
+            self.server.add_registered_method_handlers(service, wrapped)
+        self.server.add_generic_rpc_handlers(
+            tuple(registered_generic)
+            + tuple(_WrappingGenericHandler(g, self._wrap) for g in self.registrar.generic
+                    if not _is_generated_duplicate(g, self.registrar.services))
+        )
+        self._registered = True
+
+    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        if not self._registered:
+            self._register_all()
+        try:
+            port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ServeError(
+                f"server: cannot listen on {address}: the address is in use or not available ({exc}); "
+                "stop whatever uses it or change [node] listen"
+            ) from None
+        if port == 0:
+            raise ServeError(f"server: cannot listen on {address}; change [node] listen")
+        self.port = port
+        return port
+
+    @property
+    def service_names(self) -> list[str]:
+        return sorted(self.registrar.services)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+        for name in self.registrar.services:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Probe(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def _is_generated_duplicate(handler: grpc.GenericRpcHandler, services: Mapping[str, Any]) -> bool:
+    """Generated code registers each service twice (generic + registered); keep one.
+
+    A generic handler that answers for a method of an already captured
+    service is that service's duplicate.
+    """
+    for service, methods in services.items():
+        for name in methods:
+            if handler.service(_Probe(f"/{service}/{name}")) is not None:
+                return True
+    return False

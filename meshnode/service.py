@@ -1,0 +1,108 @@
+"""NodeService: the base class users subclass to write mesh services.
+
+```python
+from meshnode import NodeService, allow
+from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+
+class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
+    allow = ["spiffe://example.org/node/alpha", "spiffe://example.org/ns/ops/*"]
+
+    @allow("spiffe://example.org/node/alpha")          # narrows Say to alpha only
+    async def Say(self, request, context):
+        return demo_pb2.SayReply(text=request.text, caller=str(meshnode.peer_id()),
+                                 server=str(self.node.spiffe_id))
+```
+
+* ``allow`` at class level: who may call every method of the service
+  (exact IDs, ``spiffe://td`` for a whole trust domain, ``spiffe://td/p/*``
+  for a path prefix on segment boundaries).
+* ``@allow(...)`` on a method narrows it: a caller needs both the class
+  rule and the method rule.
+* ``self.node`` is the running :class:`~meshnode.node.Node`: peers are
+  reached with ``self.node.stub("beta", demo_pb2_grpc.EchoStub)``.
+* Methods may be ``async def`` or plain ``def`` (run on a thread pool).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from meshnode.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshnode.node import Node
+
+__all__ = ["NodeService", "allow", "load_service_class", "method_allow", "registration_of"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ALLOW_ATTR = "__meshnode_allow__"
+
+
+class NodeService:
+    """Base class for services a node serves; combine with a generated servicer."""
+
+    #: who may call every method of this service; () = the node-wide policy decides
+    allow: ClassVar[Sequence[str]] = ()
+
+    _node: Node | None = None
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError(f"{type(self).__name__}.node is set when the service is registered with a node")
+        return self._node
+
+    def bind(self, node: Node) -> None:
+        """Called by the node when it registers the service."""
+        self._node = node
+
+
+def allow(*spiffe_ids: str) -> Callable[[F], F]:
+    """Narrow one method to callers matching any of ``spiffe_ids``."""
+    if not spiffe_ids:
+        raise ConfigError("service: @allow() needs at least one SPIFFE ID pattern")
+
+    def mark(fn: F) -> F:
+        setattr(fn, _ALLOW_ATTR, tuple(spiffe_ids))
+        return fn
+
+    return mark
+
+
+def method_allow(service: object, method_name: str) -> tuple[str, ...] | None:
+    fn = getattr(type(service), method_name, None)
+    value = getattr(fn, _ALLOW_ATTR, None)
+    return tuple(value) if value is not None else None
+
+
+def registration_of(service: object) -> list[tuple[str, Callable[[Any, Any], None]]]:
+    """(servicer class name, generated add_XServicer_to_server) for each generated
+    servicer base of ``service``."""
+    found = []
+    for klass in type(service).__mro__:
+        module = sys.modules.get(klass.__module__)
+        adder = getattr(module, f"add_{klass.__name__}_to_server", None) if module else None
+        if callable(adder):
+            found.append((klass.__name__, adder))
+    if not found:
+        raise ConfigError(
+            f"service: {type(service).__name__} does not subclass a generated servicer "
+            "(e.g. demo_pb2_grpc.EchoServicer); meshnode cannot tell which gRPC service it implements"
+        )
+    return found
+
+
+def load_service_class(spec: str) -> type[Any]:
+    """``package.module:ClassName`` -> the class."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"service: cannot import module {module_name!r} for {spec!r}: {exc}") from None
+    klass = getattr(module, class_name, None)
+    if not isinstance(klass, type):
+        raise ConfigError(f"service: module {module_name!r} has no class {class_name!r} (from {spec!r})")
+    return klass
