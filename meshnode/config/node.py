@@ -42,6 +42,7 @@ that read configuration files and the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -300,9 +301,11 @@ def node_config_from_dict(
     for peer_name in peers:
         if not peer_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")
-    from meshnode.telemetry.setup import telemetry_settings_from_section
+    from meshnode.telemetry.settings import telemetry_settings_from_section
 
     telemetry = telemetry_settings_from_section(root.section("telemetry"))
+    if telemetry.jsonl_path is not None and not Path(telemetry.jsonl_path).is_absolute():
+        telemetry = dataclasses.replace(telemetry, jsonl_path=str(base / telemetry.jsonl_path))
     root.done()
     try:
         return NodeConfig(

@@ -1,0 +1,16 @@
+"""Logging set-up for the command line (the library never configures logging)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level_name = os.environ.get("MESHNODE_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level_name, logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # grpc and py-spiffe are chatty at INFO about their own retries
+    logging.getLogger("spiffe").setLevel(logging.WARNING)
