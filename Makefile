@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "meshnode needs Python 3.11 or newer on PATH (python3.11, python3.12, ...)"; exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# xds-protos ships an old copy of opentelemetry/proto that overwrites opentelemetry-proto's
+	@# files (grpc/grpc#42926); put the real ones back so the OTLP exporter imports.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+		"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
 demo: $(STAMP)

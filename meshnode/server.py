@@ -84,7 +84,8 @@ class MeshServer:
         self.server = grpc.aio.server(
             migration_thread_pool=self._pool,
             interceptors=list(interceptors) or None,
-            options=list(options),
+            # without this, a second process could bind the same port silently (SO_REUSEPORT)
+            options=[("grpc.so_reuseport", 0), *options],
         )
         self.registrar = Registrar()
         self.health = HealthServicer()

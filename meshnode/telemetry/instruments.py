@@ -1,0 +1,161 @@
+"""meshnode's metric instruments, through the OpenTelemetry metrics API only.
+
+Instruments are made on first use from ``get_meter("meshnode")``. Until an
+application installs an SDK ``MeterProvider`` they are the API's no-ops
+(the API's proxies bind them to the real provider once one is set), so a
+library user who turns nothing on pays nothing. The names are listed in
+:mod:`meshnode.telemetry.attributes`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+
+from opentelemetry import metrics
+from opentelemetry.util.types import AttributeValue
+
+from meshnode.errors import IdentityUnavailableError
+from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.telemetry import attributes as attr
+
+__all__ = ["ExpiryWatch", "Instruments", "instruments", "split_method"]
+
+#: Returns the current snapshot, None or raises IdentityUnavailableError when there is none.
+SnapshotGetter = Callable[[], IdentitySnapshot | None]
+
+_ERROR_TYPE = "error.type"  # OpenTelemetry's general semantic convention
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """``"/pkg.Service/Method"`` -> ``("pkg.Service", "Method")``, as the gRPC instrumentation names them."""
+    service, sep, method = full_method.lstrip("/").partition("/")
+    return (service, method) if sep and service and method else ("", full_method)
+
+
+class ExpiryWatch:
+    """One snapshot getter observed by the seconds-to-expiry gauge; :meth:`close` stops it."""
+
+    def __init__(self, owner: Instruments, getter: SnapshotGetter) -> None:
+        self._owner = owner
+        self.getter = getter
+
+    def close(self) -> None:
+        """Stop observing; idempotent."""
+        self._owner._unwatch(self)
+
+    def __enter__(self) -> ExpiryWatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Instruments:
+    """The meshnode instruments on one meter provider (the global one by default)."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        self._meter = metrics.get_meter("meshnode", meter_provider=meter_provider)
+        self._decisions = self._meter.create_counter(
+            attr.AUTHZ_DECISIONS,
+            unit="{decision}",
+            description="Authorization decisions, by decision and method",
+        )
+        self._rotations = self._meter.create_counter(
+            attr.IDENTITY_ROTATIONS, unit="{rotation}", description="X.509-SVID rotations taken in"
+        )
+        self._source_errors = self._meter.create_counter(
+            attr.IDENTITY_SOURCE_ERRORS, unit="{error}", description="Errors reported by the identity source"
+        )
+        self._reload_failures = self._meter.create_counter(
+            attr.AUTHZ_POLICY_RELOAD_FAILURES,
+            unit="{failure}",
+            description="Policy reloads refused (the previous policy stays in force)",
+        )
+        self._lock = threading.Lock()
+        self._watches: list[ExpiryWatch] = []
+        self._gauge_made = False
+
+    def authz_decision(self, decision: str, full_method: str, *, dry_run: bool = False) -> None:
+        """Count one decision (``allow``, ``deny`` or ``unauthenticated``) on ``/pkg.Service/Method``."""
+        if decision not in attr.AUTHZ_DECISION_VALUES:
+            raise ValueError(f"telemetry: unknown authorization decision {decision!r}")
+        service, method = split_method(full_method)
+        self._decisions.add(
+            1,
+            {
+                attr.AUTHZ_DECISION: decision,
+                attr.RPC_SYSTEM: "grpc",
+                attr.RPC_SERVICE: service,
+                attr.RPC_METHOD: method,
+                attr.AUTHZ_DRY_RUN: dry_run,
+            },
+        )
+
+    def rotation(self, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        """Count one SVID rotation."""
+        self._rotations.add(1, attributes)
+
+    def source_error(self, error_type: str) -> None:
+        """Count one identity source error; ``error_type`` is low-cardinality (a class name)."""
+        self._source_errors.add(1, {_ERROR_TYPE: error_type})
+
+    def policy_reload_failure(self, error_type: str) -> None:
+        """Count one refused policy reload."""
+        self._reload_failures.add(1, {_ERROR_TYPE: error_type})
+
+    def watch_expiry(self, getter: SnapshotGetter) -> ExpiryWatch:
+        """Report ``getter()``'s seconds to expiry on every collection until the watch is closed.
+
+        ``getter`` runs on the metric reader's thread: it must be cheap and must
+        not block (``source.current`` of an identity source is). No identity
+        (None or IdentityUnavailableError) means no observation.
+        """
+        watch = ExpiryWatch(self, getter)
+        with self._lock:
+            self._watches.append(watch)
+            if not self._gauge_made:
+                self._meter.create_observable_gauge(
+                    attr.IDENTITY_SECONDS_TO_EXPIRY,
+                    callbacks=[self._observe_expiry],
+                    unit="s",
+                    description="Seconds until the node's X.509-SVID expires",
+                )
+                self._gauge_made = True
+        return watch
+
+    def _unwatch(self, watch: ExpiryWatch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def _observe_expiry(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        with self._lock:
+            watches = list(self._watches)
+        out = []
+        for watch in watches:
+            try:
+                snapshot = watch.getter()
+            except IdentityUnavailableError:
+                continue
+            if snapshot is not None:
+                out.append(
+                    metrics.Observation(snapshot.seconds_left(), {attr.LOCAL_SPIFFE_ID: str(snapshot.spiffe_id)})
+                )
+        return out
+
+
+_default: Instruments | None = None
+_default_lock = threading.Lock()
+
+
+def instruments() -> Instruments:
+    """The process-wide instruments on the global meter provider, made on first call."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Instruments()
+        return _default
