@@ -182,6 +182,20 @@ class DevCA:
         with self._lock:
             self._previous.clear()
 
+    def retire(self, ca_certificate: x509.Certificate) -> bool:
+        """Drop one earlier CA from the bundle; False if it is not an earlier CA.
+
+        The signer and the prepared next CA are never dropped. Retiring one CA
+        at a time lets rotations overlap: each old CA leaves the bundle when
+        the SVIDs it signed have expired.
+        """
+        with self._lock:
+            for authority in self._previous:
+                if authority.cert == ca_certificate:
+                    self._previous.remove(authority)
+                    return True
+        return False
+
     # -- issuing ----------------------------------------------------------
 
     def issue(

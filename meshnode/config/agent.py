@@ -1,0 +1,220 @@
+"""The dev agent's configuration: ``agent.toml`` as frozen, validated dataclasses.
+
+::
+
+    trust_domain = "example.org"
+    socket_dir = "/tmp/meshnode-agent"   # one socket per entry: <socket_dir>/<name>.sock
+    svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
+    state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
+
+    [[entries]]
+    name = "alpha"                       # socket alpha.sock: the dev stand-in for attestation
+    spiffe_id = "spiffe://example.org/node/alpha"
+    dns_names = ["alpha.local"]          # optional, added to the mapped DNS SAN
+    map_dns = true                       # false: no DNS SAN at all (SPIRE's default profile)
+    uid = 1000                           # optional: only this uid may use the socket
+
+    [federation]                         # optional: foreign trust domain -> PEM bundle file
+    "partner.org" = "partner-bundle.pem"
+
+Relative paths are read relative to the directory of the config file. The
+dataclasses validate themselves, so a config built in code gets the same
+checks as one read from a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography import x509
+
+from meshnode.config._reader import Section, load_toml
+from meshnode.errors import ConfigError, InvalidIdentityError, InvalidSpiffeIdError
+from meshnode.identity.devca import validate_dns_name
+from meshnode.identity.x509svid import load_pem_certs
+from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
+
+__all__ = ["DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"]
+
+DEFAULT_SVID_TTL = 3600
+MIN_SVID_TTL = 2
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+@dataclass(frozen=True)
+class EntryConfig:
+    """One registration entry: a socket name, the SPIFFE ID it hands out, SAN options."""
+
+    name: str
+    spiffe_id: SpiffeID
+    dns_names: tuple[str, ...] = ()
+    map_dns: bool = True
+    uid: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"agent: entry name {self.name!r} is not usable as a socket name; use 1-64 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        if not self.spiffe_id.path:
+            raise InvalidSpiffeIdError(
+                f"agent: entry '{self.name}': {self.spiffe_id} names a trust domain, not a workload; "
+                f"add a path, e.g. {self.spiffe_id}/node/{self.name}"
+            )
+        try:
+            names = tuple(dict.fromkeys(validate_dns_name(n) for n in self.dns_names))
+        except ConfigError as exc:
+            raise ConfigError(f"agent: entry '{self.name}': dns_names: {str(exc).removeprefix('devca: ')}") from None
+        object.__setattr__(self, "dns_names", names)
+        if self.map_dns:
+            try:
+                dns_name_for(self.spiffe_id)
+            except InvalidSpiffeIdError:
+                raise ConfigError(
+                    f"agent: entry '{self.name}': {self.spiffe_id} has no DNS name (too long for DNS); "
+                    "set map_dns = false for this entry, or shorten the ID"
+                ) from None
+        if self.uid is not None and self.uid < 0:
+            raise ConfigError(f"agent: entry '{self.name}': uid must be 0 or more, not {self.uid}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole agent: trust domain, where sockets and state live, entries, federation."""
+
+    trust_domain: str
+    socket_dir: Path
+    entries: tuple[EntryConfig, ...]
+    svid_ttl: int = DEFAULT_SVID_TTL
+    state_dir: Path | None = None
+    #: Foreign trust domain -> its X.509 roots, sent as federated bundles.
+    federation: Mapping[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trust_domain", parse_trust_domain(self.trust_domain))
+        object.__setattr__(self, "socket_dir", Path(self.socket_dir))
+        if self.state_dir is not None:
+            object.__setattr__(self, "state_dir", Path(self.state_dir))
+        object.__setattr__(self, "entries", tuple(self.entries))
+        if isinstance(self.svid_ttl, bool) or not isinstance(self.svid_ttl, int) or self.svid_ttl < MIN_SVID_TTL:
+            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds >= {MIN_SVID_TTL}, "
+                              f"not {self.svid_ttl!r}")
+        if not self.entries:
+            raise ConfigError("agent: no entries; add one [[entries]] table (name, spiffe_id) per workload")
+        seen: dict[str, str] = {}
+        for entry in self.entries:
+            if not entry.spiffe_id.member_of(self.trust_domain):
+                raise ConfigError(
+                    f"agent: entry '{entry.name}': {entry.spiffe_id} is outside the agent's trust domain "
+                    f"'{self.trust_domain}'; the dev CA signs only IDs of its own trust domain"
+                )
+            path = str(self.socket_path(entry.name))
+            if path in seen:
+                raise ConfigError(
+                    f"agent: two entries named '{entry.name}' would share the socket {path}; "
+                    "give each entry its own name"
+                )
+            seen[path] = entry.name
+            if len(os.fsencode(os.path.abspath(path))) > _MAX_SOCKET_PATH:
+                raise ConfigError(
+                    f"agent: socket path {path} is longer than {_MAX_SOCKET_PATH} bytes (a unix socket "
+                    "limit); use a shorter socket_dir or entry name"
+                )
+        federation: dict[str, tuple[x509.Certificate, ...]] = {}
+        for td, certs in self.federation.items():
+            name = parse_trust_domain(td)
+            if name == self.trust_domain:
+                raise ConfigError(
+                    f"agent: federation lists the agent's own trust domain '{name}'; "
+                    "only foreign trust domains belong there"
+                )
+            if not certs:
+                raise ConfigError(f"agent: federated bundle for '{name}' holds no certificate")
+            federation[name] = tuple(certs)
+        object.__setattr__(self, "federation", MappingProxyType(federation))
+
+    def socket_path(self, name: str) -> Path:
+        """Where the entry called ``name`` is served: ``<socket_dir>/<name>.sock``."""
+        return self.socket_dir / f"{name}.sock"
+
+    def entry(self, name: str) -> EntryConfig:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(e.name for e in self.entries)})")
+
+
+def _path(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _in_file(exc: ConfigError, source: Path) -> ConfigError:
+    """The same error, with the config file named after the component."""
+    return type(exc)(f"agent: {source}: {str(exc).removeprefix('agent: ')}")
+
+
+def _entry(sec: Section, source: Path) -> EntryConfig:
+    name = sec.string("name")
+    raw_id = sec.string("spiffe_id")
+    try:
+        spiffe_id = parse_spiffe_id(raw_id)
+    except InvalidSpiffeIdError as exc:
+        reason = str(exc).removeprefix("spiffeid: ").removeprefix("invalid SPIFFE ID ")
+        raise InvalidSpiffeIdError(str(sec.error("spiffe_id", f"is not a valid SPIFFE ID: {reason}"))) from None
+    dns_names = sec.strings("dns_names", ())
+    map_dns = sec.boolean("map_dns", True)
+    uid = sec.integer("uid", None, minimum=0)
+    sec.done()
+    try:
+        return EntryConfig(name=name, spiffe_id=spiffe_id, dns_names=dns_names, map_dns=map_dns, uid=uid)
+    except ConfigError as exc:
+        raise _in_file(exc, source) from None
+
+
+def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x509.Certificate, ...]]:
+    out: dict[str, tuple[x509.Certificate, ...]] = {}
+    for td in names:
+        path = _path(sec.string(td), base)
+        try:
+            out[td] = tuple(load_pem_certs(path.read_bytes(), f"federated bundle {path}"))
+        except OSError as exc:
+            raise sec.error(td, f"names {path}, which cannot be read ({exc.strerror})") from None
+        except InvalidIdentityError as exc:
+            raise sec.error(td, str(exc).removeprefix("identity: ")) from None
+    sec.done()
+    return out
+
+
+def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and validate ``agent.toml``; raises ConfigError naming the file and key."""
+    source = Path(path)
+    base = source.resolve().parent
+    data = load_toml(source, "agent")
+    root = Section(data, "", str(source), "agent")
+    trust_domain = root.string("trust_domain")
+    socket_dir = _path(root.string("socket_dir"), base)
+    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
+    state_dir = root.string("state_dir", None)
+    entries = [_entry(sec, source) for sec in root.section_list("entries")]
+    federation_table = root.section("federation")  # refuses a non-table, so data[...] is a table below
+    federation = _federation(federation_table, list(data.get("federation", {})), base)
+    root.done()
+    try:
+        return AgentConfig(
+            trust_domain=trust_domain,
+            socket_dir=socket_dir,
+            entries=tuple(entries),
+            svid_ttl=svid_ttl,
+            state_dir=_path(state_dir, base) if state_dir is not None else None,
+            federation=federation,
+        )
+    except ConfigError as exc:
+        raise _in_file(exc, source) from None

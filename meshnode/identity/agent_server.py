@@ -1,0 +1,240 @@
+"""The SPIFFE Workload API served by the dev agent, one servicer per entry.
+
+The agent swaps its whole state (every entry's X509-SVID, the trust bundle,
+federated bundles, the JWT bundle) as one immutable :class:`AgentState` in a
+:class:`StateFeed`; each open stream sends the full state for its entry
+whenever the part it carries changes, as the Workload API spec asks.
+
+Like SPIRE, every call must carry the ``workload.spiffe.io: true`` header
+(else INVALID_ARGUMENT, "security header missing from request"). A caller
+that a socket's uid gate turned away reaches a :class:`DenyHandler`, which
+answers every method PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeAlias, TypeVar
+
+import grpc
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+from spiffe._proto import workload_pb2 as pb
+from spiffe._proto import workload_pb2_grpc as pb_grpc
+
+from meshnode.config.agent import EntryConfig
+from meshnode.errors import InvalidSpiffeIdError
+from meshnode.identity.devca import DevCA, IssuedSVID
+from meshnode.spiffeid import parse_spiffe_id
+
+__all__ = ["HEADER_KEY", "AgentState", "DenyHandler", "StateFeed", "WorkloadAPIServicer"]
+
+log = logging.getLogger(__name__)
+
+HEADER_KEY = "workload.spiffe.io"
+HEADER_VALUE = "true"
+_M = TypeVar("_M", bound=Message)
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # grpcio ships no type hints: Any to mypy
+
+
+@dataclass(frozen=True, eq=False)
+class AgentState:
+    """Everything the agent serves, at one generation."""
+
+    generation: int
+    trust_domain: str
+    svids: Mapping[str, IssuedSVID]  # by entry name
+    bundle: tuple[x509.Certificate, ...]
+    federated: Mapping[str, tuple[x509.Certificate, ...]]
+    jwks: bytes
+
+
+class StateFeed:
+    """Published :class:`AgentState` values in order, and a way to wait for the next (one event loop).
+
+    Every stream gets every generation in order (unless it falls more than
+    ``history`` behind): a CA rotation's "new CA in the bundle" state must
+    reach a client before the state whose SVID the new CA signed.
+    """
+
+    def __init__(self, first: AgentState, history: int = 32) -> None:
+        self._states: deque[AgentState] = deque([first], maxlen=history)
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    @property
+    def current(self) -> AgentState:
+        return self._states[-1]
+
+    def publish(self, state: AgentState) -> None:
+        self._states.append(state)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._changed.set()
+
+    async def next(self, generation: int) -> AgentState | None:
+        """The state after ``generation`` (the oldest kept if it fell behind); None once closed."""
+        while not self._closed and self.current.generation <= generation:
+            await self._changed.wait()
+        if self._closed:
+            return None
+        return next(state for state in self._states if state.generation > generation)
+
+
+def _der(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
+
+
+def _td_key(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}"  # bundle maps are keyed by the trust domain's SPIFFE ID
+
+
+def _federated(state: AgentState) -> dict[str, bytes]:
+    return {_td_key(td): _der(certs) for td, certs in state.federated.items()}
+
+
+def x509_svid_response(state: AgentState, entry: str) -> pb.X509SVIDResponse:
+    svid = state.svids[entry]
+    key = svid.private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    message = pb.X509SVID(
+        spiffe_id=str(svid.spiffe_id), x509_svid=_der(svid.chain), x509_svid_key=key, bundle=_der(state.bundle)
+    )
+    return pb.X509SVIDResponse(svids=[message], federated_bundles=_federated(state))
+
+
+def x509_bundles_response(state: AgentState) -> pb.X509BundlesResponse:
+    bundles = {_td_key(state.trust_domain): _der(state.bundle), **_federated(state)}
+    return pb.X509BundlesResponse(bundles=bundles)
+
+
+def jwt_bundles_response(state: AgentState) -> pb.JWTBundlesResponse:
+    return pb.JWTBundlesResponse(bundles={_td_key(state.trust_domain): state.jwks})
+
+
+async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort() raises")
+
+
+async def check_header(context: Context) -> None:
+    metadata = dict(context.invocation_metadata() or ())
+    if metadata.get(HEADER_KEY) != HEADER_VALUE:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
+
+
+class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
+    """The Workload API for one entry: the identity that entry's socket hands out."""
+
+    def __init__(self, feed: StateFeed, entry: EntryConfig, ca: DevCA, jwt_ttl: dt.timedelta) -> None:
+        self._feed = feed
+        self._entry = entry
+        self._ca = ca
+        self._jwt_ttl = jwt_ttl
+
+    async def _stream(self, context: Context, build: Callable[[AgentState], _M]) -> AsyncIterator[_M]:
+        await check_header(context)
+        last = b""
+        state: AgentState | None = self._feed.current
+        while state is not None:
+            message = build(state)
+            wire = message.SerializeToString(deterministic=True)
+            if wire != last:  # full state every time, but only when something in it changed
+                last = wire
+                yield message
+            state = await self._feed.next(state.generation)
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, "agent: shutting down; reconnect when it is back")
+
+    # grpc.aio wants the stream methods themselves to be async generator functions.
+    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> AsyncIterator[Any]:
+        async for message in self._stream(context, lambda state: x509_svid_response(state, self._entry.name)):
+            yield message
+
+    async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> AsyncIterator[Any]:
+        async for message in self._stream(context, x509_bundles_response):
+            yield message
+
+    async def FetchJWTBundles(self, request: pb.JWTBundlesRequest, context: Context) -> AsyncIterator[Any]:
+        async for message in self._stream(context, jwt_bundles_response):
+            yield message
+
+    async def FetchJWTSVID(self, request: pb.JWTSVIDRequest, context: Context) -> pb.JWTSVIDResponse:
+        await check_header(context)
+        if not request.audience:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        if request.spiffe_id:
+            try:
+                wanted = parse_spiffe_id(request.spiffe_id)
+            except InvalidSpiffeIdError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"agent: {exc}")
+            if wanted != self._entry.spiffe_id:
+                await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"agent: no identity issued for {wanted}")
+        audience = list(request.audience)
+        token = self._ca.sign_jwt(self._entry.spiffe_id, audience, self._jwt_ttl)
+        log.info("agent: issued JWT-SVID for %s (entry %s) audience %s, valid %d s",
+                 self._entry.spiffe_id, self._entry.name, audience, self._jwt_ttl.total_seconds())
+        return pb.JWTSVIDResponse(svids=[pb.JWTSVID(spiffe_id=str(self._entry.spiffe_id), svid=token)])
+
+    async def ValidateJWTSVID(
+        self, request: pb.ValidateJWTSVIDRequest, context: Context
+    ) -> pb.ValidateJWTSVIDResponse:
+        await check_header(context)
+        if not request.audience:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+        try:
+            spiffe_id, claims = self._validate(request.svid, request.audience)
+        except ValueError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"agent: the JWT-SVID is not valid: {exc}")
+        struct = struct_pb2.Struct()
+        struct.update(claims)
+        return pb.ValidateJWTSVIDResponse(spiffe_id=spiffe_id, claims=struct)
+
+    def _validate(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
+        """Signature (this trust domain's JWT key), audience, expiry, subject; ValueError says why."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            if kid != self._ca.jwt_key_id:
+                raise ValueError(f"signed by unknown key id {kid!r}")
+            claims: dict[str, Any] = jwt.decode(
+                token, self._ca.jwt_public_key(), algorithms=["ES256"], audience=audience,
+                options={"require": ["sub", "aud", "exp"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        try:
+            subject = parse_spiffe_id(str(claims["sub"]))
+        except InvalidSpiffeIdError as exc:
+            raise ValueError(f"subject: {exc}") from None
+        if not subject.member_of(self._ca.trust_domain):
+            raise ValueError(f"subject {subject} is not in trust domain '{self._ca.trust_domain}'")
+        return str(subject), claims
+
+
+class DenyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Answers every call PERMISSION_DENIED: the socket's uid gate found no entry for the caller."""
+
+    def __init__(self, uid: int) -> None:
+        self._details = f"agent: no registration entry for caller uid {uid}"
+        # A unary handler answers stream methods as well: the caller only ever sees the status.
+        self._handler = grpc.unary_unary_rpc_method_handler(self._deny)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return self._handler
+
+    async def _deny(self, request: bytes, context: Context) -> bytes:
+        await check_header(context)
+        await _abort(context, grpc.StatusCode.PERMISSION_DENIED, self._details)

@@ -1,0 +1,131 @@
+"""The dev agent's listening sockets: one grpc.aio server per entry.
+
+grpc cannot tell which listening socket a call arrived on, so each entry
+gets its own server. An entry without ``uid`` is bound straight on its
+public socket; an entry with ``uid`` is bound in a private 0700 directory
+behind a :class:`~meshnode.identity.peercred.UidGate` on the public socket,
+and refused callers reach a PERMISSION_DENIED server for their uid.
+
+Public sockets are made mode 0777, as SPIRE's agent socket is: anyone on
+the host may connect, and the entry's ``uid`` decides who gets an identity.
+:meth:`AgentSockets.close` removes exactly the sockets it bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from spiffe._proto import workload_pb2_grpc as pb_grpc
+
+from meshnode.errors import ClosedError, ConfigError, ServeError
+from meshnode.identity.agent_server import DenyHandler, WorkloadAPIServicer
+from meshnode.identity.peercred import PeerCredentials, UidGate, claim_socket_path
+
+__all__ = ["AgentSockets"]
+
+_STOP_GRACE = 1.0  # seconds in-flight unary calls get at shutdown; streams have ended by then
+
+
+class AgentSockets:
+    """Binds entries' sockets in ``socket_dir``; ``close()`` unbinds and removes them."""
+
+    def __init__(self, socket_dir: Path) -> None:
+        self.socket_dir = socket_dir
+        self._servers: list[grpc.aio.Server] = []
+        self._gates: list[UidGate] = []
+        self._deny: dict[int, Path] = {}  # caller uid -> its PERMISSION_DENIED socket
+        self._deny_lock = asyncio.Lock()
+        self._owned: dict[Path, int] = {}  # public socket -> inode we bound
+        self._private_dir: Path | None = None
+        self._closed = False
+
+    def claim(self, paths: Sequence[Path]) -> None:
+        """Check the directory is writable and every path free (stale sockets removed), binding nothing."""
+        try:
+            self.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"agent: cannot create socket_dir {self.socket_dir}: {exc.strerror}; "
+                "choose a directory you can write"
+            ) from None
+        if not os.access(self.socket_dir, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise ConfigError(
+                f"agent: socket_dir {self.socket_dir} is not writable by uid {os.geteuid()}; "
+                "fix its permissions or choose another socket_dir"
+            )
+        for path in paths:
+            claim_socket_path(path)
+
+    async def serve(self, public: Path, servicer: WorkloadAPIServicer, uid: int | None = None) -> None:
+        """Serve ``servicer`` on ``public``; with ``uid``, only to callers running as that uid."""
+        if self._closed:
+            raise ClosedError("agent: sockets are closed")
+
+        def add(server: grpc.aio.Server) -> None:
+            pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+        if uid is None:
+            await self._grpc_server(public, add)
+        else:
+            private = self._private() / f"entry-{len(self._gates)}.sock"
+            await self._grpc_server(private, add)
+            gate = UidGate(public, uid, private, self._deny_socket)
+            await gate.start()
+            self._gates.append(gate)
+        os.chmod(public, 0o777)
+        self._owned[public] = os.lstat(public).st_ino
+
+    async def close(self) -> None:
+        """Stop every server and gate, remove the sockets this object bound; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for gate in self._gates:
+            await gate.close()
+        await asyncio.gather(*(server.stop(_STOP_GRACE) for server in self._servers))
+        for path, inode in self._owned.items():
+            try:
+                if os.lstat(path).st_ino == inode:  # never remove a socket someone bound since
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+
+    def _private(self) -> Path:
+        """A 0700 directory for the grpc sockets behind uid gates (short: socket paths max 107 bytes)."""
+        if self._private_dir is None:
+            try:
+                self._private_dir = Path(tempfile.mkdtemp(prefix="meshnode-agent-", dir="/tmp"))
+            except OSError as exc:
+                raise ServeError(f"agent: cannot create a private socket directory in /tmp: {exc.strerror}") from None
+        return self._private_dir
+
+    async def _grpc_server(self, path: Path, add: Callable[[grpc.aio.Server], None]) -> None:
+        server = grpc.aio.server()
+        add(server)
+        try:
+            server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as exc:
+            raise ServeError(f"agent: cannot bind {path}: {exc}") from None
+        await server.start()
+        self._servers.append(server)
+
+    async def _deny_socket(self, caller: PeerCredentials) -> Path:
+        """The private socket answering PERMISSION_DENIED to ``caller.uid``, started on first use."""
+        async with self._deny_lock:
+            path = self._deny.get(caller.uid)
+            if path is None:
+                if self._closed:
+                    raise ClosedError("agent: sockets are closed")
+                path = self._private() / f"deny-{caller.uid}.sock"
+                handler = DenyHandler(caller.uid)
+                await self._grpc_server(path, lambda server: server.add_generic_rpc_handlers((handler,)))
+                self._deny[caller.uid] = path
+            return path
