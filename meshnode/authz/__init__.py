@@ -1,0 +1,103 @@
+"""Authorization by the caller's verified SPIFFE ID.
+
+The pieces, in the order a call meets them::
+
+    TLS (gRPC verified the chain) -> Authorizer.check: caller identity
+      (re-validated, federated chain check) -> Policy.decide (deny rules,
+      then allow rules, else deny) -> span / metric / audit -> handler,
+      which reads the caller with peer_id()
+
+In a node (meshnode.authz.node.build_node_authorizer does this)::
+
+    source = policy_source(allow=cfg.allow, policy_file=cfg.policy, extra=[service_policy(services)])
+    authorizer = Authorizer(source, trust=AcceptedTrust(identity_source, accepted), audit=cfg.audit,
+                            dry_run=cfg.dry_run, own_policy=True)
+    MeshServer(wrap=authorizer.wrap_handler)        # handlers wrapped once, at registration
+
+On any grpc.aio server::
+
+    grpc.aio.server(interceptors=[otel_interceptor, authorizer.interceptor()])
+    # or: add_EchoServicer_to_server(servicer, authorizer.registrar(server))
+
+Inside a handler::
+
+    from meshnode.authz import peer_id
+    caller = peer_id()        # SpiffeID; NoPeerIdentityError outside an authorized call
+"""
+
+from meshnode.authz.a43 import load_a43_file, parse_a43
+from meshnode.authz.audit import AUDIT_LOGGER, AuditCondition
+from meshnode.authz.authorizer import Authorizer, Verdict
+from meshnode.authz.config import load_policy_file, policy_source
+from meshnode.authz.context import NoPeerIdentityError, peer_id
+from meshnode.authz.handlers import AuthorizingRegistrar, AuthzInterceptor
+from meshnode.authz.identity import AcceptedTrust, TrustInfo, TrustSnapshot
+from meshnode.authz.matchers import (
+    AllOf,
+    AnyOf,
+    AnyPeer,
+    ExactID,
+    IdPattern,
+    Not,
+    PathPrefix,
+    PeerMatcher,
+    TrustDomain,
+    parse_peer,
+)
+from meshnode.authz.policy import (
+    Decision,
+    Effect,
+    Explanation,
+    Policy,
+    Request,
+    Rule,
+    allow,
+    deny,
+    merge_policies,
+    policy_from_allowlist,
+    restrict,
+)
+from meshnode.authz.source import ActivePolicy, PolicyFile, PolicySource, StaticPolicy
+
+__all__ = [
+    "AUDIT_LOGGER",
+    "AcceptedTrust",
+    "ActivePolicy",
+    "AllOf",
+    "AnyOf",
+    "AnyPeer",
+    "AuditCondition",
+    "Authorizer",
+    "AuthorizingRegistrar",
+    "AuthzInterceptor",
+    "Decision",
+    "Effect",
+    "ExactID",
+    "Explanation",
+    "IdPattern",
+    "NoPeerIdentityError",
+    "Not",
+    "PathPrefix",
+    "PeerMatcher",
+    "Policy",
+    "PolicyFile",
+    "PolicySource",
+    "Request",
+    "Rule",
+    "StaticPolicy",
+    "TrustDomain",
+    "TrustInfo",
+    "TrustSnapshot",
+    "Verdict",
+    "allow",
+    "deny",
+    "load_a43_file",
+    "load_policy_file",
+    "merge_policies",
+    "parse_a43",
+    "parse_peer",
+    "peer_id",
+    "policy_from_allowlist",
+    "policy_source",
+    "restrict",
+]

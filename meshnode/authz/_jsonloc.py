@@ -1,0 +1,86 @@
+"""Where things are in a JSON text: line and column of every value and member key.
+
+:mod:`json` gives positions only for syntax errors. Policy errors must say
+*where* a bad field is too, so after :func:`json.loads` accepted a text,
+:func:`json_locations` walks its tokens once and records the position of
+each object member (at its key) and each array element. It also reports
+duplicate keys, which :mod:`json` silently collapses (the last one wins,
+hiding the first from a reviewer).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+
+__all__ = ["Path", "json_locations", "render_path"]
+
+Path = tuple[str | int, ...]
+
+_TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"]+))')
+
+
+class _Frame:
+    __slots__ = ("expect_key", "is_object", "key", "keys", "path")
+
+    def __init__(self, path: Path, is_object: bool) -> None:
+        self.path = path
+        self.is_object = is_object
+        self.key: str | int = 0
+        self.expect_key = is_object
+        self.keys: set[str] = set()
+
+
+def json_locations(text: str) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
+    """(positions, duplicate member paths) for ``text``, which must be valid JSON."""
+    line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+
+    def where(offset: int) -> tuple[int, int]:
+        line = bisect.bisect_right(line_starts, offset)
+        return line, offset - line_starts[line - 1] + 1
+
+    locations: dict[Path, tuple[int, int]] = {}
+    duplicates: list[Path] = []
+    stack: list[_Frame] = []
+    for m in _TOKEN.finditer(text):
+        assert m.lastindex is not None
+        start = m.start(m.lastindex)
+        string, punct = m.group(1), m.group(2)
+        top = stack[-1] if stack else None
+        if top is not None and top.expect_key and string is not None:
+            key = json.loads(string)
+            top.key, top.expect_key = key, False
+            if key in top.keys:
+                duplicates.append((*top.path, key))
+            else:
+                top.keys.add(key)
+                locations[(*top.path, key)] = where(start)
+            continue
+        if punct == ":":
+            continue
+        if punct == ",":
+            if top is not None and top.is_object:
+                top.expect_key = True
+            elif top is not None:
+                top.key = int(top.key) + 1
+            continue
+        if punct in ("}", "]"):
+            stack.pop()
+            continue
+        path: Path = (*top.path, top.key) if top is not None else ()
+        if top is None or not top.is_object:
+            locations.setdefault(path, where(start))
+        if punct == "{":
+            stack.append(_Frame(path, True))
+        elif punct == "[":
+            stack.append(_Frame(path, False))
+    return locations, duplicates
+
+
+def render_path(path: Path) -> str:
+    """``("allow_rules", 1, "source")`` -> ``allow_rules[1].source``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"

@@ -1,0 +1,141 @@
+"""The node's authorizer: ``[authz]`` settings, rules declared by services, and the node's trust.
+
+Rules come from three places and form one policy (deny always wins):
+
+* ``[authz] allow``: callers allowed to call every method;
+* ``[authz] policy``: an A43 file, watched and reloaded;
+* the services: a :class:`~meshnode.service.NodeService` with a class-level
+  ``allow`` list is callable *only* by those peers (an allow rule plus a
+  :func:`~meshnode.authz.restrict` rule for the service: node-wide allow
+  rules cannot widen it, deny rules still narrow it); ``@allow(...)`` on a
+  method narrows that method further (a caller needs both).
+
+Outside development mode a policy that can only deny refuses to start
+(:meth:`~meshnode.authz.Policy.check_production`); in development it is
+allowed, with a warning, and every call is denied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import grpc
+from opentelemetry import metrics
+
+from meshnode.authz.authorizer import Authorizer
+from meshnode.authz.config import policy_source
+from meshnode.authz.identity import AcceptedTrust, TrustSnapshot
+from meshnode.authz.matchers import as_peer_matcher
+from meshnode.authz.policy import Policy, Rule, allow, restrict
+from meshnode.service import method_allow, registration_of
+
+__all__ = ["build_node_authorizer", "service_policy"]
+
+log = logging.getLogger("meshnode.authz")
+
+
+class _Settings(Protocol):
+    @property
+    def allow(self) -> tuple[str, ...]: ...
+
+    @property
+    def policy(self) -> Any: ...  # a path or None
+
+    @property
+    def audit(self) -> str: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+
+class _NodeConfig(Protocol):
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def authz(self) -> _Settings: ...
+
+
+class _Source(Protocol):
+    def current(self) -> TrustSnapshot: ...
+
+
+class _MethodNames:
+    """Stands in for a server to learn which service and methods a servicer registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, tuple[str, ...]] = {}
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = tuple(handlers)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        pass
+
+
+def service_policy(services: Iterable[object]) -> Policy:
+    """The rules the services declare (class-level ``allow``, method ``@allow``)."""
+    rules: list[Rule] = []
+    for service in services:
+        cls = type(service).__name__
+        names = _MethodNames()
+        for _servicer, add in registration_of(service):
+            add(service, names)
+        declared = tuple(getattr(type(service), "allow", ()) or ())
+        for svc, methods in names.services.items():
+            if declared:
+                peers = as_peer_matcher(declared, f"{cls}.allow")
+                rules.append(allow(peers, service=svc, name=f"{cls}.allow"))
+                rules.append(restrict(peers, service=svc, name=f"{cls}.allow (only these peers)"))
+            for method in methods:
+                narrowed = method_allow(service, method)
+                if narrowed:
+                    peers = as_peer_matcher(narrowed, f"{cls}.{method} @allow")
+                    rules.append(restrict(peers, method=f"/{svc}/{method}", name=f"{cls}.{method} @allow"))
+    return Policy(tuple(rules), name="services")
+
+
+def build_node_authorizer(
+    config: _NodeConfig,
+    services: Iterable[object],
+    source: _Source,
+    accepted: Iterable[str],
+    *,
+    tracer_provider: Any = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> Authorizer:
+    """The node's :class:`Authorizer`; it owns the policy file watcher (close it with the node).
+
+    ``tracer_provider`` is accepted for symmetry: decisions are recorded on
+    the current span, which the OpenTelemetry server interceptor makes.
+    Raises PolicyError for an invalid allowlist, policy file or service rule.
+    """
+    settings = config.authz
+    watched = policy_source(
+        allow=settings.allow,
+        policy_file=settings.policy,
+        extra=[service_policy(services)],
+        meter_provider=meter_provider,
+    )
+    try:
+        policy = watched.current().policy
+        if config.mode != "development":
+            policy.check_production()
+        elif not policy.allow_rules:
+            log.warning(
+                "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "
+                "every call will be denied"
+            )
+        return Authorizer(
+            watched,
+            trust=AcceptedTrust(source, frozenset(accepted)),
+            audit=settings.audit,
+            dry_run=settings.dry_run,
+            meter_provider=meter_provider,
+            own_policy=True,
+        )
+    except BaseException:
+        getattr(watched, "close", lambda: None)()
+        raise

@@ -1,0 +1,273 @@
+"""The policy model: rules that allow or deny callers per method, and how they decide.
+
+A :class:`Rule` is *peers* x *methods* (x headers, A43 only) with an
+:class:`Effect`. A :class:`Policy` decides a :class:`Request` in a fixed
+order, the same as gRPC's A43 engine:
+
+1. any matching deny rule denies (deny always wins over allow);
+2. else any matching allow rule allows;
+3. else the call is denied (nothing matched).
+
+Every decision names the rule that made it, and :meth:`Policy.explain`
+shows for each rule why it did or did not match.
+
+Building policies in code (class-level allowlists, per-method decorators)::
+
+    Policy((
+        allow("spiffe://example.org/ns/prod/*", service="meshnode.demo.v1.Echo"),
+        allow(["spiffe://example.org/node/alpha"], method="/meshnode.demo.v1.Relay/Forward"),
+        restrict("spiffe://example.org/node/alpha", method="/meshnode.demo.v1.Relay/Forward"),
+        deny("spiffe://example.org/node/gamma"),
+    ), name="node")
+
+:func:`allow` adds callers, :func:`restrict` makes a method *only* callable
+by the given peers whatever else allows (it is a deny rule for everyone
+else), and :func:`merge_policies` combines several policies into one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from meshnode.authz.audit import AuditCondition
+from meshnode.authz.matchers import AnyPeer, Not, PeerMatcher, PeerSpec, as_peer_matcher, parse_peer
+from meshnode.authz.scopes import (
+    AnyMethod,
+    HeaderCondition,
+    MethodPath,
+    MethodScope,
+    ServiceScope,
+    check_method_path,
+    check_service_name,
+)
+from meshnode.errors import PolicyError
+from meshnode.spiffeid import SpiffeID
+
+__all__ = [
+    "Decision",
+    "Effect",
+    "Explanation",
+    "Policy",
+    "Request",
+    "Rule",
+    "RuleTrace",
+    "allow",
+    "deny",
+    "merge_policies",
+    "policy_from_allowlist",
+    "restrict",
+]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Effect(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a decision looks at: the verified caller, the method and (A43) headers."""
+
+    peer: SpiffeID
+    method: str
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
+
+    @classmethod
+    def from_metadata(
+        cls, peer: SpiffeID, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Request:
+        """Join repeated keys with ',' (A43); binary (``-bin``) values are left out."""
+        joined: dict[str, str] = {}
+        for key, value in metadata or ():
+            if isinstance(value, str):
+                joined[key] = f"{joined[key]},{value}" if key in joined else value
+        return cls(peer, method, MappingProxyType(joined))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    rule: Rule
+    matched: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    effect: Effect
+    peers: PeerMatcher = field(default_factory=AnyPeer)
+    methods: MethodScope = field(default_factory=AnyMethod)
+    headers: tuple[HeaderCondition, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise PolicyError("authz: every rule needs a non-empty name (it appears in audit records)")
+        object.__setattr__(self, "headers", tuple(self.headers))
+
+    def matches(self, request: Request) -> bool:
+        return (
+            self.methods.matches(request.method)
+            and self.peers.matches(request.peer)
+            and all(h.matches(request.headers) for h in self.headers)
+        )
+
+    def explain(self, request: Request) -> RuleTrace:
+        checks = [
+            (self.peers.matches(request.peer), f"peer {request.peer}", self.peers.describe()),
+            (self.methods.matches(request.method), f"method {request.method}", self.methods.describe()),
+        ]
+        checks += [(h.matches(request.headers), "request", h.describe()) for h in self.headers]
+        reasons = tuple(f"{what} {'matches' if ok else 'does not match'} {how}" for ok, what, how in checks)
+        return RuleTrace(self, all(ok for ok, _, _ in checks), reasons)
+
+    def describe(self) -> str:
+        text = f"{self.effect.value} {self.peers.describe()} on {self.methods.describe()}"
+        return text + "".join(f" if {h.describe()}" for h in self.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome: ``rule`` is the deciding rule's name, None when nothing matched."""
+
+    allowed: bool
+    rule: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    decision: Decision
+    traces: tuple[RuleTrace, ...]
+
+    def render(self) -> str:
+        d = self.decision
+        verdict = "ALLOW" if d.allowed else "DENY"
+        lines = [f"decision: {verdict}", f"rule: {d.rule or '(none: default deny)'}", f"reason: {d.reason}"]
+        lines.append("rules (deny rules first; the first match decides):")
+        for t in self.traces:
+            mark = "MATCH" if t.matched else "no match"
+            lines.append(f"  [{t.rule.effect.value}] {t.rule.name}: {mark}")
+            lines.extend(f"      {r}" for r in t.reasons)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An immutable, ordered set of rules. ``audit`` comes from a policy file, if it set one."""
+
+    rules: tuple[Rule, ...] = ()
+    name: str = "policy"
+    audit: AuditCondition | None = None
+    deny_rules: tuple[Rule, ...] = field(init=False, repr=False)
+    allow_rules: tuple[Rule, ...] = field(init=False, repr=False)
+    needs_headers: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rules = tuple(self.rules)
+        for r in rules:
+            if not isinstance(r, Rule):
+                raise PolicyError(f"authz: policy {self.name!r}: {r!r} is not a Rule")
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "deny_rules", tuple(r for r in rules if r.effect is Effect.DENY))
+        object.__setattr__(self, "allow_rules", tuple(r for r in rules if r.effect is Effect.ALLOW))
+        object.__setattr__(self, "needs_headers", any(r.headers for r in rules))
+
+    def decide(self, request: Request) -> Decision:
+        for r in self.deny_rules:
+            if r.matches(request):
+                return Decision(False, r.name, f"deny rule {r.name!r} matched")
+        for r in self.allow_rules:
+            if r.matches(request):
+                return Decision(True, r.name, f"allow rule {r.name!r} matched")
+        return Decision(False, None, "no allow rule matched (default deny)")
+
+    def explain(self, request: Request) -> Explanation:
+        traces = tuple(r.explain(request) for r in (*self.deny_rules, *self.allow_rules))
+        return Explanation(self.decide(request), traces)
+
+    def check_production(self) -> None:
+        """Raise PolicyError when the policy can only ever deny.
+
+        A server that denies every call is a misconfiguration (an empty
+        ``[authz] allow``, a file with a catch-all deny rule), not a safe
+        default: refuse to start and say what to fix.
+        """
+        if not self.allow_rules:
+            raise PolicyError(
+                f"authz: policy {self.name!r} allows no caller, so every call would be denied; "
+                "a server that denies everything is a misconfiguration: add [authz] allow = [...] "
+                "or allow rules in the policy file"
+            )
+        for r in self.deny_rules:
+            if r.peers.universal and r.methods.universal and not r.headers:
+                raise PolicyError(
+                    f"authz: policy {self.name!r}: deny rule {r.name!r} matches every caller and every "
+                    "method, so every call would be denied; narrow it with principals or paths"
+                )
+
+
+def _scope(service: str | None, method: str | None) -> MethodScope:
+    if service is not None and method is not None:
+        raise PolicyError(
+            "authz: give a rule either service= or method=, not both (a method implies its service)"
+        )
+    if service is not None:
+        return ServiceScope(check_service_name(service))
+    if method is not None:
+        return MethodPath(check_method_path(method))
+    return AnyMethod()
+
+
+def _rule(effect: Effect, peers: PeerMatcher, scope: MethodScope, name: str | None) -> Rule:
+    return Rule(name or f"{effect.value} {peers.describe()} on {scope.describe()}", effect, peers, scope)
+
+
+def allow(
+    peers: PeerSpec, *, service: str | None = None, method: str | None = None, name: str | None = None
+) -> Rule:
+    """Allow ``peers`` to call everything, one ``service`` (``pkg.Svc``) or one ``method`` (``/pkg.Svc/M``)."""
+    return _rule(Effect.ALLOW, as_peer_matcher(peers), _scope(service, method), name)
+
+
+def deny(
+    peers: PeerSpec, *, service: str | None = None, method: str | None = None, name: str | None = None
+) -> Rule:
+    """Deny ``peers`` (wins over every allow rule) on the given scope."""
+    return _rule(Effect.DENY, as_peer_matcher(peers), _scope(service, method), name)
+
+
+def restrict(
+    peers: PeerSpec, *, service: str | None = None, method: str | None = None, name: str | None = None
+) -> Rule:
+    """Only ``peers`` may call the scope, whatever other rules allow (denies everyone else)."""
+    matcher = as_peer_matcher(peers)
+    scope = _scope(service, method)
+    return Rule(name or f"only {matcher.describe()} on {scope.describe()}", Effect.DENY, Not(matcher), scope)
+
+
+def policy_from_allowlist(
+    entries: Iterable[str], *, where: str = "[authz] allow", name: str = "allowlist"
+) -> Policy:
+    """One allow rule per allowlist string (exact ID, ``spiffe://td``, ``spiffe://td/prefix/*``)."""
+    if isinstance(entries, str):
+        raise PolicyError(f"authz: {where} must be a list of SPIFFE IDs, not one string")
+    rules = tuple(
+        Rule(f"{where}: {entry}", Effect.ALLOW, parse_peer(entry, f"{where}[{i}]"), AnyMethod())
+        for i, entry in enumerate(entries)
+    )
+    return Policy(rules, name=name)
+
+
+def merge_policies(*policies: Policy, name: str | None = None) -> Policy:
+    """One policy holding every rule of ``policies``; audit asks for what any of them asks."""
+    audit: AuditCondition | None = None
+    for p in policies:
+        if p.audit is not None:
+            audit = p.audit.union(audit)
+    rules = tuple(r for p in policies for r in p.rules)
+    return Policy(rules, name=name or "+".join(p.name for p in policies) or "policy", audit=audit)

@@ -1,0 +1,188 @@
+"""Where the authorizer's policy comes from: a fixed value, or a file reloaded on change.
+
+The authorizer depends only on :class:`PolicySource`: ``current()`` returns
+an :class:`ActivePolicy` (the policy and its version). The version grows by
+one on every successful load, so it can key caches: a decision cached for
+version 3 is never served once version 4 is current.
+
+:class:`PolicyFile` polls its A43 file on a background thread (every
+``interval`` seconds, 0.3 by default): a change of mtime, size or inode -
+or a file written less than two seconds before it was last read, which
+mtime granularity cannot tell apart - makes it read the file and compare a
+SHA-256 of the content; only different content is parsed. An invalid file
+at start raises :class:`~meshnode.errors.PolicyError`. An invalid file
+later keeps the last good policy, logs the error (with file, line and
+column) once it has been seen on two polls in a row - a writer that
+truncates and rewrites in place is not an error - and adds one to the
+counter ``meshnode.authz.policy_reload_failures``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from opentelemetry import metrics
+
+from meshnode.authz.a43 import parse_a43
+from meshnode.authz.policy import Policy, merge_policies
+from meshnode.errors import PolicyError
+
+__all__ = ["ActivePolicy", "PolicyFile", "PolicySource", "StaticPolicy"]
+
+log = logging.getLogger("meshnode.authz")
+
+_RACY_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePolicy:
+    policy: Policy
+    version: int
+
+
+class PolicySource(Protocol):
+    def current(self) -> ActivePolicy: ...
+
+
+class StaticPolicy:
+    """A policy that never changes (version 1)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._active = ActivePolicy(policy, 1)
+
+    def current(self) -> ActivePolicy:
+        return self._active
+
+
+class PolicyFile:
+    """An A43 policy file merged with an optional ``base`` policy, reloaded when it changes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        base: Policy | None = None,
+        interval: float = 0.3,
+        meter_provider: metrics.MeterProvider | None = None,
+        start: bool = True,
+    ) -> None:
+        if not 0.01 <= interval <= 5.0:
+            raise PolicyError(f"authz: policy reload interval must be between 0.01 and 5 seconds, not {interval}")
+        self.path = Path(path)
+        self._base = base
+        self._interval = interval
+        meter = metrics.get_meter("meshnode", meter_provider=meter_provider)
+        # Same name, unit, description and attributes as meshnode.telemetry's Instruments.
+        self._failures = meter.create_counter(
+            "meshnode.authz.policy_reload_failures",
+            unit="{failure}",
+            description="Policy reloads refused (the previous policy stays in force)",
+        )
+        self._lock = threading.Lock()  # one poll at a time (thread and poll() callers)
+        try:
+            stamp = _stamp(self.path)
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"authz: cannot read policy file {self.path}: {exc.strerror}") from None
+        self._active = ActivePolicy(self._parse(data), 1)
+        self._digest = hashlib.sha256(data).digest()
+        self._examined = stamp
+        self._examined_at = time.time()
+        self._failed_key: object = None
+        self._failure_reported = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="meshnode-authz-policy", daemon=True)
+            self._thread.start()
+
+    def current(self) -> ActivePolicy:
+        return self._active
+
+    def poll(self) -> bool:
+        """Check the file once; True when a new policy version was loaded."""
+        with self._lock:
+            return self._poll()
+
+    def _parse(self, data: bytes) -> Policy:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PolicyError(f"authz: policy file {self.path} is not UTF-8 text") from None
+        warnings: list[str] = []
+        policy = parse_a43(text, str(self.path), warnings)
+        for note in warnings:
+            log.warning("authz: %s", note)
+        return merge_policies(self._base, policy, name=policy.name) if self._base is not None else policy
+
+    def _poll(self) -> bool:
+        try:
+            stamp = _stamp(self.path)
+            if stamp == self._examined and self._examined_at - stamp[0] / 1e9 > _RACY_SECONDS:
+                return False
+            data = self.path.read_bytes()
+        except OSError as exc:
+            self._failed(("OSError", exc.errno), f"cannot read {self.path}: {exc.strerror}")
+            return False
+        now = time.time()
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest:
+            self._examined, self._examined_at, self._failed_key = stamp, now, None
+            return False
+        try:
+            policy = self._parse(data)
+        except PolicyError as exc:
+            if self._failed(("PolicyError", digest), str(exc)):
+                self._examined, self._examined_at = stamp, now
+            return False
+        active = ActivePolicy(policy, self._active.version + 1)
+        self._active = active
+        self._digest, self._examined, self._examined_at, self._failed_key = digest, stamp, now, None
+        log.info("authz: loaded policy %r from %s as version %d", policy.name, self.path, active.version)
+        return True
+
+    def _failed(self, key: tuple[str, object], message: str) -> bool:
+        """Report a failure seen on two polls in a row; True once reported."""
+        if key != self._failed_key:
+            self._failed_key, self._failure_reported = key, False
+            return False
+        if not self._failure_reported:
+            self._failure_reported = True
+            self._failures.add(1, {"error.type": key[0]})
+            log.error(
+                "authz: policy reload failed, keeping version %d: %s",
+                self._active.version,
+                message.removeprefix("authz: "),
+            )
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.poll()
+            except Exception:  # a bug here must not stop reloads for good
+                log.exception("authz: unexpected error while checking policy file %s", self.path)
+
+    def close(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def __enter__(self) -> PolicyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)

@@ -1,0 +1,122 @@
+"""Authorization inside a real node: [authz] allow, service allow lists, @allow, production refusal."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import meshnode.service
+from meshnode.authz.node import build_node_authorizer, service_policy
+from meshnode.config.node import node_config_from_dict
+from meshnode.demo import EchoService, RelayService
+from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+from meshnode.errors import PolicyError
+from meshnode.identity.devca import DevCA
+from meshnode.node import Node
+from meshnode.spiffeid import dns_name_for
+from meshnode.testing import ManualSource, issue_snapshot
+
+SERVER = "spiffe://example.org/node/server"
+ALPHA = "spiffe://example.org/node/alpha"
+BETA = "spiffe://example.org/node/beta"
+GAMMA = "spiffe://example.org/node/gamma"
+
+
+class GuardedEcho(EchoService):
+    allow = [ALPHA, BETA]
+
+    # not a bare @allow: inside the class body that name is the list above
+    @meshnode.service.allow(ALPHA)
+    async def Say(self, request: demo_pb2.SayRequest, context: Any) -> demo_pb2.SayReply:
+        return await super().Say(request, context)
+
+
+def test_service_rules_are_named_after_the_class() -> None:
+    policy = service_policy([GuardedEcho(), RelayService()])
+    assert [r.name for r in policy.rules] == [
+        "GuardedEcho.allow",
+        "GuardedEcho.allow (only these peers)",
+        "GuardedEcho.Say @allow",
+    ]
+
+
+async def test_class_allow_lists_and_method_narrowing_in_a_running_node() -> None:
+    source = ManualSource(DevCA("example.org"), SERVER)
+    config = node_config_from_dict(
+        {
+            "node": {"name": "server", "listen": "127.0.0.1:0", "shutdown_grace": 0.5},
+            "identity": {"source": "dev", "trust_domain": "example.org"},
+            "authz": {"allow": ["spiffe://example.org"]},  # node-wide: the whole trust domain
+        },
+        environ={},
+    )
+    async with Node(config, services=[GuardedEcho(), RelayService()], source=source) as node:
+        roots = source.current().bundle_pem("example.org")
+        results: dict[str, dict[str, str]] = {}
+        for who in (ALPHA, BETA, GAMMA):
+            me = issue_snapshot(source.ca, who)
+            creds = grpc.ssl_channel_credentials(roots, me.key_pem, me.chain_pem)
+            options = [("grpc.ssl_target_name_override", dns_name_for(SERVER))]
+            async with grpc.aio.secure_channel(node.address, creds, options=options) as channel:
+                echo = demo_pb2_grpc.EchoStub(channel)  # type: ignore[no-untyped-call]
+                relay = demo_pb2_grpc.RelayStub(channel)  # type: ignore[no-untyped-call]
+                results[who] = {
+                    "Say": await outcome(echo.Say(demo_pb2.SayRequest(text="hi"))),
+                    "SayStream": await outcome(echo.SayStream(demo_pb2.SayRequest(text="a b"))),
+                    "Forward": await outcome(relay.Forward(demo_pb2.ForwardRequest(text="x"))),
+                }
+    assert results == {
+        ALPHA: {"Say": "OK", "SayStream": "OK", "Forward": "OK"},
+        BETA: {"Say": "PERMISSION_DENIED", "SayStream": "OK", "Forward": "OK"},  # @allow(ALPHA) on Say
+        GAMMA: {"Say": "PERMISSION_DENIED", "SayStream": "PERMISSION_DENIED", "Forward": "OK"},  # class list
+    }
+
+
+async def outcome(call: Any) -> str:
+    try:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as exc:
+        return str(exc.code().name)
+    return "OK"
+
+
+@dataclass(frozen=True)
+class Settings:
+    allow: tuple[str, ...] = ()
+    policy: Path | None = None
+    audit: str = "on_deny"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    authz: Settings = field(default_factory=Settings)
+
+
+def test_outside_development_a_policy_that_only_denies_refuses_to_start(tmp_path: Path) -> None:
+    source = ManualSource(DevCA("example.org"), SERVER)
+    with pytest.raises(PolicyError, match="allows no caller, so every call would be denied"):
+        build_node_authorizer(Config("production"), [], source, ["example.org"])
+    catch_all = tmp_path / "p.json"
+    catch_all.write_text(
+        json.dumps({"name": "p", "deny_rules": [{"name": "all-out"}], "allow_rules": [{"name": "in"}]})
+    )
+    with pytest.raises(PolicyError, match="deny rule 'all-out' matches every caller"):
+        build_node_authorizer(Config("staging", Settings(policy=catch_all)), [], source, ["example.org"])
+    dev = build_node_authorizer(Config("development"), [], source, ["example.org"])  # warns, denies all
+    dev.close()
+    prod_config = Config("production", Settings(allow=(ALPHA,)))
+    with build_node_authorizer(prod_config, [GuardedEcho()], source, ["example.org"]) as prod:
+        assert prod.explain(ALPHA, "/meshnode.demo.v1.Echo/Say").decision.allowed
+        assert not prod.explain(GAMMA, "/meshnode.demo.v1.Echo/SayStream").decision.allowed
