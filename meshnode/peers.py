@@ -38,7 +38,7 @@ def explain_dns_error(peer: PeerConfig, err: grpc.aio.AioRpcError) -> str | None
         return None
     details = err.details() or ""
     where = f"peer '{peer.name}' ({peer.address})"
-    if "not in peer certificate" in details:
+    if "Hostname Verification Check failed" in details or "not in peer certificate" in details:
         return (
             f"meshnode: {where} presented a certificate without the DNS name '{peer.tls_name}' that "
             f"stands for {peer.spiffe_id}. grpcio verifies servers only by DNS SAN: add it to the peer's "

@@ -1,13 +1,14 @@
 """NodeService: the base class users subclass to write mesh services.
 
 ```python
-from meshnode import NodeService, allow
+import meshnode
+from meshnode import NodeService, only
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 
 class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
     allow = ["spiffe://example.org/node/alpha", "spiffe://example.org/ns/ops/*"]
 
-    @allow("spiffe://example.org/node/alpha")          # narrows Say to alpha only
+    @only("spiffe://example.org/node/alpha")           # narrows Say to alpha only
     async def Say(self, request, context):
         return demo_pb2.SayReply(text=request.text, caller=str(meshnode.peer_id()),
                                  server=str(self.node.spiffe_id))
@@ -16,7 +17,7 @@ class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
 * ``allow`` at class level: who may call every method of the service
   (exact IDs, ``spiffe://td`` for a whole trust domain, ``spiffe://td/p/*``
   for a path prefix on segment boundaries).
-* ``@allow(...)`` on a method narrows it: a caller needs both the class
+* ``@only(...)`` on a method narrows it: a caller needs both the class
   rule and the method rule.
 * ``self.node`` is the running :class:`~meshnode.node.Node`: peers are
   reached with ``self.node.stub("beta", demo_pb2_grpc.EchoStub)``.
@@ -35,7 +36,7 @@ from meshnode.errors import ConfigError
 if TYPE_CHECKING:
     from meshnode.node import Node
 
-__all__ = ["NodeService", "allow", "load_service_class", "method_allow", "registration_of"]
+__all__ = ["NodeService", "load_service_class", "method_allow", "only", "registration_of"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ALLOW_ATTR = "__meshnode_allow__"
@@ -60,10 +61,11 @@ class NodeService:
         self._node = node
 
 
-def allow(*spiffe_ids: str) -> Callable[[F], F]:
-    """Narrow one method to callers matching any of ``spiffe_ids``."""
+def only(*spiffe_ids: str) -> Callable[[F], F]:
+    """Narrow one method to callers matching any of ``spiffe_ids`` (they must
+    also pass the class-level ``allow``)."""
     if not spiffe_ids:
-        raise ConfigError("service: @allow() needs at least one SPIFFE ID pattern")
+        raise ConfigError("service: @only() needs at least one SPIFFE ID pattern")
 
     def mark(fn: F) -> F:
         setattr(fn, _ALLOW_ATTR, tuple(spiffe_ids))

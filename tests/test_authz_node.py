@@ -1,4 +1,4 @@
-"""Authorization inside a real node: [authz] allow, service allow lists, @allow, production refusal."""
+"""Authorization inside a real node: [authz] allow, service allow lists, @only, production refusal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import grpc
 import grpc.aio
 import pytest
 
-import meshnode.service
 from meshnode.authz.node import build_node_authorizer, service_policy
 from meshnode.config.node import node_config_from_dict
 from meshnode.demo import EchoService, RelayService
@@ -19,6 +18,7 @@ from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.errors import PolicyError
 from meshnode.identity.devca import DevCA
 from meshnode.node import Node
+from meshnode.service import only
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot
 
@@ -31,8 +31,7 @@ GAMMA = "spiffe://example.org/node/gamma"
 class GuardedEcho(EchoService):
     allow = [ALPHA, BETA]
 
-    # not a bare @allow: inside the class body that name is the list above
-    @meshnode.service.allow(ALPHA)
+    @only(ALPHA)
     async def Say(self, request: demo_pb2.SayRequest, context: Any) -> demo_pb2.SayReply:
         return await super().Say(request, context)
 
@@ -42,7 +41,7 @@ def test_service_rules_are_named_after_the_class() -> None:
     assert [r.name for r in policy.rules] == [
         "GuardedEcho.allow",
         "GuardedEcho.allow (only these peers)",
-        "GuardedEcho.Say @allow",
+        "GuardedEcho.Say @only",
     ]
 
 
@@ -73,7 +72,7 @@ async def test_class_allow_lists_and_method_narrowing_in_a_running_node() -> Non
                 }
     assert results == {
         ALPHA: {"Say": "OK", "SayStream": "OK", "Forward": "OK"},
-        BETA: {"Say": "PERMISSION_DENIED", "SayStream": "OK", "Forward": "OK"},  # @allow(ALPHA) on Say
+        BETA: {"Say": "PERMISSION_DENIED", "SayStream": "OK", "Forward": "OK"},  # @only(ALPHA) on Say
         GAMMA: {"Say": "PERMISSION_DENIED", "SayStream": "PERMISSION_DENIED", "Forward": "OK"},  # class list
     }
 

@@ -7,8 +7,13 @@ Rules come from three places and form one policy (deny always wins):
 * the services: a :class:`~meshnode.service.NodeService` with a class-level
   ``allow`` list is callable *only* by those peers (an allow rule plus a
   :func:`~meshnode.authz.restrict` rule for the service: node-wide allow
-  rules cannot widen it, deny rules still narrow it); ``@allow(...)`` on a
+  rules cannot widen it, deny rules still narrow it); ``@only(...)`` on a
   method narrows that method further (a caller needs both).
+
+Built in: callers from the node's accepted trust domains may call the
+health service (``grpc.health.v1.Health``) and server reflection, so probes
+and tools work with any valid SVID; deny rules still apply to them. These
+rules do not count as "a policy" for the production check.
 
 Outside development mode a policy that can only deny refuses to start
 (:meth:`~meshnode.authz.Policy.check_production`); in development it is
@@ -31,7 +36,14 @@ from meshnode.authz.matchers import as_peer_matcher
 from meshnode.authz.policy import Policy, Rule, allow, restrict
 from meshnode.service import method_allow, registration_of
 
-__all__ = ["build_node_authorizer", "service_policy"]
+__all__ = ["BUILTIN_SERVICES", "build_node_authorizer", "builtin_policy", "service_policy"]
+
+#: services every caller of an accepted trust domain may call
+BUILTIN_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 log = logging.getLogger("meshnode.authz")
 
@@ -76,7 +88,7 @@ class _MethodNames:
 
 
 def service_policy(services: Iterable[object]) -> Policy:
-    """The rules the services declare (class-level ``allow``, method ``@allow``)."""
+    """The rules the services declare (class-level ``allow``, method ``@only``)."""
     rules: list[Rule] = []
     for service in services:
         cls = type(service).__name__
@@ -92,9 +104,19 @@ def service_policy(services: Iterable[object]) -> Policy:
             for method in methods:
                 narrowed = method_allow(service, method)
                 if narrowed:
-                    peers = as_peer_matcher(narrowed, f"{cls}.{method} @allow")
-                    rules.append(restrict(peers, method=f"/{svc}/{method}", name=f"{cls}.{method} @allow"))
+                    peers = as_peer_matcher(narrowed, f"{cls}.{method} @only")
+                    rules.append(restrict(peers, method=f"/{svc}/{method}", name=f"{cls}.{method} @only"))
     return Policy(tuple(rules), name="services")
+
+
+def builtin_policy(accepted: Iterable[str]) -> Policy:
+    """Health and reflection for callers of the accepted trust domains."""
+    domains = tuple(f"spiffe://{td}" for td in sorted(accepted))
+    rules = tuple(
+        allow(as_peer_matcher(domains, "accepted trust domains"), service=svc, name=f"builtin: {svc}")
+        for svc in BUILTIN_SERVICES
+    )
+    return Policy(rules, name="builtin")
 
 
 def build_node_authorizer(
@@ -113,17 +135,20 @@ def build_node_authorizer(
     Raises PolicyError for an invalid allowlist, policy file or service rule.
     """
     settings = config.authz
+    accepted = tuple(accepted)
+    declared = service_policy(services)
     watched = policy_source(
         allow=settings.allow,
         policy_file=settings.policy,
-        extra=[service_policy(services)],
+        extra=[declared, builtin_policy(accepted)],
         meter_provider=meter_provider,
     )
     try:
         policy = watched.current().policy
         if config.mode != "development":
-            policy.check_production()
-        elif not policy.allow_rules:
+            builtin = {r.name for r in builtin_policy(accepted).rules}
+            Policy(tuple(r for r in policy.rules if r.name not in builtin), name=policy.name).check_production()
+        elif len(policy.allow_rules) == len(BUILTIN_SERVICES):
             log.warning(
                 "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "
                 "every call will be denied"
