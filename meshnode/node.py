@@ -33,6 +33,7 @@ from meshnode.preflight import enforce, identity_checks, open_identity, static_c
 from meshnode.server import MeshServer
 from meshnode.service import NodeService, load_service_class, registration_of
 from meshnode.spiffeid import SpiffeID
+from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME
 
 __all__ = ["Node"]
 
@@ -148,7 +149,8 @@ class Node:
         accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
         tracing = _tracing_enabled(self._tracer_provider)
         self._authorizer = build_node_authorizer(
-            config, services, self._source, accepted, tracer_provider=self._tracer_provider
+            config, services, self._source, accepted, tracer_provider=self._tracer_provider,
+            span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
         )
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracing:

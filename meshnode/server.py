@@ -20,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from meshnode.asyncify import asyncify_handler
 from meshnode.errors import ServeError
 
 __all__ = ["HandlerWrapper", "MeshServer", "Registrar"]
@@ -79,8 +80,11 @@ class MeshServer:
         max_workers: int = 16,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._wrap = wrap
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
+        if interceptors:  # interceptors like OpenTelemetry's only await: run sync handlers as async ones
+            self._wrap: HandlerWrapper = lambda method, h: asyncify_handler(wrap(method, h), self._pool)
+        else:
+            self._wrap = wrap
         self.server = grpc.aio.server(
             migration_thread_pool=self._pool,
             interceptors=list(interceptors) or None,

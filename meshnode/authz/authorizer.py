@@ -117,6 +117,7 @@ class Authorizer:
         meter_provider: metrics.MeterProvider | None = None,
         auditor: Auditor | None = None,
         own_policy: bool = False,
+        span_attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
         if cache_size < 16:
             raise PolicyError(f"authz: cache_size must be at least 16, not {cache_size}")
@@ -124,6 +125,7 @@ class Authorizer:
         self._trust = trust
         self._audit = AuditCondition.parse(audit)
         self._dry_run = dry_run
+        self._static_span = dict(span_attributes or {})  # e.g. the node's own ID, on every server span
         self._limit = cache_size
         self._auditor = auditor or Auditor()
         self._verdicts: dict[tuple[Any, str, int], Verdict] = {}
@@ -213,6 +215,7 @@ class Authorizer:
         *, dry_run: bool, final: bool = True,
     ) -> Verdict:
         span: dict[str, AttributeValue] = {
+            **self._static_span,
             "meshnode.authz.decision": outcome,
             "meshnode.authz.rule": decision.rule or "",
             "meshnode.authz.reason": decision.reason,

@@ -127,6 +127,7 @@ def build_node_authorizer(
     *,
     tracer_provider: Any = None,
     meter_provider: metrics.MeterProvider | None = None,
+    span_attributes: Mapping[str, Any] | None = None,
 ) -> Authorizer:
     """The node's :class:`Authorizer`; it owns the policy file watcher (close it with the node).
 
@@ -160,6 +161,7 @@ def build_node_authorizer(
             dry_run=settings.dry_run,
             meter_provider=meter_provider,
             own_policy=True,
+            span_attributes=span_attributes,
         )
     except BaseException:
         getattr(watched, "close", lambda: None)()
