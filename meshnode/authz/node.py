@@ -136,6 +136,7 @@ def build_node_authorizer(
     Raises PolicyError for an invalid allowlist, policy file or service rule.
     """
     settings = config.authz
+    services = list(services)
     accepted = tuple(accepted)
     declared = service_policy(services)
     watched = policy_source(
@@ -149,7 +150,7 @@ def build_node_authorizer(
         if config.mode != "development":
             builtin = {r.name for r in builtin_policy(accepted).rules}
             Policy(tuple(r for r in policy.rules if r.name not in builtin), name=policy.name).check_production()
-        elif len(policy.allow_rules) == len(BUILTIN_SERVICES):
+        elif len(policy.allow_rules) == len(BUILTIN_SERVICES) and services:
             log.warning(
                 "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "
                 "every call will be denied"

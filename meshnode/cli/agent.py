@@ -69,7 +69,10 @@ async def serve(config: AgentConfig) -> None:
 
     async with DevAgent(config) as agent:
         loop.add_signal_handler(signal.SIGUSR1, on_signal("SVID rotation", agent.rotate_svids))
-        loop.add_signal_handler(signal.SIGUSR2, on_signal("CA rotation", agent.rotate_ca))
+        loop.add_signal_handler(
+            signal.SIGUSR2,
+            on_signal("CA rotation", lambda: agent.rotate_ca(activate_after=config.ca_overlap)),
+        )
         names = ",".join(entry.name for entry in config.entries)
         print(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
               f"entries={names}", flush=True)

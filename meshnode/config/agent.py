@@ -6,6 +6,7 @@
     socket_dir = "/tmp/meshnode-agent"   # one socket per entry: <socket_dir>/<name>.sock
     svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
     state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
+    ca_overlap = 2.0                     # seconds a new CA sits in every bundle before it signs (SIGUSR2)
 
     [[entries]]
     name = "alpha"                       # socket alpha.sock: the dev stand-in for attestation
@@ -93,6 +94,8 @@ class AgentConfig:
     socket_dir: Path
     entries: tuple[EntryConfig, ...]
     svid_ttl: int = DEFAULT_SVID_TTL
+    #: seconds a new CA is in every bundle before it signs anything (CA rotation by signal)
+    ca_overlap: float = 2.0
     state_dir: Path | None = None
     #: Foreign trust domain -> its X.509 roots, sent as federated bundles.
     federation: Mapping[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
@@ -203,6 +206,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     socket_dir = _path(root.string("socket_dir"), base)
     svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
     state_dir = root.string("state_dir", None)
+    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0)
     entries = [_entry(sec, source) for sec in root.section_list("entries")]
     federation_table = root.section("federation")  # refuses a non-table, so data[...] is a table below
     federation = _federation(federation_table, list(data.get("federation", {})), base)
@@ -213,6 +217,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
             socket_dir=socket_dir,
             entries=tuple(entries),
             svid_ttl=svid_ttl,
+            ca_overlap=ca_overlap,
             state_dir=_path(state_dir, base) if state_dir is not None else None,
             federation=federation,
         )
