@@ -94,9 +94,27 @@ class PeerChannels:
             key=f"{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}",
             target=peer.address,
             credentials=channel_credentials(snapshot, td),
-            options=(("grpc.ssl_target_name_override", peer.tls_name), ("grpc.default_authority", peer.tls_name)),
+            options=(
+                ("grpc.ssl_target_name_override", peer.tls_name),
+                ("grpc.default_authority", peer.tls_name),
+                *self.liveness_options(),
+            ),
             not_after=snapshot.not_after,
         )
+
+    def liveness_options(self) -> tuple[tuple[str, int], ...]:
+        """Keepalive pings find a dead peer connection; a connect timeout ends hopeless dials,
+        so calls fail with UNAVAILABLE instead of waiting out their deadline."""
+        config = self._node.config
+        options: list[tuple[str, int]] = [("grpc.min_reconnect_backoff_ms", int(config.connect_timeout * 1000))]
+        if config.keepalive > 0:
+            options += [
+                ("grpc.keepalive_time_ms", int(config.keepalive * 1000)),
+                ("grpc.keepalive_timeout_ms", int(max(config.keepalive / 2, 1.0) * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        return tuple(options)
 
     def channel(self, name: str) -> PeerChannel:
         found = self._channels.get(name)

@@ -89,7 +89,13 @@ class MeshServer:
             migration_thread_pool=self._pool,
             interceptors=list(interceptors) or None,
             # without this, a second process could bind the same port silently (SO_REUSEPORT)
-            options=[("grpc.so_reuseport", 0), *options],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # accept the keepalive pings meshnode peers send (at most one a second)
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                *options,
+            ],
         )
         self.registrar = Registrar()
         self.health = HealthServicer()

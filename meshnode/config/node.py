@@ -8,6 +8,8 @@ mode = "production"            # development | staging | production  (env MESHNO
 services = ["meshnode.demo:EchoService"]
 shutdown_grace = 5.0
 peer_verify = "spiffe-id"       # default verification for [peers.*]: spiffe-id | dns
+keepalive = 10.0                # seconds between HTTP/2 pings on peer connections (0: off)
+connect_timeout = 5.0           # seconds before a connection attempt to a peer counts as failed
 
 [identity]
 source = "workload-api"         # workload-api | files | dev
@@ -152,6 +154,8 @@ class NodeConfig:
     services: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
     peer_verify: str = "spiffe-id"
+    keepalive: float = 10.0
+    connect_timeout: float = 5.0
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
@@ -294,6 +298,10 @@ def node_config_from_dict(
             raise node.error("services", f"item {i} {spec!r} must look like 'package.module:ClassName'")
     shutdown_grace = node.number("shutdown_grace", 5.0, minimum=0.0)
     peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
+    keepalive = node.number("keepalive", 10.0, minimum=0.0)
+    if 0 < keepalive < 1:
+        raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
+    connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
     node.done()
     identity = _identity(root.section("identity"), base)
     authz = _authz(root.section("authz"), base)
@@ -310,7 +318,7 @@ def node_config_from_dict(
     try:
         return NodeConfig(
             name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
-            peer_verify=peer_verify, identity=identity, authz=authz, peers=peers, telemetry=telemetry,
+            peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout, identity=identity, authz=authz, peers=peers, telemetry=telemetry,
             source_path=None,
         )
     except ConfigError as exc:
