@@ -68,12 +68,14 @@ class PeerChannels:
         self._xds: Any = None
 
     async def start(self) -> None:
+        self._unsubscribe = self._node.source.subscribe(self._updated)
         spiffe_id_peers = {n: p for n, p in self._peers.items() if p.verify == "spiffe-id"}
         if spiffe_id_peers:
             from meshnode.xds.node import start_control_plane
 
-            self._xds = await start_control_plane(self._node, spiffe_id_peers)
-        self._unsubscribe = self._node.source.subscribe(self._updated)
+            self._xds = await start_control_plane(self._node, spiffe_id_peers, self.liveness_options())
+            # a snapshot published while the control plane started must not be lost
+            self._xds.update_identity(self._node.source.current())
 
     def _updated(self, snapshot: IdentitySnapshot) -> None:
         if self._xds is not None:

@@ -16,7 +16,7 @@ from meshnode.errors import ConfigError
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the local three-node mesh demo (what `make demo` runs)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--verify", choices=("spiffe-id", "dns"), default="dns",
+    p.add_argument("--verify", choices=("spiffe-id", "dns"), default="spiffe-id",
                    help="how nodes verify the servers they call (default: spiffe-id)")
     p.add_argument("--rotations", type=int, default=6, help="SVID rotations under load (one is a CA rotation)")
     p.add_argument("--keep-running", action="store_true", help="leave the mesh up and print commands to poke it")

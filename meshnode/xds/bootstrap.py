@@ -1,0 +1,235 @@
+"""The process-wide xDS bootstrap and who owns it.
+
+gRPC reads its xDS bootstrap from the environment, not from a channel
+argument: ``GRPC_XDS_BOOTSTRAP`` (a file path) first, then
+``GRPC_XDS_BOOTSTRAP_CONFIG`` (the JSON itself). It reads it whenever it
+creates the xDS client of a new ``xds:///`` target, and that client keeps it
+while any channel to the target is open. So one process has, in practice,
+one bootstrap, and the node writes it before its first xDS channel.
+
+The bootstrap names the ADS server (a unix socket in the node's private
+runtime directory, plaintext) and declares the ``file_watcher`` certificate
+providers the resources refer to: ``meshnode-identity`` (the node's key and
+chain) and one roots provider per trust domain (``meshnode-bundle:<td>``),
+or a single ``meshnode-bundles`` provider reading a SPIFFE bundle map
+(gRFC A87, experimental in gRPC; see :meth:`Bootstrap.check_in_force`).
+
+:func:`install` refuses, with a :class:`~meshnode.errors.PeerError` naming
+the clash, when ``GRPC_XDS_BOOTSTRAP`` is set (gRPC would ignore ours), when
+something else already put another ``GRPC_XDS_BOOTSTRAP_CONFIG`` in the
+environment, or when another live control plane in this process owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from meshnode.errors import ConfigError, PeerError
+
+__all__ = [
+    "BOOTSTRAP_CONFIG_ENV",
+    "BOOTSTRAP_FILE_ENV",
+    "BUNDLE_MAP_PROVIDER",
+    "IDENTITY_PROVIDER",
+    "REFRESH_INTERVAL_SECONDS",
+    "SPIFFE_BUNDLE_MAP_ENV",
+    "Bootstrap",
+    "install",
+    "release",
+    "roots_provider",
+    "verify_installed",
+]
+
+#: gRPC reads this file path first; when set, GRPC_XDS_BOOTSTRAP_CONFIG is ignored.
+BOOTSTRAP_FILE_ENV = "GRPC_XDS_BOOTSTRAP"
+#: The bootstrap JSON meshnode writes.
+BOOTSTRAP_CONFIG_ENV = "GRPC_XDS_BOOTSTRAP_CONFIG"
+#: gRPC reads ``spiffe_bundle_map_file`` only when this is true (gRFC A87).
+SPIFFE_BUNDLE_MAP_ENV = "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE"
+IDENTITY_PROVIDER = "meshnode-identity"
+BUNDLE_MAP_PROVIDER = "meshnode-bundles"
+#: gRPC's minimum; its default is 10 minutes, far too slow for rotation.
+REFRESH_INTERVAL_SECONDS = 1
+_TRUE = ("1", "true", "yes")  # what gRPC's boolean env parser takes as true
+
+
+def roots_provider(trust_domain: str, *, bundle_map: bool) -> str:
+    """The provider instance holding the roots a peer of ``trust_domain`` is verified with."""
+    return BUNDLE_MAP_PROVIDER if bundle_map else f"meshnode-bundle:{trust_domain}"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """One node's bootstrap: ADS socket, node id and certificate providers."""
+
+    node_id: str
+    ads_socket: Path
+    identity_file: Path
+    bundle_files: Mapping[str, Path] = field(default_factory=dict)  # trust domain -> PEM roots
+    bundle_map_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.bundle_map_file is not None and self.bundle_files:
+            raise ConfigError("xds: a bootstrap takes bundle files or a bundle map, not both")
+
+    @property
+    def bundle_map(self) -> bool:
+        return self.bundle_map_file is not None
+
+    @property
+    def trust_domains(self) -> frozenset[str]:
+        """Trust domains with a roots provider (empty in bundle-map mode: any domain in the map)."""
+        return frozenset(self.bundle_files)
+
+    @cached_property
+    def json(self) -> str:
+        def watcher(**config: str) -> dict[str, object]:
+            config["refresh_interval"] = f"{REFRESH_INTERVAL_SECONDS}s"
+            return {"plugin_name": "file_watcher", "config": config}
+
+        identity = str(self.identity_file)
+        providers = {IDENTITY_PROVIDER: watcher(certificate_file=identity, private_key_file=identity)}
+        if self.bundle_map_file is not None:
+            providers[BUNDLE_MAP_PROVIDER] = watcher(spiffe_bundle_map_file=str(self.bundle_map_file))
+        for td, path in sorted(self.bundle_files.items()):
+            providers[roots_provider(td, bundle_map=False)] = watcher(ca_certificate_file=str(path))
+        doc = {
+            "xds_servers": [
+                {
+                    "server_uri": f"unix:{self.ads_socket}",
+                    "channel_creds": [{"type": "insecure"}],  # a unix socket in a 0700 directory
+                    "server_features": ["xds_v3"],
+                }
+            ],
+            "node": {"id": self.node_id},
+            "certificate_providers": providers,
+        }
+        return json.dumps(doc, sort_keys=True)
+
+    def check_in_force(self) -> None:
+        """In bundle-map mode, make sure gRPC really uses the map; raise ConfigError if not.
+
+        gRPC reads ``spiffe_bundle_map_file`` only when GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE
+        is true, and a ``ca_certificate_file`` beside it would be a flat pool in
+        which any trust domain's CA vouches for any other's IDs.
+        """
+        if not self.bundle_map:
+            return
+        doc = json.loads(self.json)["certificate_providers"][BUNDLE_MAP_PROVIDER]["config"]
+        if "ca_certificate_file" in doc or "spiffe_bundle_map_file" not in doc:
+            raise ConfigError("xds: the bundle-map provider must name a bundle map and no flat CA file")
+        value = os.environ.get(SPIFFE_BUNDLE_MAP_ENV, "")
+        if value.lower() not in _TRUE:
+            raise ConfigError(
+                f"xds: the SPIFFE bundle map (gRFC A87) needs {SPIFFE_BUNDLE_MAP_ENV}=true, but it is "
+                f"{value!r}; without it gRPC ignores the map. Set it, or use per-trust-domain roots"
+            )
+
+
+@dataclass(frozen=True)
+class _Holder:
+    owner: str
+    token: object
+    bootstrap: Bootstrap
+    set_flag: bool  # meshnode set GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE itself
+
+
+_lock = threading.Lock()
+_holder: _Holder | None = None
+
+
+def install(bootstrap: Bootstrap, owner: str) -> object:
+    """Put ``bootstrap`` in this process's environment; returns a token for :func:`release`.
+
+    ``owner`` names the node in error messages. In bundle-map mode this sets
+    GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true unless it is already set (to
+    anything: :meth:`Bootstrap.check_in_force` then judges the value).
+    """
+    global _holder
+    with _lock:
+        if _holder is not None:
+            raise PeerError(
+                f"xds: node '{owner}' cannot install its xDS bootstrap: node '{_holder.owner}' in this "
+                "process owns it, and gRPC reads one bootstrap per process. Run each node with spiffe-id "
+                "peers in its own process (or close the other node first)"
+            )
+        _check_environment(bootstrap.json)
+        set_flag = bootstrap.bundle_map and SPIFFE_BUNDLE_MAP_ENV not in os.environ
+        if set_flag:
+            os.environ[SPIFFE_BUNDLE_MAP_ENV] = "true"
+        bootstrap.check_in_force()
+        os.environ[BOOTSTRAP_CONFIG_ENV] = bootstrap.json
+        token = object()
+        _holder = _Holder(owner, token, bootstrap, set_flag)
+        return token
+
+
+def _check_file_env() -> None:
+    path = os.environ.get(BOOTSTRAP_FILE_ENV)
+    if path is not None:
+        raise PeerError(
+            f"xds: {BOOTSTRAP_FILE_ENV}={path} is set; gRPC reads that file before "
+            f"{BOOTSTRAP_CONFIG_ENV}, so meshnode's control plane would be bypassed. Unset it for "
+            "meshnode nodes, or use verify = \"dns\" peers only"
+        )
+
+
+def _check_environment(value: str) -> None:
+    _check_file_env()
+    existing = os.environ.get(BOOTSTRAP_CONFIG_ENV)
+    if existing is not None and existing != value:
+        raise PeerError(
+            f"xds: {BOOTSTRAP_CONFIG_ENV} is already set by something else in this process "
+            f"({_describe(existing)}); gRPC would mix that control plane with meshnode's. Unset it "
+            "before the node starts, or run the node in its own process"
+        )
+
+
+def verify_installed(token: object) -> None:
+    """Raise PeerError unless the bootstrap installed with ``token`` is what gRPC reads for a new channel."""
+    with _lock:
+        holder = _holder
+    if holder is None or holder.token is not token:
+        raise PeerError("xds: this control plane's bootstrap is not installed (closed, or never started)")
+    _check_file_env()
+    if os.environ.get(BOOTSTRAP_CONFIG_ENV) != holder.bootstrap.json:
+        found = os.environ.get(BOOTSTRAP_CONFIG_ENV)
+        raise PeerError(
+            f"xds: something replaced node '{holder.owner}''s {BOOTSTRAP_CONFIG_ENV} after it started "
+            f"({'removed' if found is None else _describe(found)}); a new channel would not use "
+            "meshnode's control plane. Find what sets it, then restart the node"
+        )
+    holder.bootstrap.check_in_force()
+
+
+def release(token: object) -> None:
+    """Remove the bootstrap installed with ``token``; idempotent.
+
+    Close every channel that used it first: gRPC keeps a target's xDS client
+    (and the bootstrap it read) while any channel to that target is open.
+    """
+    global _holder
+    with _lock:
+        if _holder is None or _holder.token is not token:
+            return
+        if os.environ.get(BOOTSTRAP_CONFIG_ENV) == _holder.bootstrap.json:
+            del os.environ[BOOTSTRAP_CONFIG_ENV]
+        if _holder.set_flag and os.environ.get(SPIFFE_BUNDLE_MAP_ENV) == "true":
+            del os.environ[SPIFFE_BUNDLE_MAP_ENV]
+        _holder = None
+
+
+def _describe(value: str) -> str:
+    try:
+        doc = json.loads(value)
+        server = doc["xds_servers"][0]["server_uri"]
+        node = doc.get("node", {}).get("id", "?")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "not meshnode's"
+    return f"node id '{node}', xDS server {server}"

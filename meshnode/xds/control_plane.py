@@ -1,0 +1,298 @@
+"""XdsControlPlane: the node's embedded xDS control plane for spiffe-id peers.
+
+```python
+cp = XdsControlPlane("alpha")
+cp.update_identity(snapshot)                  # and on every new snapshot
+cp.set_peers({"beta": PeerTarget("10.0.0.2:7002", parse_spiffe_id("spiffe://example.org/beta"))})
+async with cp:                                # start(): files, bootstrap, ADS server
+    channel = grpc.aio.secure_channel(cp.target("beta"), cp.channel_credentials())
+```
+
+Lifecycle: identity and peers first, then :meth:`start`, which writes the
+identity files, installs the process-wide bootstrap (refusing a clash) and
+starts the ADS server with a supervisor that restarts it if it stops or its
+socket disappears. While it is down gRPC keeps its cached configuration:
+open channels, and new channels to targets that have an open channel, keep
+working. :meth:`close` stops everything and removes the files; close the
+channels before it.
+
+Trust domains are fixed at :meth:`start` with per-trust-domain roots (one
+provider per trust domain in the bootstrap): the peers' and those of the
+snapshot's bundles. A later peer of another trust domain needs a restart,
+or ``bundle_map=True`` (gRFC A87, experimental in gRPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import stat
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import grpc
+
+from meshnode.errors import ClosedError, IdentityUnavailableError, PeerError
+from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.xds import bootstrap as _bootstrap
+from meshnode.xds.ads import AdsServer
+from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
+from meshnode.xds.files import RuntimeDir
+from meshnode.xds.resources import PeerSpec, PeerTarget, peer_resources, validate_peer_name
+from meshnode.xds.rpc_errors import explain_rpc_error
+
+__all__ = ["XdsControlPlane"]
+
+log = logging.getLogger("meshnode.xds")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTED = "started"
+    CLOSED = "closed"
+
+
+class XdsControlPlane:
+    """Runtime directory + bootstrap + ADS server for one node's spiffe-id peers."""
+
+    def __init__(
+        self,
+        node_name: str,
+        runtime_dir: Path | None = None,
+        *,
+        bundle_map: bool = False,
+        restart_delay: float = 1.0,
+        check_interval: float = 5.0,
+    ) -> None:
+        self.node_name = node_name
+        self.bundle_map = bundle_map
+        self._restart_delay = restart_delay
+        self._check_interval = check_interval
+        self._dir = RuntimeDir(node_name, runtime_dir)
+        self._node_id = f"meshnode/{node_name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._state = _State.NEW
+        self._snapshot: IdentitySnapshot | None = None
+        self._peers: dict[str, PeerTarget] = {}
+        self._unverifiable: frozenset[str] = frozenset()  # trust domains given placeholder roots
+        self._bootstrap: _bootstrap.Bootstrap | None = None
+        self._token: object | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
+        #: The ADS server (public for status and failure drills; the control plane restarts it).
+        self.ads = AdsServer(self._dir.socket_path)
+        #: How many times the ADS server was restarted.
+        self.restarts = 0
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self._dir.path
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def bootstrap(self) -> _bootstrap.Bootstrap | None:
+        """The bootstrap installed by :meth:`start` (None before)."""
+        return self._bootstrap
+
+    @property
+    def peers(self) -> Mapping[str, PeerTarget]:
+        return MappingProxyType(dict(self._peers))
+
+    def _trust_domains(self) -> set[str]:
+        if self._bootstrap is not None and not self._bootstrap.bundle_map:
+            return set(self._bootstrap.trust_domains)
+        tds = {peer.trust_domain for peer in self._peers.values()}
+        if self._snapshot is not None:
+            tds |= set(self._snapshot.bundles) | {self._snapshot.trust_domain}
+        return tds
+
+    # -- inputs -----------------------------------------------------------
+
+    def update_identity(self, snapshot: IdentitySnapshot) -> None:
+        """Write the snapshot's files (bundles first, then key and chain); thread-safe.
+
+        gRPC's file watchers pick the files up within a second; channels are
+        not rebuilt. Calls after :meth:`close` are ignored.
+        """
+        with self._lock:
+            if self._state is _State.CLOSED:
+                log.debug("xds: identity update after close ignored")
+                return
+            self._snapshot = snapshot
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        assert self._snapshot is not None
+        missing = self._dir.write_identity(
+            self._snapshot, self._trust_domains(), bundle_map=self.bundle_map,
+            placeholder=verify_nothing_roots(),
+        )
+        needed = {peer.trust_domain for peer in self._peers.values()}
+        newly = needed & (set(missing) - self._unverifiable)
+        if newly:
+            log.warning(
+                "xds: no trust bundle for %s in the node's identity: calls to peers there fail until the "
+                "identity source delivers one (federation?)", ", ".join(sorted(newly)),
+            )
+        self._unverifiable = frozenset(missing)
+
+    def set_peers(self, peers: Mapping[str, PeerSpec]) -> None:
+        """Serve exactly these peers from now on (gRPC gets the change at once); thread-safe."""
+        targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
+        with self._lock:
+            if self._state is _State.CLOSED:
+                raise ClosedError("xds: the control plane is closed")
+            if self._bootstrap is not None:
+                unknown = sorted({p.trust_domain for p in targets.values()} - self._bootstrap.trust_domains)
+                if unknown and not self._bootstrap.bundle_map:
+                    raise PeerError(
+                        f"xds: node '{self.node_name}' started with roots for "
+                        f"{', '.join(sorted(self._bootstrap.trust_domains))}; peers in {', '.join(unknown)} "
+                        "need a restart of the node (gRPC reads certificate providers once per target)"
+                    )
+            self._peers = targets
+            self.ads.set_resources(peer_resources(targets, bundle_map=self.bundle_map))
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Write the files, install the bootstrap and start serving; idempotent.
+
+        If it fails, the control plane is closed (files removed) and the error raised.
+        """
+        if self._state is _State.STARTED:
+            return
+        if self._state is _State.CLOSED:
+            raise ClosedError("xds: the control plane is closed; make a new one")
+        try:
+            with self._lock:
+                if self._snapshot is None:
+                    raise IdentityUnavailableError("xds: start() needs an identity; update_identity() first")
+                self._write_locked()  # the final set of trust domains
+                tds = self._trust_domains()
+                boot = _bootstrap.Bootstrap(
+                    node_id=self._node_id,
+                    ads_socket=self._dir.socket_path,
+                    identity_file=self._dir.identity_path,
+                    bundle_files={} if self.bundle_map else {td: self._dir.bundle_path(td) for td in tds},
+                    bundle_map_file=self._dir.bundle_map_path if self.bundle_map else None,
+                )
+                self._token = _bootstrap.install(boot, self.node_name)
+                self._bootstrap = boot
+            await self.ads.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._state = _State.STARTED
+        self._supervisor = asyncio.ensure_future(self._supervise())
+        log.info("xds: control plane of node '%s' serving %d peer(s) on unix:%s", self.node_name,
+                 len(self._peers), self._dir.socket_path)
+
+    def _healthy(self) -> bool:
+        return self.ads.serving and _is_socket(self._dir.socket_path)
+
+    async def _supervise(self) -> None:
+        """Restart the ADS server when it stops or its socket vanishes, backing off on failures."""
+        delay = self._restart_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ads.wait_stopped(), self._check_interval)
+            if self._healthy():
+                continue
+            log.warning("xds: the ADS server of node '%s' is down; restarting it in %.1fs "
+                        "(gRPC serves calls from its cached configuration meanwhile)", self.node_name, delay)
+            await asyncio.sleep(delay)
+            async with self._restart_lock:
+                if self._healthy():
+                    continue  # restarted meanwhile
+                try:
+                    await self._restart()
+                except Exception as exc:  # keep supervising whatever went wrong
+                    log.error("xds: restarting the ADS server failed (%s); retrying", exc)
+                    delay = min(delay * 2, 30.0)
+                    continue
+            delay = self._restart_delay
+
+    async def _restart(self) -> None:
+        await self.ads.stop()
+        await self.ads.start()
+        self.restarts += 1
+
+    async def restart_ads(self) -> None:
+        """Stop and start the ADS server now (gRPC reconnects and re-subscribes)."""
+        self._require_started()
+        async with self._restart_lock:
+            await self._restart()
+
+    async def wait_synced(self, timeout: float = 5.0) -> bool:
+        """Wait until every connected gRPC xDS client ACKed the current peers; False on timeout."""
+        return await self.ads.wait_settled(timeout)
+
+    async def close(self) -> None:
+        """Stop serving, uninstall the bootstrap, remove the files; idempotent."""
+        with self._lock:
+            if self._state is _State.CLOSED:
+                return
+            self._state = _State.CLOSED
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self.ads.stop()
+        if self._token is not None:
+            _bootstrap.release(self._token)
+        self._dir.close()
+
+    async def __aenter__(self) -> XdsControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- channels ---------------------------------------------------------
+
+    def _require_started(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClosedError("xds: the control plane is closed")
+        if self._state is not _State.STARTED:
+            raise PeerError("xds: the control plane has not been started; await start() first")
+
+    def target(self, name: str) -> str:
+        """The channel target of peer ``name``; checks that the bootstrap is still in force."""
+        self._require_started()
+        if name not in self._peers:
+            known = ", ".join(sorted(self._peers)) or "none"
+            raise PeerError(f"xds: no spiffe-id peer named {name!r} (configured: {known})")
+        assert self._token is not None
+        _bootstrap.verify_installed(self._token)
+        return f"xds:///{name}"
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Credentials for :meth:`target` channels: TLS from xDS, never plaintext."""
+        self._require_started()
+        return channel_credentials()
+
+    def explain(self, name: str, err: grpc.aio.AioRpcError) -> str | None:
+        """meshnode's wording for a failed call to peer ``name`` (None: nothing to add)."""
+        peer = self._peers.get(name)
+        no_bundle = peer is not None and peer.trust_domain in self._unverifiable
+        return explain_rpc_error(name, peer, err, no_bundle=no_bundle)
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False

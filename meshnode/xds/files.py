@@ -1,0 +1,203 @@
+"""The runtime directory: identity files for gRPC's ``file_watcher`` provider.
+
+gRPC's xDS security reads the node's certificate, key and trust bundles only
+from files, so the control plane keeps them in one private directory:
+
+* mode 0700, owned by this user, on tmpfs where there is one
+  (``$XDG_RUNTIME_DIR``, else ``/dev/shm``, else the temp directory);
+* ``svid.pem``: the private key and the certificate chain in *one* file,
+  named as both ``certificate_file`` and ``private_key_file``. gRPC reads the
+  two paths one after the other; with two files a rotation landing between
+  the reads would hand TLS a key that does not match the certificate.
+* ``bundle.<trust domain>.pem``: the roots of one trust domain each, or
+  ``bundles.json`` (a SPIFFE bundle map, gRFC A87) in that mode;
+* every file 0600, written to a temporary name, fsynced and renamed, so a
+  reader sees the old or the new content, never half of it;
+* ``ads.sock``: the control plane's unix socket lives here too.
+
+:meth:`RuntimeDir.close` removes the files, and the directory when it made it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from meshnode.errors import ConfigError, IdentityError
+from meshnode.identity.snapshot import IdentitySnapshot
+
+__all__ = ["MAX_SOCKET_PATH", "RuntimeDir", "default_runtime_base", "spiffe_bundle_map"]
+
+log = logging.getLogger("meshnode.xds")
+
+#: Unix socket paths longer than this do not fit ``sockaddr_un`` everywhere.
+MAX_SOCKET_PATH = 100
+
+IDENTITY_FILE = "svid.pem"
+BUNDLE_MAP_FILE = "bundles.json"
+SOCKET_FILE = "ads.sock"
+
+
+def default_runtime_base() -> Path:
+    """Where private runtime directories go: tmpfs first, the temp dir last."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and _private_dir(Path(xdg)):
+        return Path(xdg)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def _private_dir(path: Path) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0
+
+
+def spiffe_bundle_map(bundles: Mapping[str, Iterable[x509.Certificate]]) -> bytes:
+    """A SPIFFE bundle map (gRFC A87): trust domain -> JWKS of its X.509 roots."""
+    def jwk(cert: x509.Certificate) -> dict[str, object]:
+        key = cert.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            kty = "EC"
+        elif isinstance(key, rsa.RSAPublicKey):
+            kty = "RSA"
+        else:
+            raise IdentityError(f"xds: a bundle root has a {type(key).__name__} key; A87 maps take EC or RSA")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return {"kty": kty, "use": "x509-svid", "x5c": [base64.b64encode(der).decode()]}
+
+    doc = {"trust_domains": {td: {"keys": [jwk(c) for c in certs]} for td, certs in sorted(bundles.items())}}
+    return json.dumps(doc, indent=1).encode()
+
+
+class RuntimeDir:
+    """A private directory holding the identity files and the ADS socket."""
+
+    def __init__(self, node_name: str, path: Path | None = None) -> None:
+        if path is None:
+            path = Path(tempfile.mkdtemp(prefix=f"meshnode-{_safe(node_name)}-", dir=default_runtime_base()))
+            self._owned = True
+        else:
+            self._owned = _make_private(path)
+        self.path = path
+        self._digests: dict[str, str] = {}
+        self._closed = False
+        if len(str(self.socket_path)) > MAX_SOCKET_PATH:
+            self.close()
+            raise ConfigError(
+                f"xds: runtime directory {path} is too long for a unix socket path "
+                f"({len(str(self.socket_path))} > {MAX_SOCKET_PATH} characters); choose a shorter runtime_dir"
+            )
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path / IDENTITY_FILE
+
+    @property
+    def socket_path(self) -> Path:
+        return self.path / SOCKET_FILE
+
+    @property
+    def bundle_map_path(self) -> Path:
+        return self.path / BUNDLE_MAP_FILE
+
+    def bundle_path(self, trust_domain: str) -> Path:
+        return self.path / f"bundle.{trust_domain}.pem"
+
+    def write_identity(
+        self, snapshot: IdentitySnapshot, trust_domains: Iterable[str], *, bundle_map: bool,
+        placeholder: bytes,
+    ) -> list[str]:
+        """Write the bundles first, then key and chain; returns trust domains given ``placeholder`` roots.
+
+        Every trust domain in ``trust_domains`` gets a file; one the snapshot
+        has no bundle for gets ``placeholder`` (roots that verify nothing), so
+        gRPC fails closed instead of logging a missing file every second.
+        """
+        if self._closed:
+            raise IdentityError("xds: the runtime directory is closed")
+        wanted = sorted(set(trust_domains))
+        missing = [td for td in wanted if not snapshot.bundles.get(td)]
+        if bundle_map:
+            self._write(BUNDLE_MAP_FILE, spiffe_bundle_map(snapshot.bundles))
+        else:
+            for td in wanted:
+                self._write(self.bundle_path(td).name, snapshot.bundle_pem(td) or placeholder)
+        self._write(IDENTITY_FILE, snapshot.key_pem + snapshot.chain_pem)
+        return missing
+
+    def _write(self, name: str, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        if self._digests.get(name) == digest:
+            return  # unchanged: keep the mtime, nothing for gRPC to re-read
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise IdentityError(f"xds: cannot write {self.path / name}: {exc.strerror}") from None
+        self._digests[name] = digest
+
+    def close(self) -> None:
+        """Remove every file written here, and the directory if this object made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for pattern in (IDENTITY_FILE, BUNDLE_MAP_FILE, SOCKET_FILE, "bundle.*.pem", ".*.tmp"):
+            for path in self.path.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        if self._owned:
+            try:
+                self.path.rmdir()
+            except OSError as exc:
+                log.warning("xds: could not remove the runtime directory %s: %s", self.path, exc.strerror)
+
+    def __enter__(self) -> RuntimeDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:24] or "node"
+
+
+def _make_private(path: Path) -> bool:
+    """Create ``path`` 0700, or check that it is a private directory; True if it was created."""
+    try:
+        path.mkdir(mode=0o700)
+        return True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"xds: cannot create the runtime directory {path}: {exc.strerror}") from None
+    if not _private_dir(path):
+        raise ConfigError(
+            f"xds: runtime directory {path} must be a directory owned by this user with mode 0700 "
+            "(not a symlink); it will hold the node's private key"
+        )
+    return False
