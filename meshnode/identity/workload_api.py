@@ -20,6 +20,7 @@ import logging
 import os
 import socket as pysocket
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -134,13 +135,16 @@ class WorkloadApiSource(Publisher):
         self._thread.start()
 
     def _open(self, timeout: float) -> X509Source:
+        started = time.monotonic()
         try:
             source = X509Source(socket_path=self.address, timeout_in_seconds=timeout)
         except PySpiffeError as exc:
+            waited = time.monotonic() - started >= timeout * 0.9
             reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
             raise IdentityUnavailableError(
-                f"identity: no SVID from the Workload API at {self.address} within {timeout:g} s: "
-                f"{reason}. To fix: {_FIX}"
+                f"identity: no SVID from the Workload API at {self.address}"
+                + (f" within {timeout:g} s" if waited else "")
+                + f": {reason}. To fix: {_FIX}"
             ) from exc
         try:
             self._publish(_snapshot_from(source))
