@@ -1,10 +1,18 @@
-"""Tracks the node's SVID validity and drives health.
+"""Tracks the node's SVID validity, drives health, and reports identity telemetry.
 
 Health is SERVING only while the node holds an unexpired SVID and a bundle.
 When the SVID expires without renewal (agent gone too long) it turns
 NOT_SERVING, and back to SERVING when a new SVID arrives. A warning is
 logged once the SVID is past 75% of its lifetime without renewal (SPIRE
 renews at 50%).
+
+Telemetry (OpenTelemetry API only, so a no-op until the application turns
+it on): every new SVID counts in ``meshnode.identity.rotations`` and is an
+``identity.rotated`` event; a bundle-only change is ``identity.bundle_updated``;
+expiry without renewal is ``identity.lost`` and the next SVID
+``identity.recovered``; ``meshnode.identity.seconds_to_expiry`` is observed
+from the current snapshot. Events carry the SVID serial and not-after, never
+key material.
 """
 
 from __future__ import annotations
@@ -15,6 +23,14 @@ from collections.abc import Awaitable, Callable
 
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
 from meshnode.identity.source import IdentitySource
+from meshnode.telemetry.events import (
+    IDENTITY_BUNDLE_UPDATED,
+    IDENTITY_LOST,
+    IDENTITY_RECOVERED,
+    IDENTITY_ROTATED,
+    identity_event,
+)
+from meshnode.telemetry.instruments import instruments
 
 __all__ = ["IdentityState"]
 
@@ -33,7 +49,19 @@ class IdentityState:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
-        self._unsubscribe = source.subscribe(lambda _s: self._loop.call_soon_threadsafe(self._wake.set))
+        self._last = source.current()
+        self._unsubscribe = source.subscribe(self._on_snapshot)
+        self._expiry_watch = instruments().watch_expiry(source.current)
+
+    def _on_snapshot(self, snapshot: IdentitySnapshot) -> None:
+        """On the source's thread: count and report the change, wake the expiry watch."""
+        previous, self._last = self._last, snapshot
+        if snapshot.svid_fingerprint != previous.svid_fingerprint:
+            instruments().rotation()
+            identity_event(IDENTITY_ROTATED, snapshot)
+        else:
+            identity_event(IDENTITY_BUNDLE_UPDATED, snapshot)
+        self._loop.call_soon_threadsafe(self._wake.set)
 
     @property
     def snapshot(self) -> IdentitySnapshot:
@@ -54,13 +82,17 @@ class IdentityState:
             now = utcnow()
             valid = snap.not_before <= now < snap.not_after and bool(snap.bundles.get(snap.trust_domain))
             if not valid and self.serving is not False:
-                log.error(
-                    "identity: SVID serial=%s expired at %s without renewal; health is NOT_SERVING "
-                    "until the identity source delivers a new one (%s)",
-                    snap.serial, snap.not_after.isoformat(), self._source.description,
+                why = "is not valid before " + snap.not_before.isoformat() if now < snap.not_before else (
+                    f"expired at {snap.not_after.isoformat()} without renewal"
                 )
+                log.error(
+                    "identity: SVID serial=%s %s; health is NOT_SERVING until the identity source "
+                    "delivers a valid one (%s)", snap.serial, why, self._source.description,
+                )
+                identity_event(IDENTITY_LOST, snap)
             elif valid and self.serving is False:
                 log.warning("identity: new SVID serial=%s; health is SERVING again", snap.serial)
+                identity_event(IDENTITY_RECOVERED, snap)
             await self._set(valid)
             lifetime = (snap.not_after - snap.not_before).total_seconds()
             warn_at = snap.not_before.timestamp() + lifetime * WARN_AT
@@ -85,6 +117,7 @@ class IdentityState:
 
     async def close(self) -> None:
         self._unsubscribe()
+        self._expiry_watch.close()
         if self._task is not None:
             self._task.cancel()
             try:

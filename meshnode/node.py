@@ -29,7 +29,7 @@ from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
 from meshnode.peers import PeerChannels
-from meshnode.preflight import enforce, identity_checks, open_identity, static_checks
+from meshnode.preflight import enforce, identity_checks, missing_bundles, open_identity, static_checks
 from meshnode.server import MeshServer
 from meshnode.service import NodeService, load_service_class, registration_of
 from meshnode.spiffeid import SpiffeID
@@ -142,10 +142,15 @@ class Node:
         if self._given_source is not None:
             self._source = self._given_source
         else:
-            self._source, notes = await asyncio.to_thread(open_identity, config)
+            self._source, notes = await asyncio.to_thread(open_identity, config, on_error=_count_source_error)
             self.notes.extend(notes)
         snapshot = self._source.current()
         enforce(config, identity_checks(config, snapshot))
+        for td in missing_bundles(config, snapshot):
+            log.warning(
+                "node: no trust bundle for trust domain '%s' (federates_with or a peer): its workloads cannot "
+                "be verified until the identity source delivers one (SPIRE federation, federated_bundles_dir)", td,
+            )
         accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
         tracing = _tracing_enabled(self._tracer_provider)
         self._authorizer = build_node_authorizer(
@@ -249,16 +254,8 @@ class Node:
         return self._peers.stub(peer, stub_class)
 
 
-def run_node(config: NodeConfig) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the exit status (used by the CLI)."""
+def _count_source_error(message: str) -> None:
+    """Identity source errors (the source keeps the last good SVID and logs them itself)."""
+    from meshnode.telemetry.instruments import instruments
 
-    async def main() -> None:
-        node = Node(config)
-        await node.start()
-        await node.serve_until_signal()
-
-    try:
-        asyncio.run(main())
-    except MeshnodeError:
-        raise
-    return 0
+    instruments().source_error("identity_source")

@@ -28,7 +28,7 @@ from meshnode.identity.source import IdentitySource
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.spiffeid import parse_spiffe_id
 
-__all__ = ["Check", "enforce", "identity_checks", "open_identity", "static_checks"]
+__all__ = ["Check", "enforce", "identity_checks", "missing_bundles", "open_identity", "static_checks"]
 
 log = logging.getLogger("meshnode.preflight")
 
@@ -75,7 +75,7 @@ def open_identity(
     if idc.source == "files":
         assert idc.cert is not None and idc.key is not None and idc.bundle is not None
         files = SvidFiles(idc.cert, idc.key, idc.bundle, idc.federated_bundles_dir)
-        return FileSource(files), []
+        return FileSource(files, on_error=on_error), []
     try:
         return WorkloadApiSource(idc.socket, timeout=idc.timeout, on_error=on_error), []
     except IdentityError as exc:
@@ -125,7 +125,7 @@ def identity_checks(config: NodeConfig, snapshot: IdentitySnapshot | None) -> li
     now = utcnow()
     want = config.identity.trust_domain
     valid = snapshot.not_before <= now < snapshot.not_after
-    return [
+    checks = [
         Check("SVID obtained", True, f"{snapshot.spiffe_id} serial {snapshot.serial}"),
         Check(
             "SVID is in the configured trust domain",
@@ -142,6 +142,22 @@ def identity_checks(config: NodeConfig, snapshot: IdentitySnapshot | None) -> li
             InvalidIdentityError,
         ),
     ]
+    expected = config.identity.spiffe_id
+    if expected is not None and config.identity.source != "dev":
+        checks.append(Check(
+            "SVID has the configured SPIFFE ID",
+            snapshot.spiffe_id == expected,
+            f"SVID {snapshot.spiffe_id}, configured [identity] spiffe_id {expected}",
+            "fix the workload's registration entry, or [identity] spiffe_id",
+            InvalidIdentityError,
+        ))
+    return checks
+
+
+def missing_bundles(config: NodeConfig, snapshot: IdentitySnapshot) -> list[str]:
+    """Trust domains the node accepts or calls but holds no bundle for (their callers/servers fail)."""
+    wanted = set(config.identity.federates_with) | {p.spiffe_id.trust_domain for p in config.peers.values()}
+    return sorted(td for td in wanted if not snapshot.bundles.get(td))
 
 
 def enforce(config: NodeConfig, checks: list[Check]) -> None:

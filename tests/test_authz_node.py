@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,9 @@ class Config:
     authz: Settings = field(default_factory=Settings)
 
 
-def test_outside_development_a_policy_that_only_denies_refuses_to_start(tmp_path: Path) -> None:
+def test_production_refuses_a_policy_that_only_denies_and_staging_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     source = ManualSource(DevCA("example.org"), SERVER)
     with pytest.raises(PolicyError, match="allows no caller, so every call would be denied"):
         build_node_authorizer(Config("production"), [], source, ["example.org"])
@@ -112,10 +116,35 @@ def test_outside_development_a_policy_that_only_denies_refuses_to_start(tmp_path
         json.dumps({"name": "p", "deny_rules": [{"name": "all-out"}], "allow_rules": [{"name": "in"}]})
     )
     with pytest.raises(PolicyError, match="deny rule 'all-out' matches every caller"):
-        build_node_authorizer(Config("staging", Settings(policy=catch_all)), [], source, ["example.org"])
+        build_node_authorizer(Config("production", Settings(policy=catch_all)), [], source, ["example.org"])
+    # staging boots like development and reports what production would refuse
+    with caplog.at_level("WARNING", logger="meshnode.authz"):
+        build_node_authorizer(Config("staging", Settings(policy=catch_all)), [], source, ["example.org"]).close()
+    assert "would refuse in production" in caplog.text and "all-out" in caplog.text
     dev = build_node_authorizer(Config("development"), [], source, ["example.org"])  # warns, denies all
     dev.close()
     prod_config = Config("production", Settings(allow=(ALPHA,)))
     with build_node_authorizer(prod_config, [GuardedEcho()], source, ["example.org"]) as prod:
         assert prod.explain(ALPHA, "/meshnode.demo.v1.Echo/Say").decision.allowed
         assert not prod.explain(GAMMA, "/meshnode.demo.v1.Echo/SayStream").decision.allowed
+
+
+def test_production_refuses_a_reload_that_would_deny_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = ManualSource(DevCA("example.org"), SERVER)
+    path = tmp_path / "p.json"
+    good = {"name": "p", "allow_rules": [{"name": "alpha", "source": {"principals": [ALPHA]}}]}
+    path.write_text(json.dumps(good))
+    with build_node_authorizer(Config("production", Settings(policy=path)), [], source, ["example.org"]) as authz:
+        assert authz.explain(ALPHA, "/x.Y/Z").decision.allowed
+        bad = {"name": "p", "deny_rules": [{"name": "all-out"}], "allow_rules": [{"name": "in"}]}
+        path.write_text(json.dumps(bad))
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        deadline = time.monotonic() + 5
+        with caplog.at_level("ERROR", logger="meshnode.authz"):
+            while "policy reload failed" not in caplog.text:
+                assert time.monotonic() < deadline, "the bad reload was never reported"
+                time.sleep(0.05)
+        assert "every call would be denied" in caplog.text
+        assert authz.explain(ALPHA, "/x.Y/Z").decision.allowed  # the last good policy stays in force

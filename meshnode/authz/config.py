@@ -9,7 +9,7 @@ or method): deny rules of any part win over allow rules of every part.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from opentelemetry import metrics
@@ -30,6 +30,7 @@ def policy_source(
     extra: Iterable[Policy] = (),
     reload_interval: float = 0.3,
     meter_provider: metrics.MeterProvider | None = None,
+    validate: Callable[[Policy], None] | None = None,
 ) -> StaticPolicy | PolicyFile:
     """The allowlist plus ``extra`` policies, plus the watched A43 file when given.
 
@@ -39,7 +40,9 @@ def policy_source(
     base = merge_policies(policy_from_allowlist(allow), *extra, name="node")
     if policy_file is None:
         return StaticPolicy(base)
-    return PolicyFile(policy_file, base=base, interval=reload_interval, meter_provider=meter_provider)
+    return PolicyFile(
+        policy_file, base=base, interval=reload_interval, meter_provider=meter_provider, validate=validate
+    )
 
 
 def load_policy_file(path: str | os.PathLike[str], warnings: list[str] | None = None) -> Policy:

@@ -34,6 +34,7 @@ from meshnode.authz.config import policy_source
 from meshnode.authz.identity import AcceptedTrust, TrustSnapshot
 from meshnode.authz.matchers import as_peer_matcher
 from meshnode.authz.policy import Policy, Rule, allow, restrict
+from meshnode.errors import PolicyError
 from meshnode.service import method_allow, registration_of
 
 __all__ = ["BUILTIN_SERVICES", "build_node_authorizer", "builtin_policy", "service_policy"]
@@ -139,17 +140,30 @@ def build_node_authorizer(
     services = list(services)
     accepted = tuple(accepted)
     declared = service_policy(services)
+    builtin = builtin_policy(accepted)
+    builtin_names = {r.name for r in builtin.rules}
+
+    def check_production(policy: Policy) -> None:
+        """A policy that can only deny (built-in rules aside) is a misconfiguration."""
+        Policy(tuple(r for r in policy.rules if r.name not in builtin_names), name=policy.name).check_production()
+
     watched = policy_source(
         allow=settings.allow,
         policy_file=settings.policy,
-        extra=[declared, builtin_policy(accepted)],
+        extra=[declared, builtin],
         meter_provider=meter_provider,
+        # production also refuses such a policy on reload (the last good one stays in force)
+        validate=check_production if config.mode == "production" else None,
     )
     try:
         policy = watched.current().policy
-        if config.mode != "development":
-            builtin = {r.name for r in builtin_policy(accepted).rules}
-            Policy(tuple(r for r in policy.rules if r.name not in builtin), name=policy.name).check_production()
+        if config.mode == "production":
+            check_production(policy)
+        elif config.mode == "staging":
+            try:
+                check_production(policy)
+            except PolicyError as exc:
+                log.warning("authz: would refuse in production: %s", exc)
         elif len(policy.allow_rules) == len(BUILTIN_SERVICES) and services:
             log.warning(
                 "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "

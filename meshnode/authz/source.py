@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 from opentelemetry import metrics
@@ -33,6 +34,8 @@ from opentelemetry import metrics
 from meshnode.authz.a43 import parse_a43
 from meshnode.authz.policy import Policy, merge_policies
 from meshnode.errors import PolicyError
+from meshnode.telemetry.attributes import AUTHZ_POLICY_VERSION, ERROR, POLICY_SOURCE
+from meshnode.telemetry.events import POLICY_RELOAD_FAILED, POLICY_RELOADED, identity_event
 
 __all__ = ["ActivePolicy", "PolicyFile", "PolicySource", "StaticPolicy"]
 
@@ -72,11 +75,13 @@ class PolicyFile:
         interval: float = 0.3,
         meter_provider: metrics.MeterProvider | None = None,
         start: bool = True,
+        validate: Callable[[Policy], None] | None = None,
     ) -> None:
         if not 0.01 <= interval <= 5.0:
             raise PolicyError(f"authz: policy reload interval must be between 0.01 and 5 seconds, not {interval}")
         self.path = Path(path)
         self._base = base
+        self._validate = validate  # raises PolicyError for a policy this node must not run
         self._interval = interval
         meter = metrics.get_meter("meshnode", meter_provider=meter_provider)
         # Same name, unit, description and attributes as meshnode.telemetry's Instruments.
@@ -120,7 +125,10 @@ class PolicyFile:
         policy = parse_a43(text, str(self.path), warnings)
         for note in warnings:
             log.warning("authz: %s", note)
-        return merge_policies(self._base, policy, name=policy.name) if self._base is not None else policy
+        merged = merge_policies(self._base, policy, name=policy.name) if self._base is not None else policy
+        if self._validate is not None:
+            self._validate(merged)
+        return merged
 
     def _poll(self) -> bool:
         try:
@@ -146,6 +154,9 @@ class PolicyFile:
         self._active = active
         self._digest, self._examined, self._examined_at, self._failed_key = digest, stamp, now, None
         log.info("authz: loaded policy %r from %s as version %d", policy.name, self.path, active.version)
+        identity_event(
+            POLICY_RELOADED, attributes={POLICY_SOURCE: str(self.path), AUTHZ_POLICY_VERSION: active.version}
+        )
         return True
 
     def _failed(self, key: tuple[str, object], message: str) -> bool:
@@ -161,6 +172,7 @@ class PolicyFile:
                 self._active.version,
                 message.removeprefix("authz: "),
             )
+            identity_event(POLICY_RELOAD_FAILED, attributes={POLICY_SOURCE: str(self.path), ERROR: key[0]})
         return True
 
     def _run(self) -> None:

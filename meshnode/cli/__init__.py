@@ -16,7 +16,7 @@ from meshnode.errors import MeshnodeError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ["dnsname", "run", "check", "trace", "agent", "svid", "policy", "demo"]
+COMMANDS = ["dnsname", "run", "check", "trace", "agent", "svid", "policy", "demo", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -262,6 +262,8 @@ def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
         verify=s.choice("verify", VERIFY_MODES, default_verify),
         server_name=s.string("server_name", None),
     )
+    if peer.verify == "spiffe-id" and peer.server_name is not None:
+        raise s.error("server_name", 'applies only to verify = "dns" (spiffe-id peers are checked by their ID)')
     if peer.verify == "dns" and peer.server_name is None:
         try:
             dns_name_for(spiffe_id)

@@ -261,9 +261,13 @@ async def call_once(workdir: Path, route: list[str], verify: str) -> int:
     source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=5)
     try:
         async with client_node(mesh, source, None) as client:
-            reply = await client.stub("alpha", demo_pb2_grpc.RelayStub).Forward(
-                demo_pb2.ForwardRequest(text="poke", route=route), timeout=10
-            )
+            try:
+                reply = await client.stub("alpha", demo_pb2_grpc.RelayStub).Forward(
+                    demo_pb2.ForwardRequest(text="poke", route=route), timeout=10
+                )
+            except grpc.aio.AioRpcError as err:
+                print(f"meshnode demo call: {err.code().name}: {err.details()}", file=sys.stderr)
+                return 1
         for i, hop in enumerate(reply.hops, 1):
             print(f"hop {i}  {hop.node:<6} {hop.spiffe_id:<34} verified caller {hop.caller}")
     finally:

@@ -8,6 +8,8 @@ matches the leaf, and the chain verifies against the bundle of its own trust
 domain. A half-written or mismatched set never replaces a good identity.
 
 Federated bundles: every ``<trust-domain>.pem`` file in ``federated_bundles_dir``.
+A CA in the main bundle file whose URI SAN names another trust domain is
+filed under that trust domain, never under the SVID's own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from cryptography import x509
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
-from meshnode.identity.x509svid import build_snapshot, load_pem_certs, load_pem_key, spiffe_id_of
+from meshnode.identity.x509svid import build_snapshot, load_pem_certs, load_pem_key, spiffe_id_of, uri_sans
 from meshnode.spiffeid import parse_trust_domain
 
 __all__ = ["FileSource", "SvidFiles"]
@@ -73,7 +76,18 @@ def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
             digest.update(path.name.encode() + hashlib.sha256(data).digest())
             bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}"))
     own_td = spiffe_id_of(chain[0]).trust_domain
-    bundles[own_td] = tuple(bundle)
+    # A bundle file may also hold federated CAs (spiffe-helper's include_federated_domains):
+    # a CA whose URI SAN names another trust domain must never vouch for this one.
+    for cert in bundle:
+        td = own_td
+        for uri in uri_sans(cert):
+            if uri.startswith("spiffe://"):
+                td = uri[len("spiffe://") :].split("/", 1)[0]
+        bundles[td] = (*bundles.get(td, ()), cert)
+    if own_td not in bundles:
+        raise InvalidIdentityError(
+            f"identity: trust bundle {files.bundle} holds no CA of the SVID's trust domain '{own_td}'"
+        )
     try:
         snapshot = build_snapshot(chain, key, bundles)
     except InvalidIdentityError as exc:
@@ -86,8 +100,11 @@ def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
 class FileSource(Publisher):
     """Polls SVID files and publishes each new consistent set."""
 
-    def __init__(self, files: SvidFiles, *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self, files: SvidFiles, *, poll_interval: float = 0.5, on_error: Callable[[str], None] | None = None
+    ) -> None:
         super().__init__()
+        self._on_error = on_error
         self.files = files
         self.description = f"files cert={files.cert} key={files.key} bundle={files.bundle}"
         self._interval = poll_interval
@@ -131,6 +148,8 @@ class FileSource(Publisher):
                 self.errors += 1
                 log.warning("identity: ignoring the SVID files for now, keeping the current SVID: %s", exc)
                 self._last_error = str(exc)
+                if self._on_error is not None:
+                    self._on_error(str(exc))
             return None
         self._stamp = stamp
         self._last_error = ""

@@ -1,0 +1,226 @@
+"""The benchmark's outputs: the targets, a JSON file with every number, a markdown report."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from meshnode.bench.plan import BASELINE
+from meshnode.bench.service import STREAM_MESSAGES
+
+__all__ = ["evaluate_targets", "markdown", "write_report"]
+
+Row = dict[str, Any]
+
+
+def _median(s: Mapping[str, Any] | None) -> float | None:
+    return None if s is None else s.get("median")
+
+
+def _target(name: str, goal: str, value: float | None, ok: bool | None, shown: str) -> Row:
+    status = "INFO" if ok is None and value is not None else ("n/a" if value is None else ("PASS" if ok else "MISS"))
+    return {"target": name, "goal": goal, "value": value, "measured": shown, "status": status}
+
+
+def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
+    """Each target of the benchmark issue, with the measured value and PASS / MISS / INFO / n/a."""
+    rows: list[Row] = []
+    summary = result["throughput"]["summary"]
+    for workload, variants in summary.items():
+        c = variants.get("C")
+        if c is None:
+            continue
+        tput, cpu = _median(c["throughput_ratio"]), _median(c["server_cpu_ratio"])
+        rows.append(_target(f"C/B throughput, {workload}", ">= 0.95", tput,
+                            tput is not None and tput >= 0.95, _fmt(tput, 3)))
+        rows.append(_target(f"C/B server CPU per RPC, {workload}", "<= 1.05", cpu,
+                            cpu is not None and cpu <= 1.05, _fmt(cpu, 3)))
+    for workload, variants in summary.items():
+        c, d = variants.get("C"), variants.get("D")
+        if c is None or d is None:
+            continue
+        tput = _ratio_of(d["throughput_ratio"], c["throughput_ratio"])
+        cpu = _ratio_of(d["server_cpu_ratio"], c["server_cpu_ratio"])
+        rows.append(_target(f"D/C (tracing), {workload}", "report", cpu, None,
+                            f"throughput {_fmt(tput, 2)}, server CPU {_fmt(cpu, 2)}"))
+    rot = result["rotation"]
+    failed = _target(
+        "failed calls during rotations under load", "0 over >= 20 rotations", rot["failed_calls"],
+        rot["failed_calls"] == 0, f"{rot['failed_calls']} failed of {rot['calls']} over {rot['rotations']} rotations",
+    )
+    if rot["rotations"] < 20 and rot["failed_calls"] == 0:
+        failed["status"] = "n/a"
+        failed["measured"] += " (fewer than 20: run without --quick)"
+    rows.append(failed)
+    pickup = rot["pickup_ms"]
+    rows.append(_target(
+        "push to first call on the new certificate (median)", "< 100 ms", pickup["median"],
+        pickup["median"] is not None and pickup["median"] < 100 and not pickup["missing"],
+        f"{_fmt(pickup['median'], 1)} ms (max {_fmt(pickup['max'], 1)} ms, {pickup['missing']} never seen)",
+    ))
+    hs = result["handshakes"]["ratio"]["median"]
+    rows.append(_target("dynamic/static handshake rate", ">= 0.95", hs, hs is not None and hs >= 0.95, _fmt(hs, 3)))
+    return rows
+
+
+def _ratio_of(a: Mapping[str, Any], b: Mapping[str, Any]) -> float | None:
+    x, y = _median(a), _median(b)
+    return x / y if x is not None and y else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _spread(s: Mapping[str, Any], digits: int = 0) -> str:
+    if s.get("median") is None:
+        return "-"
+    return f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}-{s['q3']:.{digits}f}]"
+
+
+def _throughput_table(result: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "| workload | variant | calls/s | ×B | p50 ms | p99 ms | server CPU µs/RPC | ×B | client CPU µs/RPC |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload, variants in result["throughput"]["summary"].items():
+        for name, row in variants.items():
+            errors = f" ({row['errors']} errors)" if row["errors"] else ""
+            lines.append(
+                f"| {workload} | {name}{errors} | {_spread(row['calls_per_s'])} | {_spread(row['throughput_ratio'], 2)} "
+                f"| {_fmt(_median(row['p50_ms']))} | {_fmt(_median(row['p99_ms']))} "
+                f"| {_spread(row['server_cpu_us'])} | {_spread(row['server_cpu_ratio'], 2)} "
+                f"| {_fmt(_median(row['client_cpu_us']), 0)} |"
+            )
+    return lines
+
+
+def _handshake_section(hs: Mapping[str, Any]) -> list[str]:
+    return [
+        f"## Handshakes (new connections: channel, one call, close; {hs['per_batch']} per batch)",
+        "",
+        "| server credentials | connections/s | server CPU µs/handshake |",
+        "|---|---:|---:|",
+        f"| static `ssl_server_credentials` | {_spread(hs['static_per_s'])} | {_spread(hs['static_server_cpu_us'])} |",
+        f"| dynamic (meshnode `ServerCredentials`) | {_spread(hs['dynamic_per_s'])} "
+        f"| {_spread(hs['dynamic_server_cpu_us'])} |",
+        "",
+        f"dynamic/static: rate {_spread(hs['ratio'], 3)}, server CPU {_spread(hs['cpu_ratio'], 3)}; "
+        f"{hs['errors']} failed connections.",
+    ]
+
+
+def _rotation_rows(rot: Mapping[str, Any]) -> list[tuple[str, str]]:
+    lat, pickup = rot["latency"], rot["pickup_ms"]
+    return [
+        ("rotations (of the CA), every", f"{rot['rotations']} ({rot['ca_rotations']}), {rot['interval_s']:g} s"),
+        ("calls / failed", f"{rot['calls']} / {rot['failed_calls']}"),
+        ("push → first call on the new client certificate, median [IQR]", f"{_spread(pickup, 1)} ms"),
+        ("push → first call on the new client certificate, max", f"{_fmt(pickup['max'], 1)} ms"),
+        ("rotations whose certificate no call carried", f"{pickup['missing']} of {rot['rotations']}"),
+        (f"unary p99, steady ({lat['window_s'] * 1e3:g} ms windows)", f"{_fmt(lat['steady_p99_ms'])} ms"),
+        (f"unary p99 within {lat['after_push_s'] * 1e3:g} ms of a push, median [IQR]",
+         f"{_spread(lat['after_push_p99_ms'], 2)} ms"),
+        ("unary p99 after a push, worst", f"{_fmt(lat['after_push_worst_p99_ms'])} ms"),
+        ("slowest call after a push", f"{_fmt(lat['slowest_call_after_push_ms'])} ms"),
+    ]
+
+
+def _rotation_section(result: Mapping[str, Any]) -> list[str]:
+    runs = {"verify=dns": result["rotation"]}
+    if result.get("rotation_spiffe_id"):
+        runs["verify=spiffe-id"] = result["rotation_spiffe_id"]
+    rot = result["rotation"]
+    rows = {name: _rotation_rows(run) for name, run in runs.items()}
+    lines = [
+        "## Rotation under load",
+        "",
+        f"The dev agent rotates every SVID (and, where noted, the CA) while {rot['callers']['unary']} unary callers "
+        f"and {rot['callers']['stream']} stream caller call a Node through a client Node's peer channel; both "
+        "Nodes get their identities from the agent.",
+        "",
+        "| measure | " + " | ".join(runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    first = next(iter(rows.values()))
+    for i, (label, _value) in enumerate(first):
+        lines.append(f"| {label} | " + " | ".join(r[i][1] for r in rows.values()) + " |")
+    return lines
+
+
+def _channels_section(result: Mapping[str, Any]) -> list[str]:
+    first = result["first_call_ms"]
+    lines = ["## Client channels: dns vs spiffe-id", "",
+             "| client | first call on a new channel (ms, one sample) | client CPU µs/RPC, unary, many callers (×C) |",
+             "|---|---:|---:|"]
+    summary = result["throughput"]["summary"]
+    unary = list(summary.values())[1] if len(summary) > 1 else {}
+    labels = {"C": "bare grpcio mTLS channel", "E": "meshnode peer channel, verify=dns",
+              "F": "meshnode peer channel, verify=spiffe-id"}
+    for name, label in labels.items():
+        if name not in first:
+            continue
+        row, c = unary.get(name), unary.get("C")
+        rel = _ratio_of(row["client_cpu_ratio"], c["client_cpu_ratio"]) if row and c else None
+        cpu = _fmt(_median(row["client_cpu_us"]), 0) if row else "-"
+        lines.append(f"| {name}: {label} | {_fmt(first[name], 1)} | {cpu} ({_fmt(rel, 2)}) |")
+    for name, reason in result["skipped"].items():
+        lines.append(f"| {name}: skipped | {reason} | |")
+    lines += ["", "Rotation: see above. A dns channel makes a new connection for every new identity; a "
+              "spiffe-id channel keeps its connection, and gRPC's file_watcher hands the new certificate to the "
+              "next handshake it makes."]
+    return lines
+
+
+def markdown(result: Mapping[str, Any], command: str | None = None) -> str:
+    m, s = result["machine"], result["settings"]
+    pinned = (f"servers pinned to CPU {m['server_cpu']}, clients to CPU {m['client_cpu']}"
+              if m["server_cpu"] is not None else "processes not pinned")
+    lines = [
+        "# meshnode benchmark",
+        "",
+        f"{result['created']}: {m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}; {pinned}; loopback.",
+        f"{s['rounds']} rounds of {s['duration']:g} s per cell, variants interleaved; median [IQR] over rounds; "
+        f"×B = per-round ratio to {BASELINE}. Unary calls carry 64 bytes each way; a stream is "
+        f"{STREAM_MESSAGES} replies of 64 bytes. Run took {result['elapsed_s']:.0f} s.",
+    ]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += ["", "Variants:", ""]
+    lines += [f"- **{name}**: {text}" for name, text in result["variants"].items()]
+    lines += ["", *_throughput_table(result), ""]
+    tracing = result.get("tracing")
+    if tracing:
+        lines += [f"D exported {tracing['spans_exported']} spans for {tracing['calls']} calls.", ""]
+    lines += [*_handshake_section(result["handshakes"]), "", *_rotation_section(result), ""]
+    lines += [*_channels_section(result), ""]
+    lines += ["## Targets", "", "| target | goal | measured | status |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['goal']} | {t['measured']} | {t['status']} |" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write null for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_report(result: dict[str, Any], out: Path, command: str | None = None) -> tuple[Path, Path, str]:
+    """Add the targets, write ``bench.json`` and ``bench.md`` in ``out``; returns both paths and the markdown."""
+    result["targets"] = evaluate_targets(result)
+    if command:
+        result["command"] = command
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+    text = markdown(result, command)
+    md_path.write_text(text)
+    return json_path, md_path, text

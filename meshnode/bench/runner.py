@@ -1,0 +1,318 @@
+"""One benchmark run: start the processes, interleave the variants over many rounds, then
+measure handshakes and rotation under load.
+
+Server processes are pinned to one CPU, client processes to another (when
+there are two), each server variant in its own process, started once and
+kept for the whole run. In every round each workload runs every variant
+for ``duration`` seconds, one after another, the order shifted by one each
+time, so slow drifts of the machine hit every variant alike. A cell's
+server CPU time is the server process's ``time.process_time()`` delta over
+the cell; ratios are taken per round against ``B`` of the same round and
+workload, then summarised by median and interquartile range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from meshnode.bench.pki import BenchPKI
+from meshnode.bench.plan import BASELINE, VARIANTS, BenchSettings, Variant, Workload, spiffe_id_unavailable
+from meshnode.bench.protocol import Child
+from meshnode.bench.rotation import agent_config, run_rotations
+from meshnode.bench.stats import ratio, spread
+from meshnode.errors import MeshnodeError
+from meshnode.identity.agent import DevAgentThread
+
+__all__ = ["run_bench"]
+
+Progress = Callable[[str], None]
+_START_TIMEOUT = 90.0
+_HANDSHAKE_WARMUP = 10
+#: clients whose failure to start skips a part of the run instead of failing it
+_OPTIONAL_CLIENTS = {"F": "F", "RS": "rotation, verify=spiffe-id"}
+
+
+def _cpu_plan(pin: bool) -> tuple[int | None, int | None]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+class _Run:
+    def __init__(self, settings: BenchSettings, stack: contextlib.ExitStack, progress: Progress) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.progress = progress
+        self.work = Path(tempfile.mkdtemp(prefix="mnb-", dir="/tmp"))  # unix socket paths stay short
+        stack.callback(shutil.rmtree, self.work, True)
+        self.logs = settings.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.ca_dir = self.work / "ca"
+        BenchPKI(self.ca_dir)  # create the shared CA before any process loads it
+        self.server_cpu, self.client_cpu = _cpu_plan(settings.pin)
+        self.servers: dict[str, Child] = {}
+        self.clients: dict[str, Child] = {}
+        self.ports: dict[str, dict[str, int]] = {}
+        self.skipped: dict[str, str] = {}
+        self.first_call_ms: dict[str, float] = {}
+        self.variants: list[Variant] = list(settings.selected())
+        self.calls_by_server: dict[str, int] = {}
+
+    # -- processes ----------------------------------------------------------
+
+    def _child(self, name: str, module: str, args: Iterable[str], cpu: int | None) -> Child:
+        argv = [sys.executable, "-m", module, "--state-dir", str(self.ca_dir), *args]
+        if cpu is not None:
+            argv += ["--cpu", str(cpu)]
+        child = Child(name, argv, self.logs / f"{name.replace(' ', '-')}.log")
+        self.stack.callback(child.close)
+        return child
+
+    def start_processes(self, agent: DevAgentThread) -> None:
+        if "F" in self.settings.variants:
+            reason = spiffe_id_unavailable()
+            if reason is not None:
+                self.skipped["F"] = reason
+                self.variants = [v for v in self.variants if v.name != "F"]
+        socket = agent.socket_address("server")
+        for variant in sorted({v.server for v in self.variants} | {"H", "R"}):
+            extra = ["--agent-socket", socket] if variant == "R" else []
+            self.servers[variant] = self._child(
+                f"server {variant}", "meshnode.bench.server", ["--variant", variant, *extra], self.server_cpu
+            )
+        for variant, child in self.servers.items():
+            self.ports[variant] = child.receive(_START_TIMEOUT)["ports"]
+        self.progress(f"servers ready: {', '.join(sorted(self.servers))}")
+
+        def target(name: str, kind: str, server: str) -> str:
+            return f"--target={name}={kind}@127.0.0.1:{self.ports[server]['main']}"
+
+        shared = [target(v.name, v.kind, v.server) for v in self.variants if not v.own_process]
+        groups = {"main": shared}
+        groups.update({v.name: [target(v.name, v.kind, v.server)] for v in self.variants if v.own_process})
+        for name, targets in groups.items():
+            self.clients[name] = self._child(f"client {name}", "meshnode.bench.client", targets, self.client_cpu)
+        rotating = {"R": "agent-dns"}
+        if "F" in self.settings.variants and "F" not in self.skipped:
+            rotating["RS"] = "agent-spiffe-id"
+        for name, kind in rotating.items():
+            self.clients[name] = self._child(
+                f"client {name}", "meshnode.bench.client",
+                [target(name, kind, "R"), "--agent-socket", agent.socket_address("client")], self.client_cpu,
+            )
+        for name, child in list(self.clients.items()):
+            try:
+                ready = child.receive(_START_TIMEOUT)
+            except MeshnodeError as exc:
+                if name not in _OPTIONAL_CLIENTS:
+                    raise
+                self.skipped[_OPTIONAL_CLIENTS[name]] = str(exc)
+                self.variants = [v for v in self.variants if v.name != name]
+                child.close()
+                del self.clients[name]
+                continue
+            self.first_call_ms.update(ready["first_call_ms"])
+        self.progress(f"clients ready; variants {' '.join(v.name for v in self.variants)}")
+
+    def _client_of(self, variant: Variant) -> Child:
+        return self.clients[variant.name if variant.own_process else "main"]
+
+    # -- throughput ---------------------------------------------------------
+
+    def cell(self, variant: Variant, workload: Workload, duration: float) -> dict[str, Any]:
+        server = self.servers[variant.server]
+        before = server.request({"cmd": "cpu"})["cpu"]
+        load = self._client_of(variant).request(
+            {"cmd": "load", "target": variant.name, "unary": workload.unary, "stream": workload.stream,
+             "duration": duration},
+            timeout=duration + 60.0,
+        )
+        server_cpu = server.request({"cmd": "cpu"})["cpu"] - before
+        calls = load["calls"]
+        self.calls_by_server[variant.server] = self.calls_by_server.get(variant.server, 0) + calls
+        return {
+            "variant": variant.name,
+            "workload": workload.name,
+            "calls": calls,
+            "messages": load["messages"],
+            "errors": load["errors"],
+            "error_samples": load["error_samples"],
+            "elapsed_s": load["elapsed"],
+            "calls_per_s": calls / load["elapsed"] if load["elapsed"] > 0 else None,
+            "p50_ms": load["p50_ms"],
+            "p99_ms": load["p99_ms"],
+            "server_cpu_us": server_cpu / calls * 1e6 if calls else None,
+            "client_cpu_us": load["client_cpu"] / calls * 1e6 if calls else None,
+        }
+
+    def throughput(self) -> dict[str, Any]:
+        s = self.settings
+        variants = self.variants
+        if s.warmup > 0:
+            for workload in s.workloads:
+                for variant in variants:
+                    self.cell(variant, workload, s.warmup)
+        cells: list[dict[str, Any]] = []
+        for r in range(s.rounds):
+            self.progress(f"round {r + 1}/{s.rounds}")
+            for w, workload in enumerate(s.workloads):
+                shift = (r + w) % len(variants)
+                for variant in variants[shift:] + variants[:shift]:
+                    cells.append({"round": r, **self.cell(variant, workload, s.duration)})
+        return {
+            "workloads": [{"name": w.name, "unary_callers": w.unary, "stream_callers": w.stream}
+                          for w in s.workloads],
+            "summary": summarize(cells, [v.name for v in variants], [w.name for w in s.workloads]),
+            "cells": cells,
+        }
+
+    # -- handshakes ---------------------------------------------------------
+
+    def handshakes(self) -> dict[str, Any]:
+        s = self.settings
+        server, client = self.servers["H"], self.clients["main"]
+        addresses = {kind: f"127.0.0.1:{port}" for kind, port in self.ports["H"].items()}
+        for kind in ("static", "dynamic"):
+            client.request({"cmd": "handshakes", "address": addresses[kind], "count": _HANDSHAKE_WARMUP})
+        batches: list[dict[str, Any]] = []
+        for r in range(s.handshake_rounds):
+            for kind in ("static", "dynamic") if r % 2 == 0 else ("dynamic", "static"):
+                before = server.request({"cmd": "cpu"})["cpu"]
+                got = client.request({"cmd": "handshakes", "address": addresses[kind], "count": s.handshakes},
+                                     timeout=60.0 + s.handshakes)
+                cpu = server.request({"cmd": "cpu"})["cpu"] - before
+                batches.append({
+                    "round": r, "credentials": kind, "count": got["count"], "errors": got["errors"],
+                    "error_samples": got["error_samples"], "elapsed_s": got["elapsed"],
+                    "per_s": got["count"] / got["elapsed"],
+                    "server_cpu_us": cpu / got["count"] * 1e6, "client_cpu_us": got["client_cpu"] / got["count"] * 1e6,
+                })
+        by = {(b["round"], b["credentials"]): b for b in batches}
+        rounds = range(s.handshake_rounds)
+        return {
+            "per_batch": s.handshakes,
+            "static_per_s": spread([by[r, "static"]["per_s"] for r in rounds]),
+            "dynamic_per_s": spread([by[r, "dynamic"]["per_s"] for r in rounds]),
+            "ratio": spread([ratio(by[r, "dynamic"]["per_s"], by[r, "static"]["per_s"]) for r in rounds]),
+            "static_server_cpu_us": spread([by[r, "static"]["server_cpu_us"] for r in rounds]),
+            "dynamic_server_cpu_us": spread([by[r, "dynamic"]["server_cpu_us"] for r in rounds]),
+            "cpu_ratio": spread([ratio(by[r, "dynamic"]["server_cpu_us"], by[r, "static"]["server_cpu_us"])
+                                 for r in rounds]),
+            "errors": sum(b["errors"] for b in batches),
+            "batches": batches,
+        }
+
+    # -- rotation and tracing -------------------------------------------------
+
+    def rotation(self, agent: DevAgentThread) -> dict[str, Any]:
+        s = self.settings
+        self.progress(f"rotation under load, verify=dns: {s.rotations} rotations ({s.ca_rotations} of the CA)")
+        return run_rotations(
+            agent, self.servers["R"], self.clients["R"], target="R", rotations=s.rotations,
+            ca_rotations=s.ca_rotations, interval=s.rotation_interval, callers=s.rotation_callers,
+        )
+
+    def rotation_spiffe_id(self, agent: DevAgentThread) -> dict[str, Any] | None:
+        """The same through a spiffe-id channel: gRPC re-reads the files itself, on its refresh interval."""
+        if "RS" not in self.clients:
+            return None
+        s = self.settings
+        self.progress(f"rotation under load, verify=spiffe-id: {s.spiffe_id_rotations} rotations")
+        return run_rotations(
+            agent, self.servers["R"], self.clients["RS"], target="RS", rotations=s.spiffe_id_rotations,
+            ca_rotations=0, interval=s.spiffe_id_rotation_interval, callers=s.rotation_callers,
+        )
+
+    def tracing(self) -> dict[str, Any] | None:
+        if "D" not in self.servers:
+            return None
+        spans = self.servers["D"].request({"cmd": "spans"})["spans"]
+        calls = self.calls_by_server.get("D", 0)
+        return {"spans_exported": spans, "calls": calls, "spans_per_call": ratio(spans, calls)}
+
+
+def summarize(cells: list[dict[str, Any]], variants: list[str], workloads: list[str]) -> dict[str, Any]:
+    """Per workload and variant: medians [IQR] over rounds, and per-round ratios to the baseline."""
+    out: dict[str, Any] = {}
+    for workload in workloads:
+        mine = [c for c in cells if c["workload"] == workload]
+        base = {c["round"]: c for c in mine if c["variant"] == BASELINE}
+        rows: dict[str, Any] = {}
+        for variant in variants:
+            own = [c for c in mine if c["variant"] == variant]
+
+            def per_round(key: str, own: list[dict[str, Any]] = own) -> list[float | None]:
+                return [ratio(c[key], base[c["round"]][key]) if c["round"] in base else None for c in own]
+
+            rows[variant] = {
+                "calls": sum(c["calls"] for c in own),
+                "errors": sum(c["errors"] for c in own),
+                "calls_per_s": spread([c["calls_per_s"] for c in own]),
+                "p50_ms": spread([c["p50_ms"] for c in own]),
+                "p99_ms": spread([c["p99_ms"] for c in own]),
+                "server_cpu_us": spread([c["server_cpu_us"] for c in own]),
+                "client_cpu_us": spread([c["client_cpu_us"] for c in own]),
+                "throughput_ratio": spread(per_round("calls_per_s")),
+                "server_cpu_ratio": spread(per_round("server_cpu_us")),
+                "client_cpu_ratio": spread(per_round("client_cpu_us")),
+            }
+        out[workload] = rows
+    return out
+
+
+def _machine(run: _Run) -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "server_cpu": run.server_cpu,
+        "client_cpu": run.client_cpu,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns every raw number and the summaries (see :mod:`meshnode.bench.report`)."""
+    say = progress or (lambda _message: None)
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        run = _Run(settings, stack, say)
+        agent = stack.enter_context(DevAgentThread(agent_config(run.work / "agent")))
+        run.start_processes(agent)
+        throughput = run.throughput()
+        say("handshakes")
+        handshakes = run.handshakes()
+        rotation = run.rotation(agent)
+        rotation_spiffe_id = run.rotation_spiffe_id(agent)
+        tracing = run.tracing()
+        variants = {v.name: v.description for v in VARIANTS if v in run.variants}
+        return {
+            "meshnode_bench": 1,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": _machine(run),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
+            "variants": variants,
+            "skipped": {name: reason for name, reason in run.skipped.items()},
+            "first_call_ms": run.first_call_ms,
+            "throughput": throughput,
+            "handshakes": handshakes,
+            "rotation": rotation,
+            "rotation_spiffe_id": rotation_spiffe_id,
+            "tracing": tracing,
+            "elapsed_s": time.monotonic() - began,
+        }
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)

@@ -1,0 +1,69 @@
+"""Identity telemetry of a running node: rotation counter, seconds-to-expiry gauge,
+rotation / loss events with serial and not-after, never key material."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, datetime as dt, json, logging
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    records = []
+    class Keep(logging.Handler):
+        def emit(self, record): records.append(record.getMessage())
+    logging.getLogger("meshnode.identity").addHandler(Keep())
+    logging.getLogger("meshnode.identity").setLevel(logging.INFO)
+
+    from meshnode.identity.devca import DevCA
+    from meshnode.testing import ManualSource
+    from meshnode.node import Node
+    from tests.nodes import node_config
+
+    async def main():
+        ca = DevCA("example.org")
+        src = ManualSource(ca, "spiffe://example.org/node/beta", ttl=dt.timedelta(seconds=3))
+        async with Node(node_config("beta", allow=["spiffe://example.org/x"]), source=src) as node:
+            first = node.identity
+            src.rotate(); src.rotate()
+            await asyncio.sleep(0.2)
+            data = reader.get_metrics_data()
+            deadline = asyncio.get_running_loop().time() + 8
+            while node.serving and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            out = {"serving_after_expiry": node.serving, "first_serial": first.serial,
+                   "key": node.identity.key_pem.decode()}
+        points = {}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    points[m.name] = [p.value for p in m.data.data_points]
+        out["metrics"] = points
+        out["records"] = records
+        print(json.dumps(out))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_rotations_expiry_gauge_and_events() -> None:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["metrics"]["meshnode.identity.rotations"] == [2]
+    (seconds_left,) = out["metrics"]["meshnode.identity.seconds_to_expiry"]
+    assert 0 < seconds_left <= 3
+    rotated = [r for r in out["records"] if r.startswith("identity.rotated")]
+    assert len(rotated) == 2 and "svid.serial=" in rotated[0] and "svid.not_after=" in rotated[0]
+    assert out["serving_after_expiry"] is False
+    assert any(r.startswith("identity.lost") for r in out["records"])
+    key_body = out["key"].splitlines()[1]
+    assert all(key_body not in r and "PRIVATE" not in r for r in out["records"])
