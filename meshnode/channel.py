@@ -40,6 +40,9 @@ log = logging.getLogger("meshnode.channel")
 
 Explain = Callable[[grpc.aio.AioRpcError], "str | None"]
 
+#: channel.close() tasks still running (held so they are not garbage-collected mid-way)
+_CLOSING: set[asyncio.Future[Any]] = set()
+
 
 @dataclass(frozen=True)
 class ChannelPlan:
@@ -84,7 +87,9 @@ class _Generation:
     def close(self) -> None:
         if not self.closing:
             self.closing = True
-            asyncio.ensure_future(self.channel.close())
+            task = asyncio.ensure_future(self.channel.close())
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
 
 
 class _TranslatedCall:
@@ -191,19 +196,23 @@ class PeerChannel:
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> Any:
-        return _MultiCallable(self, "unary_unary", method, request_serializer, response_deserializer, _registered_method)
+        return _MultiCallable(self, "unary_unary", method, request_serializer, response_deserializer,
+                              _registered_method)
 
     def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool = False) -> Any:
-        return _MultiCallable(self, "unary_stream", method, request_serializer, response_deserializer, _registered_method)
+        return _MultiCallable(self, "unary_stream", method, request_serializer, response_deserializer,
+                              _registered_method)
 
     def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool = False) -> Any:
-        return _MultiCallable(self, "stream_unary", method, request_serializer, response_deserializer, _registered_method)
+        return _MultiCallable(self, "stream_unary", method, request_serializer, response_deserializer,
+                              _registered_method)
 
     def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                       _registered_method: bool = False) -> Any:
-        return _MultiCallable(self, "stream_stream", method, request_serializer, response_deserializer, _registered_method)
+        return _MultiCallable(self, "stream_stream", method, request_serializer, response_deserializer,
+                              _registered_method)
 
     async def channel_ready(self) -> None:
         gen = self._require()

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from meshnode.authz.node import build_node_authorizer
 from meshnode.config.node import NodeConfig, PeerConfig
 from meshnode.credentials import ServerCredentials
-from meshnode.errors import ClosedError, MeshnodeError, PeerError
+from meshnode.errors import ClosedError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
@@ -139,12 +139,14 @@ class Node:
         services = self._load_services()
         declares = any(getattr(type(s), "allow", ()) for s in services)
         enforce(config, static_checks(config, service_policies=declares))
+        source: IdentitySource
         if self._given_source is not None:
-            self._source = self._given_source
+            source = self._given_source
         else:
-            self._source, notes = await asyncio.to_thread(open_identity, config, on_error=_count_source_error)
+            source, notes = await asyncio.to_thread(open_identity, config, on_error=_count_source_error)
             self.notes.extend(notes)
-        snapshot = self._source.current()
+        self._source = source
+        snapshot = source.current()
         enforce(config, identity_checks(config, snapshot))
         for td in missing_bundles(config, snapshot):
             log.warning(
@@ -154,7 +156,7 @@ class Node:
         accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
         tracing = _tracing_enabled(self._tracer_provider)
         self._authorizer = build_node_authorizer(
-            config, services, self._source, accepted, tracer_provider=self._tracer_provider,
+            config, services, source, accepted, tracer_provider=self._tracer_provider,
             span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
         )
         interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -168,12 +170,12 @@ class Node:
                 service.bind(self)
             for _name, add in registration_of(service):
                 self._server.add(add, service)
-        self._creds = ServerCredentials(self._source, accepted)
+        self._creds = ServerCredentials(source, accepted)
         self._server.bind(config.listen, self._creds.credentials)
         self._peers = PeerChannels(self, config.peers, tracing=tracing, tracer_provider=self._tracer_provider)
         await self._peers.start()
         await self._server.start()
-        self._state = IdentityState(self._source, self._server.set_serving)
+        self._state = IdentityState(source, self._server.set_serving)
         self._state.start()
         log.info(
             "node: %s serving %s on %s as %s (mode %s)",

@@ -145,9 +145,9 @@ class PeerChannels:
         key = (name, stub_class)
         found = self._stubs.get(key)
         if found is None:
-            found = stub_class(self.channel(name))  # type: ignore[call-arg]
+            found = stub_class(self.channel(name))  # type: ignore[call-arg]  # generated stubs take a channel
             self._stubs[key] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     async def close(self) -> None:
         if self._unsubscribe is not None:

@@ -31,7 +31,7 @@ log = logging.getLogger("meshnode.server")
 HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 
 
-class _WrappingGenericHandler(grpc.GenericRpcHandler):
+class _WrappingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
     """For servicers registered only through a generic handler (old generated code)."""
 
     def __init__(self, inner: grpc.GenericRpcHandler, wrap: HandlerWrapper) -> None:
@@ -43,7 +43,7 @@ class _WrappingGenericHandler(grpc.GenericRpcHandler):
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -136,8 +136,8 @@ class MeshServer:
             ) from None
         if port == 0:
             raise ServeError(f"server: cannot listen on {address}; change [node] listen")
-        self.port = port
-        return port
+        self.port = int(port)
+        return self.port
 
     @property
     def service_names(self) -> list[str]:
@@ -160,7 +160,7 @@ class MeshServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _Probe(grpc.HandlerCallDetails):
+class _Probe(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc ships no type hints
     def __init__(self, method: str) -> None:
         self.method = method
         self.invocation_metadata = ()

@@ -161,7 +161,7 @@ def test_files_source_reads_federated_bundles(tmp_path: Path) -> None:
     with FileSource(files) as source:
         assert sorted(source.current().bundles) == ["example.org", "partner.org"]
     (fed / "Bad_TD!.pem").write_bytes(certs_pem(partner.bundle))
-    with pytest.raises(InvalidIdentityError, match="<trust-domain>.pem"):
+    with pytest.raises(InvalidIdentityError, match=r"<trust-domain>\.pem"):
         FileSource(files)
 
 

@@ -65,8 +65,8 @@ async def test_relay_across_three_hosts_survives_a_cut_link(verify: str) -> None
     d = short_tmpdir()
     agent_cfg = AgentConfig(
         trust_domain="example.org", socket_dir=d / "sockets", state_dir=d / "state",
-        entries=tuple(EntryConfig(n, parse_spiffe_id(sid(n))) for n in NAMES)
-        + (EntryConfig("client", parse_spiffe_id(CLIENT)),),
+        entries=(*(EntryConfig(n, parse_spiffe_id(sid(n))) for n in NAMES),
+                 EntryConfig("client", parse_spiffe_id(CLIENT))),
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -75,7 +75,7 @@ async def test_relay_across_three_hosts_survives_a_cut_link(verify: str) -> None
             peer = {"alpha": "beta", "beta": "gamma", "gamma": None}
             for name in NAMES:
                 cfg = write_node(d, hosts, name, agent.socket_address(name), allow[name], peer[name], verify)
-                log = open(d / f"{name}.log", "wb")  # noqa: SIM115
+                log = open(d / f"{name}.log", "wb")
                 procs.append(subprocess.Popen([*hosts.exec_prefix(name), sys.executable, "-m", "meshnode.cli",
                                                "run", str(cfg)], stdout=log, stderr=subprocess.STDOUT))
             deadline = time.monotonic() + 30

@@ -114,5 +114,5 @@ def test_missing_file_and_missing_table(tmp_path: Path) -> None:
 
 def test_files_source_needs_its_files(tmp_path: Path) -> None:
     text = '[node]\nname="a"\nlisten="127.0.0.1:1"\n[identity]\nsource="files"\ncert="c.pem"\n'
-    with pytest.raises(ConfigError, match="'identity.key' is required when source = \"files\""):
+    with pytest.raises(ConfigError, match=r"'identity\.key' is required when source = \"files\""):
         load_node_config(write(tmp_path, text), environ={})

@@ -63,7 +63,7 @@ def test_missing_socket_file_exits_3_naming_the_socket(tmp_path: Path) -> None:
     sock = tmp_path / "nope.sock"
     cfg = write_config(tmp_path / "n.toml", port,
                        f'source = "workload-api"\ntrust_domain = "example.org"\nsocket = "unix://{sock}"\ntimeout = 1')
-    code, out, elapsed = run_node(cfg)
+    code, out, _ = run_node(cfg)
     assert code == 3, out
     assert str(sock) in out and "does not exist" in out
     assert "start the SPIRE agent" in out

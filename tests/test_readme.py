@@ -49,7 +49,8 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "greeter.py").write_text(block("`greeter.py`:", "python"))
     (tmp_path / "greeter.toml").write_text(adapt(block("`greeter.toml`", "toml")))
     (tmp_path / "caller.py").write_text(block("A caller reaches it", "python"))
-    (tmp_path / "caller.toml").write_text(adapt(README[README.index("```toml\n# caller.toml") + len("```toml\n"):].split("```")[0]))
+    caller_toml = README[README.index("```toml\n# caller.toml") + len("```toml\n") :].split("```")[0]
+    (tmp_path / "caller.toml").write_text(adapt(caller_toml))
     agent_toml = adapt((ROOT / "examples" / "agent.toml").read_text())
     (tmp_path / "agent.toml").write_text(agent_toml)
     procs = []

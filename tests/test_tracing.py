@@ -3,6 +3,7 @@ every span, denied calls traced, sync handlers work under tracing."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,7 +76,7 @@ async def test_three_hops_are_one_trace_with_identities_on_every_span() -> None:
     for service, kind in chain:
         (span,) = by_kind(forward, kind, service)
         spans_in_order.append(span)
-    for parent, child in zip(spans_in_order, spans_in_order[1:]):
+    for parent, child in itertools.pairwise(spans_in_order):
         assert child.parent is not None and child.parent.span_id == parent.context.span_id
         assert child.parent.span_id in by_id
     expected_server = {"alpha": (ALPHA, CLIENT), "beta": (BETA, ALPHA), "gamma": (GAMMA, BETA)}

@@ -220,7 +220,9 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
     if source == "files":
         for key in ("cert", "key", "bundle"):
             if getattr(cfg, key) is None:
-                raise s.error(key, "is required when source = \"files\" (PEM file written by spiffe-helper or the CSI driver)")
+                raise s.error(
+                    key, "is required when source = \"files\" (PEM file written by spiffe-helper or the CSI driver)"
+                )
     if cfg.spiffe_id is not None and trust_domain is not None and cfg.spiffe_id.trust_domain != trust_domain:
         raise s.error("spiffe_id", f"is outside trust_domain '{trust_domain}'")
     s.done()
@@ -320,7 +322,8 @@ def node_config_from_dict(
     try:
         return NodeConfig(
             name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
-            peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout, identity=identity, authz=authz, peers=peers, telemetry=telemetry,
+            peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout, identity=identity,
+            authz=authz, peers=peers, telemetry=telemetry,
             source_path=None,
         )
     except ConfigError as exc:

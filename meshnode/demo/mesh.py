@@ -124,7 +124,7 @@ class LocalMesh:
     # -- processes ----------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.root / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
+        log = open(self.root / "logs" / f"{name}.log", "wb")
         env = dict(os.environ, OTEL_BSP_SCHEDULE_DELAY="100", PYTHONUNBUFFERED="1")
         env.pop("SPIFFE_ENDPOINT_SOCKET", None)
         self.procs[name] = subprocess.Popen(

@@ -328,7 +328,8 @@ class DevCA:
             raise ConfigError(f"devca: the CA in state_dir {self._state_dir} has expired; remove it to start a new CA")
         self._signer = _Authority(key, cert)
         self._jwt_key = jwt_key
-        self._jwt_kid = cert_path.with_name("jwt.kid").read_text().strip() if cert_path.with_name("jwt.kid").exists() else "dev"
+        kid_path = cert_path.with_name("jwt.kid")
+        self._jwt_kid = kid_path.read_text().strip() if kid_path.exists() else "dev"
         return True
 
     def _save(self) -> None:

@@ -84,7 +84,7 @@ def diagnose_socket(address: str, timeout: float = 0.5) -> str:
     finally:
         probe.close()
     with grpc.insecure_channel(f"unix:{path}") as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
         try:
             stream = stub.FetchX509SVID(
                 workload_pb2.X509SVIDRequest(), timeout=timeout, metadata=(("workload.spiffe.io", "true"),)
@@ -150,7 +150,9 @@ class WorkloadApiSource(Publisher):
             self._publish(_snapshot_from(source))
         except (InvalidIdentityError, PySpiffeError) as exc:
             source.close()
-            raise InvalidIdentityError(f"identity: the Workload API at {self.address} gave an unusable SVID: {exc}") from exc
+            raise InvalidIdentityError(
+                f"identity: the Workload API at {self.address} gave an unusable SVID: {exc}"
+            ) from exc
         source.subscribe_for_updates(self._updated)
         return source
 

@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtensionOID
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
@@ -78,13 +77,13 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
 def check_leaf(cert: x509.Certificate) -> None:
     """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs."""
     try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
             raise InvalidIdentityError("identity: SVID leaf has CA=true; a leaf SVID must not be a CA")
     except x509.ExtensionNotFound:
         pass
     try:
-        ku = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ku.key_cert_sign or ku.crl_sign:
@@ -110,7 +109,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
-        return bool(cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca)
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
 
