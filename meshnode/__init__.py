@@ -16,7 +16,7 @@ Everything else lives in its own module (``meshnode.authz``,
 ``meshnode.identity``, ``meshnode.telemetry``, ``meshnode.testing``...).
 """
 
-from meshnode.authz import AuthzInterceptor, Authorizer, NoPeerIdentityError, Policy, peer_id
+from meshnode.authz import Authorizer, AuthzInterceptor, NoPeerIdentityError, Policy, peer_id
 from meshnode.channel import PeerChannel
 from meshnode.config.node import NodeConfig, PeerConfig, load_node_config
 from meshnode.errors import (
@@ -50,10 +50,10 @@ __all__ = [
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
     "MeshnodeError",
+    "NoPeerIdentityError",
     "Node",
     "NodeConfig",
     "NodeService",
-    "NoPeerIdentityError",
     "PeerChannel",
     "PeerConfig",
     "PeerError",
