@@ -18,6 +18,10 @@ of their own. Commands on stdin (see :mod:`meshnode.bench.protocol`):
 ``load`` (see :func:`meshnode.bench.load.run_load`), ``handshakes`` (open
 ``count`` fresh mTLS connections one after another: channel, one call,
 close), ``quit``.
+
+``--first-calls NAME=KIND@ADDRESS --count N`` instead times N first calls,
+each on a fresh channel (and, for the node kinds, a fresh client Node),
+prints them as the ready line and exits.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +49,7 @@ __all__ = ["TARGET_KINDS", "main"]
 
 TARGET_KINDS = ("insecure", "mtls", "node-dns", "node-spiffe-id", "agent-dns", "agent-spiffe-id")
 _FIRST_CALL_TIMEOUT = 15.0
-
-
-@dataclass
-class Target:
-    name: str
-    stub: Any
-    first_call_ms: float
+_NODE_KINDS = ("node-dns", "node-spiffe-id", "agent-dns", "agent-spiffe-id")
 
 
 class Client:
@@ -63,7 +60,7 @@ class Client:
         self._agent_socket = agent_socket
         self._pki: BenchPKI | None = None
         self._credentials: grpc.ChannelCredentials | None = None
-        self.targets: dict[str, Target] = {}
+        self.stubs: dict[str, Any] = {}
         self.stack = contextlib.AsyncExitStack()
 
     @property
@@ -73,26 +70,33 @@ class Client:
             self._credentials = self._pki.client_credentials()
         return self._credentials
 
+    def _mtls_channel(self, address: str, *, fresh: bool = False) -> grpc.aio.Channel:
+        options = client_options()
+        if fresh:  # a connection of its own: no subchannel shared with other channels of the process
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        return grpc.aio.secure_channel(address, self.credentials, options=options)
+
     async def open(self, name: str, kind: str, address: str) -> None:
-        start = time.monotonic()
+        """Open the target's channel for the whole run and make its first call."""
         if kind == "insecure":
             channel = grpc.aio.insecure_channel(address)
             self.stack.push_async_callback(channel.close)
             stub: Any = demo_pb2_grpc.EchoStub(channel)
         elif kind == "mtls":
-            channel = grpc.aio.secure_channel(address, self.credentials, options=client_options())
+            channel = self._mtls_channel(address)
             self.stack.push_async_callback(channel.close)
             stub = demo_pb2_grpc.EchoStub(channel)
-        elif kind in ("node-dns", "node-spiffe-id", "agent-dns", "agent-spiffe-id"):
-            node = await self._node(name, kind, address)
-            start = time.monotonic()  # the node's own start-up is not the channel's
+        elif kind in _NODE_KINDS:
+            node = await self.stack.enter_async_context(self._node(name, kind, address))
             stub = node.stub("bench", demo_pb2_grpc.EchoStub)
         else:
             raise ValueError(f"unknown target kind {kind!r}; use one of {', '.join(TARGET_KINDS)}")
         await stub.Say(REQUEST, timeout=_FIRST_CALL_TIMEOUT, wait_for_ready=True)
-        self.targets[name] = Target(name, stub, (time.monotonic() - start) * 1e3)
+        self.stubs[name] = stub
 
-    async def _node(self, name: str, kind: str, address: str) -> Any:
+    @contextlib.asynccontextmanager
+    async def _node(self, name: str, kind: str, address: str) -> AsyncIterator[Any]:
+        """A started client Node whose peer ``bench`` is ``address``; stopped (and its source closed) on exit."""
         from meshnode.config.node import node_config_from_dict
         from meshnode.identity.source import StaticSource
         from meshnode.node import Node
@@ -107,7 +111,6 @@ class Client:
             identity = {"source": "dev"}
             self._pki = self._pki or BenchPKI(self._state_dir)
             source = StaticSource(self._pki.snapshot(CLIENT_ID), description="bench client identity")
-            self.stack.callback(source.close)
         config = node_config_from_dict(
             {
                 "node": {"name": f"bench-client-{name.lower()}", "listen": "127.0.0.1:0", "mode": "development",
@@ -119,14 +122,41 @@ class Client:
             environ={},
         )
         node = Node(config, source=source)
-        await node.start()
-        self.stack.push_async_callback(node.stop, 0.0)
-        return node
+        try:
+            await node.start()
+            yield node
+        finally:
+            await node.stop(0.0)
+            if source is not None:
+                source.close()
+
+    async def first_calls(self, kind: str, address: str, count: int) -> list[float]:
+        """Milliseconds from a new channel to its first reply, ``count`` times, one fresh channel each.
+
+        Node kinds start a fresh client Node each time (not timed): the time
+        runs from ``node.stub()`` to the reply, as an application sees it.
+        """
+        times: list[float] = []
+        for i in range(count):
+            if kind == "mtls":
+                start = time.monotonic()
+                channel = self._mtls_channel(address, fresh=True)
+                try:
+                    await demo_pb2_grpc.EchoStub(channel).Say(REQUEST, timeout=_FIRST_CALL_TIMEOUT)
+                    times.append((time.monotonic() - start) * 1e3)
+                finally:
+                    await channel.close()
+                continue
+            async with self._node(f"first-{i}", kind, address) as node:
+                start = time.monotonic()
+                stub = node.stub("bench", demo_pb2_grpc.EchoStub)
+                await stub.Say(REQUEST, timeout=_FIRST_CALL_TIMEOUT, wait_for_ready=True)
+                times.append((time.monotonic() - start) * 1e3)
+        return times
 
     async def load(self, command: dict[str, Any]) -> dict[str, Any]:
-        target = self.targets[command["target"]]
         return await run_load(
-            target.stub,
+            self.stubs[command["target"]],
             unary=int(command.get("unary", 0)),
             stream=int(command.get("stream", 0)),
             duration=float(command["duration"]),
@@ -136,12 +166,10 @@ class Client:
     async def handshakes(self, command: dict[str, Any]) -> dict[str, Any]:
         """``count`` new connections in a row: each a fresh channel (own subchannel pool), one call, close."""
         address, count = command["address"], int(command["count"])
-        options = [*client_options(), ("grpc.use_local_subchannel_pool", 1)]
-        credentials = self.credentials
         errors: list[str] = []
         cpu_before, begin = time.process_time(), time.monotonic()
         for _ in range(count):
-            channel = grpc.aio.secure_channel(address, credentials, options=options)
+            channel = self._mtls_channel(address, fresh=True)
             try:
                 await demo_pb2_grpc.EchoStub(channel).Say(REQUEST, timeout=10.0)
             except grpc.aio.AioRpcError as err:
@@ -194,26 +222,41 @@ def _target(spec: str) -> tuple[str, str, str]:
 async def run(args: argparse.Namespace) -> None:
     client = Client(Path(args.state_dir), args.agent_socket)
     async with client.stack:
-        try:
-            for name, kind, address in args.target:
-                await client.open(name, kind, address)
-        except Exception as exc:  # reported to the runner, which quotes it
-            send_line({"error": f"client: opening target {name}: {type(exc).__name__}: {exc}"})
+        if args.first_calls is not None:
+            _name, kind, address = args.first_calls
+            try:
+                times = await client.first_calls(kind, address, args.count)
+            except Exception as exc:
+                send_line({"error": f"client: first calls through {kind}: {type(exc).__name__}: {exc}"})
+                return
+            send_line({"ready": True, "first_call_ms": times})
             return
+        for name, kind, address in args.target:
+            try:
+                await client.open(name, kind, address)
+            except Exception as exc:  # reported to the runner, which quotes it
+                send_line({"error": f"client: opening target {name}: {type(exc).__name__}: {exc}"})
+                return
         cpus = pin_process(args.cpu)
-        first = {name: target.first_call_ms for name, target in client.targets.items()}
-        send_line({"ready": True, "first_call_ms": first, "cpus": cpus})
+        send_line({"ready": True, "targets": sorted(client.stubs), "cpus": cpus})
         await _commands(client)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meshnode.bench.client", description=__doc__)
-    parser.add_argument("--target", action="append", type=_target, required=True, help="NAME=KIND@HOST:PORT")
+    parser.add_argument("--target", action="append", type=_target, default=[], help="NAME=KIND@HOST:PORT")
+    parser.add_argument("--first-calls", type=_target, metavar="NAME=KIND@HOST:PORT",
+                        help="only time --count first calls on fresh channels of this kind, print them and exit")
+    parser.add_argument("--count", type=int, default=5, help="with --first-calls: how many")
     parser.add_argument("--state-dir", required=True, help="the shared dev CA's directory")
     parser.add_argument("--agent-socket", help="unix:///... Workload API socket (agent-* kinds)")
     parser.add_argument("--cpu", type=int, help="pin the process to this CPU once its channels are open")
     args = parser.parse_args(argv)
+    if not args.target and args.first_calls is None:
+        parser.error("give --target (one or more) or --first-calls")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cpu is not None and args.first_calls is not None:
+        pin_process(args.cpu)
     asyncio.run(run(args))
     return 0
 

@@ -62,10 +62,11 @@ class BenchSettings:
     """One benchmark run; ``quick()`` is the CI smoke run (well under a minute)."""
 
     out: Path = Path("bench-results")
-    rounds: int = 8
-    duration: float = 1.0  # seconds per (variant, workload) cell
+    rounds: int = 12
+    duration: float = 0.6  # seconds per (variant, workload) cell
     warmup: float = 0.3  # seconds per cell before the first round (not recorded)
     callers: int = 16  # "many" concurrent callers
+    first_calls: int = 10  # fresh channels per client kind, timed to their first reply
     handshake_rounds: int = 6
     handshakes: int = 100  # new connections per batch
     rotations: int = 24
@@ -85,6 +86,7 @@ class BenchSettings:
             (self.warmup >= 0, "warmup must not be negative"),
             (self.callers >= 2, f"--callers must be at least 2 (1 is the other workload), not {self.callers}"),
             (self.handshake_rounds >= 1 and self.handshakes >= 1, "handshake rounds and batches must not be empty"),
+            (self.first_calls >= 1, "first_calls must be at least 1"),
             (self.rotations >= 1, f"--rotations must be at least 1, not {self.rotations}"),
             (self.spiffe_id_rotations >= 1, "spiffe_id_rotations must be at least 1"),
             (0 <= self.ca_rotations <= self.rotations, "ca_rotations must be between 0 and rotations"),
@@ -102,7 +104,7 @@ class BenchSettings:
     @classmethod
     def quick_run(cls, out: Path = Path("bench-results")) -> BenchSettings:
         return cls(
-            out=out, rounds=2, duration=0.25, warmup=0.1, callers=8, handshake_rounds=2, handshakes=20,
+            out=out, rounds=2, duration=0.25, warmup=0.1, callers=8, first_calls=3, handshake_rounds=2, handshakes=20,
             rotations=4, ca_rotations=1, rotation_interval=0.4, rotation_callers=4, spiffe_id_rotations=1,
             quick=True,
         )

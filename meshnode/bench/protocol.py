@@ -43,6 +43,8 @@ def pin_process(cpu: int | None) -> list[int]:
     ``os.sched_setaffinity(0, ...)`` moves only the calling thread, and grpc
     has started its own by now, so each task of the process is moved.
     """
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: run unpinned
+        return []
     if cpu is None:
         return sorted(os.sched_getaffinity(0))
     cpus = {cpu}
@@ -60,7 +62,7 @@ class Child:
     def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in close())
+        self._log = open(log_path, "wb")  # closed in close()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env

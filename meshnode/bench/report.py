@@ -83,14 +83,15 @@ def _spread(s: Mapping[str, Any], digits: int = 0) -> str:
 
 def _throughput_table(result: Mapping[str, Any]) -> list[str]:
     lines = [
-        "| workload | variant | calls/s | ×B | p50 ms | p99 ms | server CPU µs/RPC | ×B | client CPU µs/RPC |",
+        "| workload | variant | calls/s | vs B | p50 ms | p99 ms | server CPU µs/RPC | vs B | client CPU µs/RPC |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for workload, variants in result["throughput"]["summary"].items():
         for name, row in variants.items():
             errors = f" ({row['errors']} errors)" if row["errors"] else ""
             lines.append(
-                f"| {workload} | {name}{errors} | {_spread(row['calls_per_s'])} | {_spread(row['throughput_ratio'], 2)} "
+                f"| {workload} | {name}{errors} | {_spread(row['calls_per_s'])} "
+                f"| {_spread(row['throughput_ratio'], 2)} "
                 f"| {_fmt(_median(row['p50_ms']))} | {_fmt(_median(row['p99_ms']))} "
                 f"| {_spread(row['server_cpu_us'])} | {_spread(row['server_cpu_ratio'], 2)} "
                 f"| {_fmt(_median(row['client_cpu_us']), 0)} |"
@@ -113,19 +114,23 @@ def _handshake_section(hs: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _ms(text: str) -> str:
+    return text if text == "-" else f"{text} ms"
+
+
 def _rotation_rows(rot: Mapping[str, Any]) -> list[tuple[str, str]]:
     lat, pickup = rot["latency"], rot["pickup_ms"]
     return [
         ("rotations (of the CA), every", f"{rot['rotations']} ({rot['ca_rotations']}), {rot['interval_s']:g} s"),
         ("calls / failed", f"{rot['calls']} / {rot['failed_calls']}"),
-        ("push → first call on the new client certificate, median [IQR]", f"{_spread(pickup, 1)} ms"),
-        ("push → first call on the new client certificate, max", f"{_fmt(pickup['max'], 1)} ms"),
+        ("push → first call on the new client certificate, median [IQR]", _ms(_spread(pickup, 1))),
+        ("push → first call on the new client certificate, max", _ms(_fmt(pickup["max"], 1))),
         ("rotations whose certificate no call carried", f"{pickup['missing']} of {rot['rotations']}"),
-        (f"unary p99, steady ({lat['window_s'] * 1e3:g} ms windows)", f"{_fmt(lat['steady_p99_ms'])} ms"),
+        (f"unary p99, steady ({lat['window_s'] * 1e3:g} ms windows)", _ms(_fmt(lat["steady_p99_ms"]))),
         (f"unary p99 within {lat['after_push_s'] * 1e3:g} ms of a push, median [IQR]",
-         f"{_spread(lat['after_push_p99_ms'], 2)} ms"),
-        ("unary p99 after a push, worst", f"{_fmt(lat['after_push_worst_p99_ms'])} ms"),
-        ("slowest call after a push", f"{_fmt(lat['slowest_call_after_push_ms'])} ms"),
+         _ms(_spread(lat["after_push_p99_ms"], 2))),
+        ("unary p99 after a push, worst", _ms(_fmt(lat["after_push_worst_p99_ms"]))),
+        ("slowest call after a push", _ms(_fmt(lat["slowest_call_after_push_ms"]))),
     ]
 
 
@@ -148,30 +153,48 @@ def _rotation_section(result: Mapping[str, Any]) -> list[str]:
     first = next(iter(rows.values()))
     for i, (label, _value) in enumerate(first):
         lines.append(f"| {label} | " + " | ".join(r[i][1] for r in rows.values()) + " |")
+    spiffe = runs.get("verify=spiffe-id")
+    if spiffe is not None and spiffe["pickup_ms"]["missing"]:
+        lines += ["", "verify=spiffe-id: the channel keeps its connection across rotations, so its calls carry the "
+                  "certificate of that connection's handshake; only a new connection would present the new one."]
     return lines
 
 
 def _channels_section(result: Mapping[str, Any]) -> list[str]:
-    first = result["first_call_ms"]
-    lines = ["## Client channels: dns vs spiffe-id", "",
-             "| client | first call on a new channel (ms, one sample) | client CPU µs/RPC, unary, many callers (×C) |",
-             "|---|---:|---:|"]
     summary = result["throughput"]["summary"]
-    unary = list(summary.values())[1] if len(summary) > 1 else {}
+    many = list(summary.values())[1] if len(summary) > 1 else {}
     labels = {"C": "bare grpcio mTLS channel", "E": "meshnode peer channel, verify=dns",
-              "F": "meshnode peer channel, verify=spiffe-id"}
+              "F": "meshnode peer channel, verify=spiffe-id (xDS)"}
+    lines = [
+        "## Client channels: dns vs spiffe-id (all calling the C server)",
+        "",
+        "| client | first call on a new channel, ms | client CPU µs/RPC, unary, many callers | vs C |",
+        "|---|---:|---:|---:|",
+    ]
     for name, label in labels.items():
-        if name not in first:
+        first = result["first_calls"].get(name)
+        row, c = many.get(name), many.get("C")
+        if first is None and row is None:
             continue
-        row, c = unary.get(name), unary.get("C")
+        if first is None:
+            shown = "-"
+        elif "error" in first:
+            shown = "failed (see JSON)"
+        else:
+            shown = _spread(first["ms"], 1)
         rel = _ratio_of(row["client_cpu_ratio"], c["client_cpu_ratio"]) if row and c else None
-        cpu = _fmt(_median(row["client_cpu_us"]), 0) if row else "-"
-        lines.append(f"| {name}: {label} | {_fmt(first[name], 1)} | {cpu} ({_fmt(rel, 2)}) |")
+        cpu = _spread(row["client_cpu_us"]) if row else "-"
+        lines.append(f"| {name}: {label} | {shown} | {cpu} | {_fmt(rel, 3)} |")
     for name, reason in result["skipped"].items():
-        lines.append(f"| {name}: skipped | {reason} | |")
-    lines += ["", "Rotation: see above. A dns channel makes a new connection for every new identity; a "
-              "spiffe-id channel keeps its connection, and gRPC's file_watcher hands the new certificate to the "
-              "next handshake it makes."]
+        lines += ["", f"Skipped {name}: {reason}"]
+    lines += [
+        "",
+        "A first call includes the TCP connection and the TLS handshake (for spiffe-id also the xDS "
+        "resources from the node's control plane); a meshnode node's own start-up is not counted. "
+        "Rotation pickup: see the rotation table. A dns channel makes a new connection for every new "
+        "identity; a spiffe-id channel keeps its connection, and gRPC's file_watcher hands the new "
+        "certificate only to the next handshake it makes.",
+    ]
     return lines
 
 
@@ -184,7 +207,7 @@ def markdown(result: Mapping[str, Any], command: str | None = None) -> str:
         "",
         f"{result['created']}: {m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}; {pinned}; loopback.",
         f"{s['rounds']} rounds of {s['duration']:g} s per cell, variants interleaved; median [IQR] over rounds; "
-        f"×B = per-round ratio to {BASELINE}. Unary calls carry 64 bytes each way; a stream is "
+        f"vs B = median of the per-round ratios to {BASELINE}. Unary calls carry 64 bytes each way; a stream is "
         f"{STREAM_MESSAGES} replies of 64 bytes. Run took {result['elapsed_s']:.0f} s.",
     ]
     if command:

@@ -52,13 +52,16 @@ def _ca_points(rotations: int, ca_rotations: int) -> set[int]:
 
 
 def _rotate(agent: DevAgentThread, ca: bool) -> dict[str, Any]:
+    """One rotation; ``pushed`` is when the agent's call returned (it has published by then)."""
+    called = time.monotonic()
     if ca:
         agent.rotate_ca(activate_after=_CA_ACTIVATE_AFTER)
     else:
         agent.rotate_svids()
     pushed = time.monotonic()
     serial = format(agent.svid("client").chain[0].serial_number, "x")
-    return {"kind": "ca" if ca else "svid", "pushed": pushed, "client_serial": serial}
+    return {"kind": "ca" if ca else "svid", "pushed": pushed, "call_ms": (pushed - called) * 1e3,
+            "client_serial": serial}
 
 
 def _latency(windows: list[dict[str, Any]], pushes: list[float], after: float) -> dict[str, Any]:

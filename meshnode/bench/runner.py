@@ -28,10 +28,10 @@ from typing import Any
 import grpc
 
 from meshnode.bench.pki import BenchPKI
-from meshnode.bench.plan import BASELINE, VARIANTS, BenchSettings, Variant, Workload, spiffe_id_unavailable
+from meshnode.bench.plan import VARIANTS, BenchSettings, Variant, Workload, spiffe_id_unavailable
 from meshnode.bench.protocol import Child
 from meshnode.bench.rotation import agent_config, run_rotations
-from meshnode.bench.stats import ratio, spread
+from meshnode.bench.stats import ratio, spread, summarize_cells, summarize_handshakes
 from meshnode.errors import MeshnodeError
 from meshnode.identity.agent import DevAgentThread
 
@@ -45,8 +45,10 @@ _OPTIONAL_CLIENTS = {"F": "F", "RS": "rotation, verify=spiffe-id"}
 
 
 def _cpu_plan(pin: bool) -> tuple[int | None, int | None]:
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
     cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
+    if len(cpus) < 2:
         return None, None
     return cpus[0], cpus[1]
 
@@ -67,7 +69,6 @@ class _Run:
         self.clients: dict[str, Child] = {}
         self.ports: dict[str, dict[str, int]] = {}
         self.skipped: dict[str, str] = {}
-        self.first_call_ms: dict[str, float] = {}
         self.variants: list[Variant] = list(settings.selected())
         self.calls_by_server: dict[str, int] = {}
 
@@ -115,7 +116,7 @@ class _Run:
             )
         for name, child in list(self.clients.items()):
             try:
-                ready = child.receive(_START_TIMEOUT)
+                child.receive(_START_TIMEOUT)
             except MeshnodeError as exc:
                 if name not in _OPTIONAL_CLIENTS:
                     raise
@@ -123,8 +124,6 @@ class _Run:
                 self.variants = [v for v in self.variants if v.name != name]
                 child.close()
                 del self.clients[name]
-                continue
-            self.first_call_ms.update(ready["first_call_ms"])
         self.progress(f"clients ready; variants {' '.join(v.name for v in self.variants)}")
 
     def _client_of(self, variant: Variant) -> Child:
@@ -175,7 +174,7 @@ class _Run:
         return {
             "workloads": [{"name": w.name, "unary_callers": w.unary, "stream_callers": w.stream}
                           for w in s.workloads],
-            "summary": summarize(cells, [v.name for v in variants], [w.name for w in s.workloads]),
+            "summary": summarize_cells(cells, [v.name for v in variants], [w.name for w in s.workloads]),
             "cells": cells,
         }
 
@@ -200,20 +199,29 @@ class _Run:
                     "per_s": got["count"] / got["elapsed"],
                     "server_cpu_us": cpu / got["count"] * 1e6, "client_cpu_us": got["client_cpu"] / got["count"] * 1e6,
                 })
-        by = {(b["round"], b["credentials"]): b for b in batches}
-        rounds = range(s.handshake_rounds)
-        return {
-            "per_batch": s.handshakes,
-            "static_per_s": spread([by[r, "static"]["per_s"] for r in rounds]),
-            "dynamic_per_s": spread([by[r, "dynamic"]["per_s"] for r in rounds]),
-            "ratio": spread([ratio(by[r, "dynamic"]["per_s"], by[r, "static"]["per_s"]) for r in rounds]),
-            "static_server_cpu_us": spread([by[r, "static"]["server_cpu_us"] for r in rounds]),
-            "dynamic_server_cpu_us": spread([by[r, "dynamic"]["server_cpu_us"] for r in rounds]),
-            "cpu_ratio": spread([ratio(by[r, "dynamic"]["server_cpu_us"], by[r, "static"]["server_cpu_us"])
-                                 for r in rounds]),
-            "errors": sum(b["errors"] for b in batches),
-            "batches": batches,
-        }
+        return {"per_batch": s.handshakes, **summarize_handshakes(batches), "batches": batches}
+
+    # -- first calls ----------------------------------------------------------
+
+    def first_calls(self) -> dict[str, Any]:
+        """Fresh channel to first reply, per client kind, each kind in a short-lived process of its own."""
+        out: dict[str, Any] = {}
+        for variant in self.variants:
+            if variant.server != "C":
+                continue
+            address = f"127.0.0.1:{self.ports['C']['main']}"
+            args = ["--first-calls", f"{variant.name}={variant.kind}@{address}",
+                    "--count", str(self.settings.first_calls)]
+            child = self._child(f"first calls {variant.name}", "meshnode.bench.client", args, self.client_cpu)
+            try:
+                times = child.receive(_START_TIMEOUT + 30.0 * self.settings.first_calls)["first_call_ms"]
+            except MeshnodeError as exc:
+                out[variant.name] = {"kind": variant.kind, "error": str(exc)}
+                continue
+            finally:
+                child.close()
+            out[variant.name] = {"kind": variant.kind, "ms": spread(times), "samples": times}
+        return out
 
     # -- rotation and tracing -------------------------------------------------
 
@@ -244,39 +252,10 @@ class _Run:
         return {"spans_exported": spans, "calls": calls, "spans_per_call": ratio(spans, calls)}
 
 
-def summarize(cells: list[dict[str, Any]], variants: list[str], workloads: list[str]) -> dict[str, Any]:
-    """Per workload and variant: medians [IQR] over rounds, and per-round ratios to the baseline."""
-    out: dict[str, Any] = {}
-    for workload in workloads:
-        mine = [c for c in cells if c["workload"] == workload]
-        base = {c["round"]: c for c in mine if c["variant"] == BASELINE}
-        rows: dict[str, Any] = {}
-        for variant in variants:
-            own = [c for c in mine if c["variant"] == variant]
-
-            def per_round(key: str, own: list[dict[str, Any]] = own) -> list[float | None]:
-                return [ratio(c[key], base[c["round"]][key]) if c["round"] in base else None for c in own]
-
-            rows[variant] = {
-                "calls": sum(c["calls"] for c in own),
-                "errors": sum(c["errors"] for c in own),
-                "calls_per_s": spread([c["calls_per_s"] for c in own]),
-                "p50_ms": spread([c["p50_ms"] for c in own]),
-                "p99_ms": spread([c["p99_ms"] for c in own]),
-                "server_cpu_us": spread([c["server_cpu_us"] for c in own]),
-                "client_cpu_us": spread([c["client_cpu_us"] for c in own]),
-                "throughput_ratio": spread(per_round("calls_per_s")),
-                "server_cpu_ratio": spread(per_round("server_cpu_us")),
-                "client_cpu_ratio": spread(per_round("client_cpu_us")),
-            }
-        out[workload] = rows
-    return out
-
-
 def _machine(run: _Run) -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
-        "affinity": sorted(os.sched_getaffinity(0)),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "server_cpu": run.server_cpu,
         "client_cpu": run.client_cpu,
         "python": platform.python_version(),
@@ -294,6 +273,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
         agent = stack.enter_context(DevAgentThread(agent_config(run.work / "agent")))
         run.start_processes(agent)
         throughput = run.throughput()
+        say("first calls on new channels")
+        first_calls = run.first_calls()
         say("handshakes")
         handshakes = run.handshakes()
         rotation = run.rotation(agent)
@@ -307,7 +288,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
             "variants": variants,
             "skipped": {name: reason for name, reason in run.skipped.items()},
-            "first_call_ms": run.first_call_ms,
+            "first_calls": first_calls,
             "throughput": throughput,
             "handshakes": handshakes,
             "rotation": rotation,

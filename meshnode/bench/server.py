@@ -55,7 +55,7 @@ async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCreden
     server = grpc.aio.server()
     demo_pb2_grpc.add_EchoServicer_to_server(BenchEcho(), server)
     if credentials is None:
-        port = server.add_insecure_port(_LISTEN)
+        port: int = server.add_insecure_port(_LISTEN)
     else:
         port = server.add_secure_port(_LISTEN, credentials)
     await server.start()
@@ -84,7 +84,8 @@ async def _node(
     node = Node(config, services=[service], source=source, tracer_provider=tracer_provider)
     await node.start()
     stack.push_async_callback(node.stop, 0.0)
-    return node.port
+    port: int = node.port
+    return port
 
 
 def _tracer_provider(stack: contextlib.AsyncExitStack) -> tuple[Any, Callable[[], int]]:

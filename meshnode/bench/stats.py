@@ -1,11 +1,14 @@
-"""Small statistics for benchmark samples: percentiles, medians, interquartile ranges."""
+"""Statistics of benchmark samples: percentiles, medians and quartiles, per-round ratios."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["Spread", "percentile", "ratio", "spread"]
+from meshnode.bench.plan import BASELINE
+
+__all__ = ["Spread", "percentile", "ratio", "spread", "summarize_cells", "summarize_handshakes"]
 
 Spread = dict[str, float | int | None]
 
@@ -41,3 +44,54 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator <= 0:
         return None
     return numerator / denominator
+
+
+def _per_round(own: list[dict[str, Any]], base: dict[int, dict[str, Any]], key: str) -> list[float | None]:
+    return [ratio(c[key], base[c["round"]][key]) if c["round"] in base else None for c in own]
+
+
+def summarize_cells(cells: list[dict[str, Any]], variants: list[str], workloads: list[str]) -> dict[str, Any]:
+    """Per workload and variant: medians [IQR] over rounds, and per-round ratios to the baseline."""
+    out: dict[str, Any] = {}
+    for workload in workloads:
+        mine = [c for c in cells if c["workload"] == workload]
+        base = {c["round"]: c for c in mine if c["variant"] == BASELINE}
+        rows: dict[str, Any] = {}
+        for variant in variants:
+            own = [c for c in mine if c["variant"] == variant]
+            rows[variant] = {
+                "calls": sum(c["calls"] for c in own),
+                "errors": sum(c["errors"] for c in own),
+                "calls_per_s": spread([c["calls_per_s"] for c in own]),
+                "p50_ms": spread([c["p50_ms"] for c in own]),
+                "p99_ms": spread([c["p99_ms"] for c in own]),
+                "server_cpu_us": spread([c["server_cpu_us"] for c in own]),
+                "client_cpu_us": spread([c["client_cpu_us"] for c in own]),
+                "throughput_ratio": spread(_per_round(own, base, "calls_per_s")),
+                "server_cpu_ratio": spread(_per_round(own, base, "server_cpu_us")),
+                "client_cpu_ratio": spread(_per_round(own, base, "client_cpu_us")),
+            }
+        out[workload] = rows
+    return out
+
+
+def summarize_handshakes(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rates, server CPU and per-round dynamic/static ratios of the handshake batches."""
+    by = {(b["round"], b["credentials"]): b for b in batches}
+    rounds = sorted({b["round"] for b in batches})
+
+    def each(kind: str, key: str) -> list[float | None]:
+        return [by[r, kind][key] for r in rounds]
+
+    def ratios(key: str) -> list[float | None]:
+        return [ratio(by[r, "dynamic"][key], by[r, "static"][key]) for r in rounds]
+
+    return {
+        "static_per_s": spread(each("static", "per_s")),
+        "dynamic_per_s": spread(each("dynamic", "per_s")),
+        "ratio": spread(ratios("per_s")),
+        "static_server_cpu_us": spread(each("static", "server_cpu_us")),
+        "dynamic_server_cpu_us": spread(each("dynamic", "server_cpu_us")),
+        "cpu_ratio": spread(ratios("server_cpu_us")),
+        "errors": sum(b["errors"] for b in batches),
+    }

@@ -1,0 +1,83 @@
+"""``meshnode bench --quick`` runs end to end and its numbers are sane.
+
+Not a timed test: nothing here asserts how fast meshnode is, only that every
+configuration ran, nothing failed and the report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CORE_VARIANTS = {"A", "B", "C", "D", "E"}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshnode.cli", "bench", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=150,
+    )
+    return proc, out
+
+
+@pytest.mark.slow
+def test_quick_bench_exits_0_and_prints_the_table(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| workload | variant | calls/s |" in proc.stdout
+    assert "## Targets" in proc.stdout
+    assert (out / "bench.md").read_text() in proc.stdout
+
+
+@pytest.mark.slow
+def test_every_variant_made_calls_without_errors(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _proc, out = quick_run
+    result = json.loads((out / "bench.json").read_text())
+    ran = set(result["variants"])
+    assert CORE_VARIANTS <= ran
+    assert ("F" in ran) != ("F" in result["skipped"])  # spiffe-id channels ran, or say why not
+    summary = result["throughput"]["summary"]
+    assert len(summary) == 4  # unary and stream, 1 and many callers
+    for workload, rows in summary.items():
+        assert set(rows) == ran, workload
+        for name, row in rows.items():
+            where = f"{workload}, {name}"
+            assert row["calls"] > 0 and row["errors"] == 0, where
+            assert _positive(row["throughput_ratio"]["median"]), where
+            assert _positive(row["server_cpu_ratio"]["median"]), where
+            assert _positive(row["server_cpu_us"]["median"]) and _positive(row["client_cpu_us"]["median"]), where
+            assert 0 < row["p50_ms"]["median"] <= row["p99_ms"]["median"], where
+        assert rows["B"]["throughput_ratio"]["median"] == 1.0
+    assert result["tracing"]["spans_exported"] > 0  # D really traced
+
+
+@pytest.mark.slow
+def test_handshakes_rotation_and_first_calls_are_reported(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _proc, out = quick_run
+    result = json.loads((out / "bench.json").read_text())
+    handshakes = result["handshakes"]
+    assert handshakes["errors"] == 0
+    assert _positive(handshakes["ratio"]["median"])
+    rotation = result["rotation"]
+    assert rotation["rotations"] >= 1 and rotation["ca_rotations"] >= 1
+    assert rotation["calls"] > 0 and rotation["failed_calls"] == 0, rotation["error_samples"]
+    assert _positive(rotation["pickup_ms"]["median"])  # the server saw the new client certificates
+    for name in ("C", "E"):
+        assert _positive(result["first_calls"][name]["ms"]["median"]), name
+    statuses = {t["target"]: t["status"] for t in result["targets"]}
+    assert set(statuses.values()) <= {"PASS", "MISS", "INFO", "n/a"}
+    assert "dynamic/static handshake rate" in statuses
