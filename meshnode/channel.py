@@ -53,6 +53,8 @@ class ChannelPlan:
     credentials: grpc.ChannelCredentials
     options: tuple[tuple[str, Any], ...]
     not_after: dt.datetime | None  # when this generation's client certificate expires
+    #: seconds to wait before building a new generation (gRPC re-reads xDS identity files every second)
+    settle: float = 0.0
 
 
 class _Generation:
@@ -62,8 +64,10 @@ class _Generation:
         self.number = number
         self.key = plan.key
         self.not_after = plan.not_after
+        # a pool of its own: a new generation never reuses an old generation's connection (and its certificate)
+        options = [("grpc.use_local_subchannel_pool", 1), *plan.options]
         self.channel = grpc.aio.secure_channel(
-            plan.target, plan.credentials, options=list(plan.options), interceptors=list(interceptors) or None
+            plan.target, plan.credentials, options=options, interceptors=list(interceptors) or None
         )
         self.inflight = 0
         self.retired = False
@@ -188,6 +192,7 @@ class PeerChannel:
         self._loop = asyncio.get_running_loop()
         self._active: _Generation | None = _Generation(next(self._numbers), plan(snapshot), self._interceptors)
         self._latest = self._active.number
+        self._pending_key: str | None = None
         self._old: list[_Generation] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self.swaps = 0
@@ -255,15 +260,21 @@ class PeerChannel:
         except Exception as exc:
             log.warning("channel: keeping the current channel to '%s': %s", self.peer_name, exc)
             return
-        if plan.key == active.key:
+        if plan.key in (active.key, self._pending_key):
             return
-        gen = _Generation(next(self._numbers), plan, self._interceptors)
-        self._latest = gen.number
-        task = asyncio.ensure_future(self._warm_and_swap(gen))
+        self._pending_key = plan.key
+        number = next(self._numbers)
+        self._latest = number
+        task = asyncio.ensure_future(self._build_and_swap(number, plan))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _warm_and_swap(self, gen: _Generation) -> None:
+    async def _build_and_swap(self, number: int, plan: ChannelPlan) -> None:
+        if plan.settle > 0:
+            await asyncio.sleep(plan.settle)
+        if self._active is None or number != self._latest:
+            return  # closed meanwhile, or a newer plan superseded this one
+        gen = _Generation(number, plan, self._interceptors)
         try:
             await asyncio.wait_for(gen.channel.channel_ready(), self._warm_timeout)
         except (TimeoutError, grpc.aio.UsageError):
@@ -273,6 +284,7 @@ class PeerChannel:
             gen.close()  # closed meanwhile, or a newer generation superseded this one
             return
         old, self._active = self._active, gen
+        self._pending_key = None
         self.swaps += 1
         log.debug("channel: '%s' now on generation %d", self.peer_name, gen.number)
         self._retire(old)

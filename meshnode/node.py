@@ -158,13 +158,19 @@ class Node:
         self._authorizer = build_node_authorizer(
             config, services, source, accepted, tracer_provider=self._tracer_provider,
             span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
+            record_spans=tracing,
         )
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracing:
             from meshnode.telemetry.grpc import server_interceptors
 
             interceptors = server_interceptors(self, self._tracer_provider)
-        self._server = MeshServer(wrap=self._authorizer.wrap_handler, interceptors=interceptors)
+        options: list[tuple[str, Any]] = []
+        if config.max_connection_age > 0:
+            # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
+            # certificates it was made with) lives. In-flight calls and streams finish (no grace limit).
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
+        self._server = MeshServer(wrap=self._authorizer.wrap_handler, interceptors=interceptors, options=options)
         for service in services:
             if isinstance(service, NodeService):
                 service.bind(self)

@@ -118,6 +118,7 @@ class Authorizer:
         auditor: Auditor | None = None,
         own_policy: bool = False,
         span_attributes: Mapping[str, AttributeValue] | None = None,
+        record_spans: bool = True,
     ) -> None:
         if cache_size < 16:
             raise PolicyError(f"authz: cache_size must be at least 16, not {cache_size}")
@@ -126,6 +127,8 @@ class Authorizer:
         self._audit = AuditCondition.parse(audit)
         self._dry_run = dry_run
         self._static_span = dict(span_attributes or {})  # e.g. the node's own ID, on every server span
+        # False when the server has no tracing: saves the current-span lookup on every call
+        self._record_spans = record_spans
         self._limit = cache_size
         self._auditor = auditor or Auditor()
         self._verdicts: dict[tuple[Any, str, int], Verdict] = {}
@@ -238,9 +241,10 @@ class Authorizer:
         )
 
     def _observe(self, verdict: Verdict, method: str) -> None:
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attributes(verdict.span_attributes)
+        if self._record_spans:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes(verdict.span_attributes)
         self._decisions.add(verdict.counted)
         if verdict.audit:
             self._auditor.record(

@@ -129,6 +129,7 @@ def build_node_authorizer(
     tracer_provider: Any = None,
     meter_provider: metrics.MeterProvider | None = None,
     span_attributes: Mapping[str, Any] | None = None,
+    record_spans: bool = True,
 ) -> Authorizer:
     """The node's :class:`Authorizer`; it owns the policy file watcher (close it with the node).
 
@@ -177,6 +178,7 @@ def build_node_authorizer(
             meter_provider=meter_provider,
             own_policy=True,
             span_attributes=span_attributes,
+            record_spans=record_spans,
         )
     except BaseException:
         getattr(watched, "close", lambda: None)()

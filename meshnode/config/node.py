@@ -10,6 +10,7 @@ shutdown_grace = 5.0
 peer_verify = "spiffe-id"       # default verification for [peers.*]: spiffe-id | dns
 keepalive = 10.0                # seconds between HTTP/2 pings on peer connections (0: off)
 connect_timeout = 5.0           # seconds before a connection attempt to a peer counts as failed
+max_connection_age = 600.0      # seconds before the server asks a client to reconnect (0: never)
 
 [identity]
 source = "workload-api"         # workload-api | files | dev
@@ -156,6 +157,7 @@ class NodeConfig:
     peer_verify: str = "spiffe-id"
     keepalive: float = 10.0
     connect_timeout: float = 5.0
+    max_connection_age: float = 600.0
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
@@ -306,6 +308,7 @@ def node_config_from_dict(
     if 0 < keepalive < 1:
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
     connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
+    max_connection_age = node.number("max_connection_age", 600.0, minimum=0.0)
     node.done()
     identity = _identity(root.section("identity"), base)
     authz = _authz(root.section("authz"), base)
@@ -322,7 +325,8 @@ def node_config_from_dict(
     try:
         return NodeConfig(
             name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
-            peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout, identity=identity,
+            peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout,
+            max_connection_age=max_connection_age, identity=identity,
             authz=authz, peers=peers, telemetry=telemetry,
             source_path=None,
         )

@@ -1,9 +1,12 @@
 """The node's side of the xDS control plane: channel plans for spiffe-id peers.
 
-A spiffe-id peer gets one ``xds:///<peer>`` channel for good: gRPC's
-file_watcher providers re-read the node's SVID and bundles from the control
-plane's runtime directory, so rotation needs no new channel (the plan's key
-never changes).
+A spiffe-id peer gets an ``xds:///<peer>`` channel. gRPC's file_watcher
+providers re-read the node's SVID and bundles from the control plane's
+runtime directory (every second), but only new TLS handshakes use them, and
+a channel keeps its connection. So when the SVID or the peer's bundle
+changes, the node builds a new channel once the files have been re-read
+(``settle``), warms it and swaps it in, like a dns-mode channel; the old one
+is retired when its calls end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import grpc
 from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.xds.bootstrap import REFRESH_INTERVAL_SECONDS
 from meshnode.xds.control_plane import XdsControlPlane
 
 if TYPE_CHECKING:
@@ -31,10 +35,14 @@ class NodeXds:
         self.control_plane = control_plane
         self._options = options
 
-    def plan(self, name: str) -> ChannelPlan:
+    def plan(self, name: str, snapshot: IdentitySnapshot) -> ChannelPlan:
         cp = self.control_plane
-        return ChannelPlan(key="xds", target=cp.target(name), credentials=cp.channel_credentials(),
-                           options=self._options, not_after=None)
+        td = cp.peers[name].trust_domain
+        return ChannelPlan(
+            key=f"xds:{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}",
+            target=cp.target(name), credentials=cp.channel_credentials(), options=self._options,
+            not_after=snapshot.not_after, settle=REFRESH_INTERVAL_SECONDS + 0.5,
+        )
 
     def explain(self, name: str, err: grpc.aio.AioRpcError) -> str | None:
         return self.control_plane.explain(name, err)
