@@ -53,8 +53,6 @@ class ChannelPlan:
     credentials: grpc.ChannelCredentials
     options: tuple[tuple[str, Any], ...]
     not_after: dt.datetime | None  # when this generation's client certificate expires
-    #: seconds to wait before building a new generation (gRPC re-reads xDS identity files every second)
-    settle: float = 0.0
 
 
 class _Generation:
@@ -270,8 +268,6 @@ class PeerChannel:
         task.add_done_callback(self._tasks.discard)
 
     async def _build_and_swap(self, number: int, plan: ChannelPlan) -> None:
-        if plan.settle > 0:
-            await asyncio.sleep(plan.settle)
         if self._active is None or number != self._latest:
             return  # closed meanwhile, or a newer plan superseded this one
         gen = _Generation(number, plan, self._interceptors)

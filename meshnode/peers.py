@@ -130,7 +130,7 @@ class PeerChannels:
         if peer.verify == "spiffe-id":
             xds = self._xds
             channel = PeerChannel(
-                name, snapshot, lambda s: xds.plan(name, s), interceptors=self._interceptors(peer),
+                name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
                 explain=lambda err: xds.explain(name, err),
             )
         else:

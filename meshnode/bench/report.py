@@ -155,8 +155,9 @@ def _rotation_section(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(r[i][1] for r in rows.values()) + " |")
     spiffe = runs.get("verify=spiffe-id")
     if spiffe is not None and spiffe["pickup_ms"]["missing"]:
-        lines += ["", "verify=spiffe-id: some rotations were never seen on a call: a rotation replaced by the next "
-                  "one before the channel rebuilt (it waits for gRPC to re-read the identity files) is skipped."]
+        lines += ["", "verify=spiffe-id: the channel is never rebuilt (rotation goes through the files gRPC re-reads), "
+                  "so a connection keeps the certificate of its handshake; new handshakes, e.g. after the server's "
+                  "max_connection_age, present the new one."]
     return lines
 
 
@@ -191,9 +192,9 @@ def _channels_section(result: Mapping[str, Any]) -> list[str]:
         "",
         "A first call includes the TCP connection and the TLS handshake (for spiffe-id also the xDS "
         "resources from the node's control plane); a meshnode node's own start-up is not counted. "
-        "Rotation pickup: see the rotation table. Both modes make a new connection for every new "
-        "identity; a spiffe-id channel first waits ~1.5 s for gRPC's file_watcher (which re-reads the "
-        "identity files every second) to hold the new certificate.",
+        "Rotation pickup: see the rotation table. A dns channel makes a new connection for every new "
+        "identity; a spiffe-id channel keeps its connection, and gRPC's file_watcher (re-reading the files "
+        "every second) hands the new certificate to the next handshake.",
     ]
     return lines
 

@@ -1,12 +1,12 @@
 """The node's side of the xDS control plane: channel plans for spiffe-id peers.
 
-A spiffe-id peer gets an ``xds:///<peer>`` channel. gRPC's file_watcher
-providers re-read the node's SVID and bundles from the control plane's
-runtime directory (every second), but only new TLS handshakes use them, and
-a channel keeps its connection. So when the SVID or the peer's bundle
-changes, the node builds a new channel once the files have been re-read
-(``settle``), warms it and swaps it in, like a dns-mode channel; the old one
-is retired when its calls end.
+A spiffe-id peer gets one ``xds:///<peer>`` channel for good: gRPC's
+file_watcher providers re-read the node's SVID and bundles from the control
+plane's runtime directory every second, so rotation needs no new channel
+(the plan's key never changes). New TLS handshakes use the new files; a
+connection keeps the certificates of its handshake, like Envoy's, until the
+server's ``max_connection_age`` (meshnode default 10 minutes) makes the
+client reconnect.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import grpc
 from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
 from meshnode.identity.snapshot import IdentitySnapshot
-from meshnode.xds.bootstrap import REFRESH_INTERVAL_SECONDS
 from meshnode.xds.control_plane import XdsControlPlane
 
 if TYPE_CHECKING:
@@ -35,14 +34,10 @@ class NodeXds:
         self.control_plane = control_plane
         self._options = options
 
-    def plan(self, name: str, snapshot: IdentitySnapshot) -> ChannelPlan:
+    def plan(self, name: str) -> ChannelPlan:
         cp = self.control_plane
-        td = cp.peers[name].trust_domain
-        return ChannelPlan(
-            key=f"xds:{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}",
-            target=cp.target(name), credentials=cp.channel_credentials(), options=self._options,
-            not_after=snapshot.not_after, settle=REFRESH_INTERVAL_SECONDS + 0.5,
-        )
+        return ChannelPlan(key="xds", target=cp.target(name), credentials=cp.channel_credentials(),
+                           options=self._options, not_after=None)
 
     def explain(self, name: str, err: grpc.aio.AioRpcError) -> str | None:
         return self.control_plane.explain(name, err)
