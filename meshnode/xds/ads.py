@@ -213,6 +213,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         server, self._server = self._server, None
         if server is None:
             return
+        # end every open stream first (the handler returns normally), so none is cancelled mid-way
+        for queue in list(self._streams):
+            queue.put_nowait(None)
+        deadline = time.monotonic() + 1.0
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         await server.stop(grace)
         self._stopped.set()
 
