@@ -53,44 +53,13 @@ def _points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any]
 def test_counters_by_name_and_attributes() -> None:
     reader = InMemoryMetricReader()
     inst = Instruments(MeterProvider(metric_readers=[reader]))
-    inst.authz_decision("allow", "/demo.v1.Demo/Echo")
-    inst.authz_decision("allow", "/demo.v1.Demo/Echo")
-    inst.authz_decision("deny", "/demo.v1.Demo/Admin", dry_run=True)
     inst.rotation()
     inst.source_error("IdentityUnavailableError")
     inst.policy_reload_failure("PolicyError")
     points = _points(reader)
-    decisions = sorted(points[attributes.AUTHZ_DECISIONS], key=lambda p: p[1])
-    assert decisions == [
-        (
-            {
-                "meshnode.authz.decision": "deny",
-                "rpc.system": "grpc",
-                "rpc.service": "demo.v1.Demo",
-                "rpc.method": "Admin",
-                "meshnode.authz.dry_run": True,
-            },
-            1,
-        ),
-        (
-            {
-                "meshnode.authz.decision": "allow",
-                "rpc.system": "grpc",
-                "rpc.service": "demo.v1.Demo",
-                "rpc.method": "Echo",
-                "meshnode.authz.dry_run": False,
-            },
-            2,
-        ),
-    ]
     assert points["meshnode.identity.rotations"] == [({}, 1)]
     assert points["meshnode.identity.source_errors"] == [({"error.type": "IdentityUnavailableError"}, 1)]
     assert points["meshnode.authz.policy_reload_failures"] == [({"error.type": "PolicyError"}, 1)]
-
-
-def test_unknown_decision_is_a_bug() -> None:
-    with pytest.raises(ValueError, match="unknown authorization decision 'maybe'"):
-        Instruments(MeterProvider()).authz_decision("maybe", "/a.B/C")
 
 
 def test_split_method() -> None:

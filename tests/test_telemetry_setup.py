@@ -56,7 +56,6 @@ def test_library_use_installs_nothing() -> None:
         from meshnode.telemetry import (IDENTITY_ROTATED, aio_client_interceptors, aio_server_interceptor,
                                         attributes, identity_event, instruments)
         inst = instruments()
-        inst.authz_decision("deny", "/demo.v1.Demo/Echo")
         inst.rotation()
         inst.source_error("IdentityUnavailableError")
         inst.policy_reload_failure("PolicyError")

@@ -67,6 +67,7 @@ from meshnode.authz.policy import Decision, Explanation, Policy, Request
 from meshnode.authz.source import ActivePolicy, PolicySource, StaticPolicy
 from meshnode.errors import PolicyError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
+from meshnode.telemetry.instruments import split_method
 
 __all__ = ["Authorizer", "Verdict"]
 
@@ -227,12 +228,12 @@ class Authorizer:
         }
         if peer is not None:
             span["meshnode.peer.spiffe_id"] = str(peer)
-        service, slash, name = method.lstrip("/").partition("/")
+        service, name = split_method(method)
         counted: dict[str, AttributeValue] = {
             "meshnode.authz.decision": outcome,
             "rpc.system": "grpc",
-            "rpc.service": service if slash else "",
-            "rpc.method": name if slash else method,
+            "rpc.service": service,
+            "rpc.method": name,
             "meshnode.authz.dry_run": dry_run,
         }
         return Verdict(

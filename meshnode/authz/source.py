@@ -36,6 +36,7 @@ from meshnode.authz.policy import Policy, merge_policies
 from meshnode.errors import PolicyError
 from meshnode.telemetry.attributes import AUTHZ_POLICY_VERSION, ERROR, POLICY_SOURCE
 from meshnode.telemetry.events import POLICY_RELOAD_FAILED, POLICY_RELOADED, identity_event
+from meshnode.telemetry.instruments import Instruments, instruments
 
 __all__ = ["ActivePolicy", "PolicyFile", "PolicySource", "StaticPolicy"]
 
@@ -83,13 +84,8 @@ class PolicyFile:
         self._base = base
         self._validate = validate  # raises PolicyError for a policy this node must not run
         self._interval = interval
-        meter = metrics.get_meter("meshnode", meter_provider=meter_provider)
-        # Same name, unit, description and attributes as meshnode.telemetry's Instruments.
-        self._failures = meter.create_counter(
-            "meshnode.authz.policy_reload_failures",
-            unit="{failure}",
-            description="Policy reloads refused (the previous policy stays in force)",
-        )
+        # meshnode.authz.policy_reload_failures is defined once, in meshnode.telemetry
+        self._instruments = Instruments(meter_provider) if meter_provider is not None else instruments()
         self._lock = threading.Lock()  # one poll at a time (thread and poll() callers)
         try:
             stamp = _stamp(self.path)
@@ -166,7 +162,7 @@ class PolicyFile:
             return False
         if not self._failure_reported:
             self._failure_reported = True
-            self._failures.add(1, {"error.type": key[0]})
+            self._instruments.policy_reload_failure(key[0])
             log.error(
                 "authz: policy reload failed, keeping version %d: %s",
                 self._active.version,

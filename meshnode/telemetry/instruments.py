@@ -59,11 +59,6 @@ class Instruments:
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         self._meter = metrics.get_meter("meshnode", meter_provider=meter_provider)
-        self._decisions = self._meter.create_counter(
-            attr.AUTHZ_DECISIONS,
-            unit="{decision}",
-            description="Authorization decisions, by decision and method",
-        )
         self._rotations = self._meter.create_counter(
             attr.IDENTITY_ROTATIONS, unit="{rotation}", description="X.509-SVID rotations taken in"
         )
@@ -78,22 +73,6 @@ class Instruments:
         self._lock = threading.Lock()
         self._watches: list[ExpiryWatch] = []
         self._gauge_made = False
-
-    def authz_decision(self, decision: str, full_method: str, *, dry_run: bool = False) -> None:
-        """Count one decision (``allow``, ``deny`` or ``unauthenticated``) on ``/pkg.Service/Method``."""
-        if decision not in attr.AUTHZ_DECISION_VALUES:
-            raise ValueError(f"telemetry: unknown authorization decision {decision!r}")
-        service, method = split_method(full_method)
-        self._decisions.add(
-            1,
-            {
-                attr.AUTHZ_DECISION: decision,
-                attr.RPC_SYSTEM: "grpc",
-                attr.RPC_SERVICE: service,
-                attr.RPC_METHOD: method,
-                attr.AUTHZ_DRY_RUN: dry_run,
-            },
-        )
 
     def rotation(self, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         """Count one SVID rotation."""
