@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from meshnode.config.node import node_config_from_dict
+from meshnode.config.node import load_node_config, node_config_from_dict
 from meshnode.demo.mesh import CLIENT_ID, NODES, LocalMesh, node_id
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.errors import MeshnodeError
@@ -253,11 +253,8 @@ def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
 
 async def call_once(workdir: Path, route: list[str], verify: str) -> int:
     """``meshnode demo call``: one relay call through a running demo mesh."""
-    mesh = LocalMesh(verify=verify, workdir=workdir, keep=True)
-    mesh.ports = {}
-    for name in NODES:
-        text = mesh.config_path(name).read_text()
-        mesh.ports[name] = int(text.split('listen = "127.0.0.1:', 1)[1].split('"', 1)[0])
+    ports = {name: load_node_config(workdir / f"{name}.toml", environ={}).host_port[1] for name in NODES}
+    mesh = LocalMesh(verify=verify, workdir=workdir, keep=True, ports=ports)
     source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=5)
     try:
         async with client_node(mesh, source, None) as client:
