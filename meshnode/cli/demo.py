@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 from pathlib import Path
 
 from meshnode.errors import ConfigError
@@ -34,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rotations < 2:
         raise ConfigError("demo: --rotations must be at least 2 (one of them rotates the CA)")
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the demo stops the processes it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return asyncio.run(run_demo(verify=args.verify, rotations=args.rotations, keep_running=args.keep_running))
 
 

@@ -153,14 +153,18 @@ async def _rotation(mesh: LocalMesh, client: Node, report: Report, rotations: in
 
     tasks = [asyncio.ensure_future(caller()) for _ in range(3)]
     started = time.monotonic()
-    for i in range(rotations):
-        await asyncio.sleep(0.3)
-        mesh.signal_agent(signal.SIGUSR2 if i == rotations // 2 else signal.SIGUSR1)
-        if i == rotations // 2:
-            await asyncio.sleep(2.5)  # the new CA enters every bundle first, then signs (ca_overlap)
-    await asyncio.sleep(2.0)  # let the last rotation reach every node
-    stop.set()
-    await asyncio.gather(*tasks)
+    try:
+        for i in range(rotations):
+            await asyncio.sleep(0.3)
+            mesh.signal_agent(signal.SIGUSR2 if i == rotations // 2 else signal.SIGUSR1)
+            if i == rotations // 2:
+                await asyncio.sleep(2.5)  # the new CA enters every bundle first, then signs (ca_overlap)
+        await asyncio.sleep(2.0)  # let the last rotation reach every node
+    finally:
+        # also when the demo is interrupted: a cancelled call surfaces as a CANCELLED RpcError,
+        # which the callers would count and retry forever
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.monotonic() - started
     after = await asyncio.to_thread(_serials, mesh)
     for name in NODES:
@@ -197,30 +201,35 @@ async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_runnin
     report = Report(out)
     out(f"meshnode demo: three nodes on the dev agent, peer verification mode: {verify}")
     mesh = LocalMesh(verify=verify, keep=keep_running)
-    started = time.monotonic()
-    source = None
     try:
-        ready = await asyncio.to_thread(mesh.start)
-        out(f"   work dir {mesh.root}; agent and {len(NODES)} nodes up in {time.monotonic() - started:.1f} s")
-        del ready
-        source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=10)
-        tracer = TracerProvider(resource=Resource.create({"service.name": "client"}))
-        tracer.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(mesh.root / "traces" / "client.jsonl")))
-        async with client_node(mesh, source, tracer) as client:
-            await _identities(mesh, report)
-            trace_id = await _relay(client, tracer, report)
-            await _denied(mesh, client, report)
-            await _rotation(mesh, client, report, rotations)
-        tracer.shutdown()
-        await _trace(mesh, trace_id, report)
-    except MeshnodeError as exc:
-        report.check("mesh", False, str(exc))
+        started = time.monotonic()
+        source = None
+        try:
+            ready = await asyncio.to_thread(mesh.start)
+            up = time.monotonic() - started
+            out(f"   work dir {mesh.root}; agent and {len(NODES)} nodes up in {up:.1f} s")
+            del ready
+            source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=10)
+            tracer = TracerProvider(resource=Resource.create({"service.name": "client"}))
+            exporter = JsonlSpanExporter(mesh.root / "traces" / "client.jsonl")
+            tracer.add_span_processor(SimpleSpanProcessor(exporter))
+            async with client_node(mesh, source, tracer) as client:
+                await _identities(mesh, report)
+                trace_id = await _relay(client, tracer, report)
+                await _denied(mesh, client, report)
+                await _rotation(mesh, client, report, rotations)
+            tracer.shutdown()
+            await _trace(mesh, trace_id, report)
+        except MeshnodeError as exc:
+            report.check("mesh", False, str(exc))
+        finally:
+            if source is not None:
+                source.close()
+        if keep_running and all(ok for _, ok, _ in report.checks):
+            _keep_running(mesh, out)
+        codes = mesh.close()
     finally:
-        if source is not None:
-            source.close()
-    if keep_running and all(ok for _, ok, _ in report.checks):
-        _keep_running(mesh, out)
-    codes = mesh.close()
+        mesh.close()  # idempotent: an unexpected error or a signal must not leave processes behind
     report.section("summary")
     clean = all(code == 0 for code in codes.values())
     report.check("clean shutdown", clean, ", ".join(f"{n} exit {c}" for n, c in codes.items()))
