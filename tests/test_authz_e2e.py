@@ -443,8 +443,8 @@ class AsyncOnlyContext:
         self.code: Any = None
         self.details = ""
 
-    def peer_identities(self) -> None:
-        return None
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
 
     def invocation_metadata(self) -> tuple[()]:
         return ()

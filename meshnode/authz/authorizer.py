@@ -16,24 +16,24 @@ Outcomes
 
 Cost, and why the cache is sound
 --------------------------------
-Reading ``auth_context()`` costs ~9 us, ``peer_identities()`` ~0.5 us, and
-a bare RPC ~300 us of server CPU. Decisions are cached as :class:`Verdict`
-values (status, message, span and metric attributes, precomputed) under
-``(identity key, method, policy version)``:
+Reading ``auth_context()`` costs ~9 us and a bare RPC ~300 us of server CPU.
+Decisions are cached as :class:`Verdict` values (status, message, span and
+metric attributes, precomputed) under ``(identity key, method, policy
+version)``. The identity key is exactly what was checked, never a
+projection of it:
 
-* one trust domain accepted (or no :class:`TrustInfo`): the identity key is
-  ``tuple(context.peer_identities())``, the leaf's SANs. gRPC verified the
-  chain at the handshake against that one trust domain's roots, and the
-  verdict depends only on the SPIFFE ID derived from those SANs (the first
-  miss reads ``auth_context()`` and parses the PEM leaf). Two leaves with
-  the same SANs can only come from that trust domain's CA, which may mint
-  any of its IDs anyway, so sharing the entry grants nothing new;
-* several trust domains: the key is the caller's leaf and chain PEM from
-  ``auth_context()`` plus the trust bundle generation, because there the
-  chain must be re-verified against the caller's own trust domain and a
-  decision for one certificate must never serve another one (same SANs,
-  different issuer). This costs the ``auth_context()`` read on every call;
-  a new bundle generation re-verifies.
+* one trust domain accepted (or no :class:`TrustInfo`): the caller's leaf
+  certificate (its PEM from ``auth_context()``). gRPC verified the chain at
+  the handshake; every X509-SVID rule (one URI SAN, a valid ID, not a CA, no
+  URI-shaped DNS SAN) is a function of the leaf alone, so a verdict for one
+  leaf is valid for every call that presents the same leaf, and for no other.
+  (``peer_identities()`` would be cheaper, but it is a flat list of SAN
+  strings without their types: a CN or a DNS SAN spelled like a SPIFFE ID
+  gives the same list as a real SVID's URI SAN.)
+* several trust domains: the leaf, the intermediates the caller sent and the
+  trust bundle generation, because there the chain is re-verified against
+  the caller's own trust domain's bundle; a new bundle generation
+  re-verifies.
 
 Versions only grow, so an entry of an older policy version is never read
 again; each cache is a dict cleared when it reaches ``cache_size`` (no LRU
@@ -41,12 +41,10 @@ bookkeeping on the hot path; the working set is callers x methods, small).
 Policies with A43 header conditions cannot be cached per caller and method:
 their verdicts are re-evaluated on every call (the identity part stays cached).
 
-A cache hit then costs a dict lookup, one span ``set_attributes`` (free when
-no span is recording), one tally increment (:mod:`meshnode.authz.counting`)
-and, when the audit condition asks for it, one JSON log record. Measured
-inside a real mTLS handler (tests/test_authz_perf.py): ~1.2-1.9 us with one
-trust domain, ~4.3 us federated (the ``auth_context()`` read), +~4 us when
-an SDK span is recording.
+A cache hit then costs the ``auth_context()`` read, a dict lookup, one span
+``set_attributes`` (free when no span is recording), one tally increment
+(:mod:`meshnode.authz.counting`) and, when the audit condition asks for it,
+one JSON log record.
 """
 
 from __future__ import annotations
@@ -69,7 +67,7 @@ from meshnode.errors import PolicyError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.telemetry.instruments import split_method
 
-__all__ = ["Authorizer", "Verdict"]
+__all__ = ["Authorizer", "Verdict", "peer_key"]
 
 _NO_IDENTITY = PeerIdentity(None, "the connection carries no TLS client identity")
 
@@ -143,21 +141,14 @@ class Authorizer:
         """Decide one call from its servicer ``context``; records span, metric and audit."""
         active = self._source.current()
         trust = self._trust
-        auth: Mapping[str, Any] | None = None
+        auth: Mapping[str, Any] = context.auth_context()
         snapshot: TrustSnapshot | None = None
         if trust is not None and len(trust.accepted_trust_domains) > 1:
-            auth = context.auth_context()
             snapshot = trust.current()
-            pems = auth.get("x509_pem_cert")
-            chain = auth.get("x509_pem_cert_chain")
-            ident: Any = (pems[0], tuple(chain or ()), snapshot.generation) if pems else None
-        else:
-            ids = context.peer_identities()
-            ident = tuple(ids) if ids else None
-        key = (ident, method, active.version)
+        key = (peer_key(auth, snapshot), method, active.version)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._miss(key, context, auth, snapshot, active)
+            verdict = self._miss(key, auth, snapshot, active)
         if not verdict.final:
             assert verdict.peer is not None
             request = Request.from_metadata(verdict.peer, method, context.invocation_metadata())
@@ -168,15 +159,14 @@ class Authorizer:
     def _miss(
         self,
         key: tuple[Any, str, int],
-        context: Any,
-        auth: Mapping[str, Any] | None,
+        auth: Mapping[str, Any],
         snapshot: TrustSnapshot | None,
         active: ActivePolicy,
     ) -> Verdict:
         ident, method, _ = key
         identity = _NO_IDENTITY if ident is None else self._identities.get(ident)
         if identity is None:
-            identity = self._resolve(auth if auth is not None else context.auth_context(), snapshot)
+            identity = self._resolve(auth, snapshot)
             _store(self._identities, ident, identity, self._limit)
         verdict = self._verdict(identity, method, active, None)
         _store(self._verdicts, key, verdict, self._limit)
@@ -298,6 +288,22 @@ class Authorizer:
         """What the current policy decides for ``peer`` calling ``method``, rule by rule."""
         sid = peer if isinstance(peer, SpiffeID) else parse_spiffe_id(peer)
         return self._source.current().policy.explain(Request.from_metadata(sid, method, metadata))
+
+
+def peer_key(auth: Mapping[str, Any], snapshot: TrustSnapshot | None = None) -> Any:
+    """The cache key of a caller's identity: the certificate gRPC verified, byte for byte.
+
+    ``auth`` is the call's ``auth_context()``. With ``snapshot`` (several
+    trust domains accepted) the key also holds the intermediates the caller
+    sent and the bundle generation the chain is re-verified against. None
+    when the connection carries no client certificate.
+    """
+    pems = auth.get("x509_pem_cert")
+    if not pems:
+        return None
+    if snapshot is None:
+        return pems[0]
+    return (pems[0], tuple(auth.get("x509_pem_cert_chain") or ()), snapshot.generation)
 
 
 def _store(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:

@@ -4,7 +4,8 @@ gRPC has checked the client chain against the server's root list and
 exposes the result in ``context.auth_context()``. What it has *not* done:
 
 * validated the SPIFFE ID (``spiffe://td/a/../b`` comes through), or required
-  exactly one URI SAN in a leaf that is not a CA (X509-SVID rules);
+  exactly one URI SAN in a leaf that is not a CA and has no URI-shaped DNS
+  SAN (X509-SVID rules);
 * tied the chain to the bundle of the *caller's own* trust domain: with
   several trust domains the root list is their union, so trust domain B's
   CA could vouch for an ID in trust domain A.
@@ -105,6 +106,8 @@ def resolve_peer(
         check_leaf(chain[0])
     except InvalidIdentityError as exc:
         return PeerIdentity(None, str(exc).removeprefix("identity: "))
+    except ValueError:  # cryptography parses extensions lazily: malformed DER surfaces here
+        return PeerIdentity(None, "the caller's certificate has an extension that could not be parsed")
     td = spiffe_id.trust_domain
     if accepted is not None and td not in accepted:
         return PeerIdentity(None, f"trust domain {td!r} of {spiffe_id} is not accepted by this server")

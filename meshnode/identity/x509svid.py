@@ -9,6 +9,7 @@ flags, validity) up to a root of the SVID's own trust domain.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -74,14 +75,35 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
         raise InvalidIdentityError(f"identity: certificate URI SAN is not a SPIFFE ID: {exc}") from None
 
 
+#: What a DNS SAN may hold: host-name characters (and ``*`` for wildcards), never a scheme or a path.
+_DNS_SAN = re.compile(r"[A-Za-z0-9*_.-]{1,253}")
+
+
 def check_leaf(cert: x509.Certificate) -> None:
-    """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs."""
+    """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs,
+    and no DNS SAN spelled like a URI.
+
+    The X509-SVID spec allows DNS SANs beside the one URI SAN, but a DNS SAN
+    such as ``spiffe://example.org/x`` is not a host name: gRPC's SAN
+    matchers do not look at SAN types, so such a name would pass as a SPIFFE
+    ID elsewhere in the mesh. A certificate carrying one is refused.
+    """
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
             raise InvalidIdentityError("identity: SVID leaf has CA=true; a leaf SVID must not be a CA")
     except x509.ExtensionNotFound:
         pass
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    for name in san.get_values_for_type(x509.DNSName) if san is not None else ():
+        if not _DNS_SAN.fullmatch(name):
+            raise InvalidIdentityError(
+                f"identity: certificate has a DNS SAN that is not a host name ({name[:80]!r}); "
+                "SPIFFE IDs belong in the URI SAN only"
+            )
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
