@@ -170,7 +170,7 @@ class Node:
             # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
             # certificates it was made with) lives. In-flight calls and streams finish (no grace limit).
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
-        self._server = MeshServer(wrap=self._authorizer.wrap_handler, interceptors=interceptors, options=options)
+        self._server = MeshServer(gate=self._authorizer.check, interceptors=interceptors, options=options)
         for service in services:
             if isinstance(service, NodeService):
                 service.bind(self)

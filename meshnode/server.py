@@ -1,16 +1,18 @@
 """The node's grpc.aio server: mTLS only, every handler behind authorization.
 
-Services are registered through :class:`Registrar`, which stands in for the
-server when a generated ``add_XServicer_to_server`` runs, so meshnode sees
-each method handler and wraps it with the authorizer once, at registration
-(no per-call interceptor). Health (``grpc.health.v1``) and server
-reflection are registered the same way, on the same port.
+Services are collected by :func:`meshnode.pipeline.discover` (or the
+:class:`~meshnode.pipeline.Registrar` stand-in for generated
+``add_XServicer_to_server`` code) and registered through the one
+:class:`~meshnode.pipeline.Pipeline`, which normalises every handler and
+puts the gate in front of it once, at registration (no per-call
+interceptor). Health (``grpc.health.v1``) and server reflection are
+registered the same way, on the same port.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,53 +22,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from meshnode.asyncify import asyncify_handler
 from meshnode.errors import ServeError
+from meshnode.pipeline import Gate, Pipeline, Registrar, ServiceMethods
 
-__all__ = ["HandlerWrapper", "MeshServer", "Registrar"]
+__all__ = ["MeshServer"]
 
 log = logging.getLogger("meshnode.server")
-
-#: (full method name "/pkg.Svc/M", handler) -> handler that authorizes first
-HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
-
-
-class _WrappingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
-    """For servicers registered only through a generic handler (old generated code)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, wrap: HandlerWrapper) -> None:
-        self._inner = inner
-        self._wrap = wrap
-        self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        if len(self._cache) < 4096:
-            self._cache[method] = (handler, wrapped)
-        return wrapped
-
-
-class Registrar:
-    """Collects method handlers from generated ``add_*_to_server`` functions."""
-
-    def __init__(self) -> None:
-        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        self.generic: list[grpc.GenericRpcHandler] = []
-
-    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
-        if service in self.services:
-            raise ServeError(f"server: service {service} is registered twice")
-        self.services[service] = dict(handlers)
-
-    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self.generic.extend(handlers)
 
 
 class MeshServer:
@@ -75,16 +36,13 @@ class MeshServer:
     def __init__(
         self,
         *,
-        wrap: HandlerWrapper,
+        gate: Gate,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         max_workers: int = 16,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
-        if interceptors:  # interceptors like OpenTelemetry's only await: run sync handlers as async ones
-            self._wrap: HandlerWrapper = lambda method, h: asyncify_handler(wrap(method, h), self._pool)
-        else:
-            self._wrap = wrap
+        self._pipeline = Pipeline(gate, self._pool)
         self.server = grpc.aio.server(
             migration_thread_pool=self._pool,
             interceptors=list(interceptors) or None,
@@ -112,16 +70,8 @@ class MeshServer:
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             ReflectionServicer([*names, reflection.SERVICE_NAME]), self.registrar
         )
-        registered_generic = []
-        for service, handlers in self.registrar.services.items():
-            wrapped = {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
-            registered_generic.append(grpc.method_handlers_generic_handler(service, wrapped))
-            self.server.add_registered_method_handlers(service, wrapped)
-        self.server.add_generic_rpc_handlers(
-            tuple(registered_generic)
-            + tuple(_WrappingGenericHandler(g, self._wrap) for g in self.registrar.generic
-                    if not _is_generated_duplicate(g, self.registrar.services))
-        )
+        services = [ServiceMethods(name, methods, None) for name, methods in self.registrar.services.items()]
+        self._pipeline.register(self.server, services, self.registrar.generic)
         self._registered = True
 
     def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
@@ -158,22 +108,3 @@ class MeshServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Probe(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc ships no type hints
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = ()
-
-
-def _is_generated_duplicate(handler: grpc.GenericRpcHandler, services: Mapping[str, Any]) -> bool:
-    """Generated code registers each service twice (generic + registered); keep one.
-
-    A generic handler that answers for a method of an already captured
-    service is that service's duplicate.
-    """
-    for service, methods in services.items():
-        for name in methods:
-            if handler.service(_Probe(f"/{service}/{name}")) is not None:
-                return True
-    return False

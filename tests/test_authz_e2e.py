@@ -417,7 +417,7 @@ def test_peer_id_outside_an_authorized_call_raises() -> None:
         peer_id()
 
 
-def test_wrapping_keeps_each_behavior_kind_so_grpc_aio_dispatches_it_the_same_way() -> None:
+def test_wrapping_normalises_every_behavior_to_the_shape_grpc_aio_and_otel_both_accept() -> None:
     import inspect
 
     authorizer = Authorizer(POLICY)
@@ -427,21 +427,20 @@ def test_wrapping_keeps_each_behavior_kind_so_grpc_aio_dispatches_it_the_same_wa
             before, after = getattr(handler, arity), getattr(wrapped, arity)
             assert (before is None) is (after is None)
             if before is not None:
-                for kind in (inspect.iscoroutinefunction, inspect.isasyncgenfunction):
-                    assert kind(after) is kind(before), (name, kind.__name__)
+                want = inspect.isasyncgenfunction if handler.response_streaming else inspect.iscoroutinefunction
+                assert want(after), (name, arity)
         assert (wrapped.request_streaming, wrapped.response_streaming) == (
             handler.request_streaming,
             handler.response_streaming,
         )
 
 
-class AsyncOnlyContext:
-    """A context whose abort() is a coroutine, reaching a sync behavior (never grpc.aio's own
-    sync context, whose abort() raises): the call must still end refused, never run the handler."""
+class ReturningAbortContext:
+    """A context whose abort() returns instead of raising: a refused call must still end, never
+    run the handler."""
 
     def __init__(self) -> None:
-        self.code: Any = None
-        self.details = ""
+        self.aborted: tuple[Any, str] | None = None
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
@@ -450,23 +449,23 @@ class AsyncOnlyContext:
         return ()
 
     async def abort(self, code: Any, details: str) -> None:
-        raise AssertionError("never awaited")
-
-    def set_code(self, code: Any) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
+        self.aborted = (code, details)
 
 
-def test_a_sync_behavior_fails_closed_when_abort_does_not_raise() -> None:
+@pytest.mark.parametrize("name", ["SyncUnary", "AsyncUnary", "SyncServerStream", "WriterStream"])
+async def test_a_refused_call_fails_closed_when_abort_does_not_raise(name: str) -> None:
     probe = Probe()
-    wrapped = Authorizer(POLICY).wrap_handler("/t.Probe/SyncUnary", probe.handlers()["SyncUnary"])
-    context = AsyncOnlyContext()
-    with pytest.raises(RuntimeError, match="call refused"):
-        wrapped.unary_unary(b"", context)
-    assert context.code is grpc.StatusCode.UNAUTHENTICATED
-    assert context.details.startswith("authz: no usable SPIFFE identity")
+    handler = probe.handlers()[name]
+    wrapped = Authorizer(POLICY).wrap_handler(f"/t.Probe/{name}", handler)
+    context = ReturningAbortContext()
+    with pytest.raises(RuntimeError, match="abort"):
+        if handler.response_streaming:
+            async for _ in wrapped.unary_stream(b"", context):
+                pass
+        else:
+            await wrapped.unary_unary(b"", context)
+    assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
+    assert context.aborted[1].startswith("authz: no usable SPIFFE identity")
     assert probe.entered == []
 
 

@@ -39,7 +39,7 @@ def test_public_names_are_pinned() -> None:
     assert sorted(meshnode.authz.__all__) == sorted(
         [
             "AUDIT_LOGGER", "AcceptedTrust", "ActivePolicy", "AllOf", "AnyOf", "AnyPeer", "AuditCondition",
-            "AuthorizingRegistrar", "Authorizer", "AuthzInterceptor", "Decision", "Effect", "ExactID",
+            "Authorizer", "AuthzInterceptor", "Decision", "Effect", "ExactID",
             "Explanation", "IdPattern", "NoPeerIdentityError", "Not", "PathPrefix", "PeerMatcher", "Policy",
             "PolicyFile", "PolicySource", "Request", "Rule", "StaticPolicy", "TrustDomain", "TrustInfo",
             "TrustSnapshot", "Verdict", "allow", "deny", "load_a43_file", "load_policy_file", "merge_policies",

@@ -30,7 +30,6 @@ from meshnode.authz.audit import AUDIT_LOGGER, AuditCondition
 from meshnode.authz.authorizer import Authorizer, Verdict
 from meshnode.authz.config import load_policy_file, policy_source
 from meshnode.authz.context import NoPeerIdentityError, peer_id
-from meshnode.authz.handlers import AuthorizingRegistrar, AuthzInterceptor
 from meshnode.authz.identity import AcceptedTrust, TrustInfo, TrustSnapshot
 from meshnode.authz.matchers import (
     AllOf,
@@ -58,6 +57,7 @@ from meshnode.authz.policy import (
     restrict,
 )
 from meshnode.authz.source import ActivePolicy, PolicyFile, PolicySource, StaticPolicy
+from meshnode.pipeline import AuthzInterceptor
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -68,7 +68,6 @@ __all__ = [
     "AnyPeer",
     "AuditCondition",
     "Authorizer",
-    "AuthorizingRegistrar",
     "AuthzInterceptor",
     "Decision",
     "Effect",

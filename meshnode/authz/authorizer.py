@@ -58,12 +58,13 @@ from opentelemetry import metrics, trace
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.authz.audit import AuditCondition, Auditor
+from meshnode.authz.context import CURRENT_PEER
 from meshnode.authz.counting import DecisionCounter, Slot
-from meshnode.authz.handlers import AuthorizingRegistrar, AuthzInterceptor, wrap_method_handler
 from meshnode.authz.identity import PeerIdentity, TrustInfo, TrustSnapshot, resolve_peer
 from meshnode.authz.policy import Decision, Explanation, Policy, Request
 from meshnode.authz.source import ActivePolicy, PolicySource, StaticPolicy
 from meshnode.errors import PolicyError
+from meshnode.pipeline import AuthzInterceptor, Pipeline
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.telemetry.instruments import split_method
 
@@ -89,6 +90,10 @@ class Verdict:
     final: bool  # False: depends on request headers, decide per call
     span_attributes: Mapping[str, AttributeValue]
     counted: Slot  # this verdict's attribute set in meshnode.authz.decisions
+
+    def enter(self) -> None:
+        """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
+        CURRENT_PEER.set(self.peer)
 
 
 class Authorizer:
@@ -252,16 +257,17 @@ class Authorizer:
     # -- entry points -----------------------------------------------------
 
     def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` (any arity, sync or async) authorized for ``method`` (``/pkg.Svc/M``)."""
-        return wrap_method_handler(self.check, method, handler)
+        """``handler`` (any arity and kind) authorized for ``method`` (``/pkg.Svc/M``); sync
+        behaviours run on the event loop's default executor (see :mod:`meshnode.pipeline`)."""
+        return Pipeline(self.check).prepare(method, handler)
 
     def interceptor(self) -> AuthzInterceptor:
         """A grpc.aio server interceptor; place it after OTel's server interceptor."""
-        return AuthzInterceptor(self.wrap_handler)
+        return AuthzInterceptor(self.check)
 
-    def registrar(self, server: Any) -> AuthorizingRegistrar:
+    def registrar(self, server: Any) -> Any:
         """Stand-in for ``server`` in generated ``add_*Servicer_to_server`` calls."""
-        return AuthorizingRegistrar(self.wrap_handler, server)
+        return Pipeline(self.check).registrar(server)
 
     def close(self) -> None:
         """Close the policy source when this authorizer owns it (a watched file's thread); idempotent."""

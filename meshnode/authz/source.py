@@ -162,12 +162,12 @@ class PolicyFile:
             return False
         if not self._failure_reported:
             self._failure_reported = True
-            self._instruments.policy_reload_failure(key[0])
             log.error(
                 "authz: policy reload failed, keeping version %d: %s",
                 self._active.version,
                 message.removeprefix("authz: "),
             )
+            self._instruments.policy_reload_failure(key[0])  # after the log: tests wait on the count
             identity_event(POLICY_RELOAD_FAILED, attributes={POLICY_SOURCE: str(self.path), ERROR: key[0]})
         return True
 

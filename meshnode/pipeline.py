@@ -1,0 +1,455 @@
+"""The one server handler pipeline: discover, normalise, admit, register.
+
+Every method a node serves passes through here once, at registration:
+
+1. **discover** (:func:`discover`): which gRPC services and methods a
+   servicer implements, found by running its generated
+   ``add_XServicer_to_server`` against a collecting stand-in for the server.
+   The method names feed both registration and the authorization policy.
+2. **normalise** (:func:`normalise`): grpc.aio accepts many behaviour kinds
+   (sync function, sync generator, coroutine, async generator, a
+   reader/writer coroutine on a streaming response), but OpenTelemetry's aio
+   interceptor only ``await``\\s unary responses and ``async for``\\s streaming
+   ones. Every behaviour becomes one of those two shapes: a coroutine
+   function for unary responses, an async generator function for streaming
+   ones. Sync code runs on the node's thread pool in a copy of the call's
+   context (the span and the caller's identity carry over), with a sync view
+   of the servicer context; a reader/writer coroutine runs inside an async
+   generator that yields nothing (its ``context.write()`` goes to the call).
+3. **admit** (:func:`admit`): a :class:`Gate` decides the call before the
+   behaviour is entered. A refused call ends with ``context.abort()``:
+   request-streaming methods never read a message, response-streaming ones
+   never write one. An admitted call binds its per-call state
+   (``Admission.enter``: the caller's identity for ``peer_id()``).
+4. **register** (:class:`Pipeline.register`): registered method handlers
+   (and the same handlers as a generic handler, for grpc releases whose
+   interceptor path looks only at generic handlers).
+
+Where the gate sits: at registration (no per-call interceptor coroutine),
+unless user interceptors must see only admitted calls; then
+:class:`AuthzInterceptor` gates after tracing and before them. Both use
+:meth:`Pipeline.prepare`. Everything here runs on the event loop thread,
+except sync behaviours, which run on the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from meshnode.errors import ConfigError, ServeError
+
+__all__ = [
+    "Admission",
+    "AuthzInterceptor",
+    "Gate",
+    "Pipeline",
+    "Registrar",
+    "ServiceMethods",
+    "admit",
+    "discover",
+    "normalise",
+]
+
+Behavior = Callable[..., Any]
+
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+_END = object()
+
+
+class Admission(Protocol):
+    """A gate's answer for one call: ``code`` None admits it."""
+
+    @property
+    def code(self) -> grpc.StatusCode | None: ...
+
+    @property
+    def details(self) -> str: ...
+
+    def enter(self) -> None:
+        """Bind per-call state in the running call's context (before the behaviour runs)."""
+
+
+Gate = Callable[[Any, str], Admission]  # (servicer context, "/pkg.Svc/Method") -> Admission
+
+
+# -- 1. discover ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceMethods:
+    """One gRPC service a servicer implements: its name and method handlers as generated."""
+
+    name: str  # "pkg.Service"
+    methods: Mapping[str, grpc.RpcMethodHandler]  # "Method" -> handler
+    servicer: object
+
+
+class Registrar:
+    """Stands in for a grpc server while generated ``add_*_to_server`` code runs, and collects."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        if service in self.services:
+            raise ServeError(f"server: service {service} is registered twice")
+        self.services[service] = dict(handlers)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.generic.extend(handlers)
+
+
+def _adders(servicer: object) -> list[Callable[[Any, Any], None]]:
+    found = []
+    for klass in type(servicer).__mro__:
+        module = sys.modules.get(klass.__module__)
+        adder = getattr(module, f"add_{klass.__name__}_to_server", None) if module else None
+        if callable(adder):
+            found.append(adder)
+    return found
+
+
+def discover(servicer: object) -> tuple[list[ServiceMethods], list[grpc.GenericRpcHandler]]:
+    """The services ``servicer`` implements (through its generated bases), and any generic
+    handlers it registers whose methods cannot be listed (old generated code)."""
+    adders = _adders(servicer)
+    if not adders:
+        raise ConfigError(
+            f"service: {type(servicer).__name__} does not subclass a generated servicer "
+            "(e.g. demo_pb2_grpc.EchoServicer); meshnode cannot tell which gRPC service it implements"
+        )
+    collected = Registrar()
+    for add in adders:
+        add(servicer, collected)
+    services = [ServiceMethods(name, methods, servicer) for name, methods in collected.services.items()]
+    generic = [g for g in collected.generic if not _duplicates(g, collected.services)]
+    return services, generic
+
+
+class _Probe(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc ships no type hints
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def _duplicates(handler: grpc.GenericRpcHandler, services: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Generated code registers each service twice (generic + registered): keep the registered one."""
+    return any(
+        handler.service(_Probe(f"/{service}/{name}")) is not None
+        for service, methods in services.items()
+        for name in methods
+    )
+
+
+# -- 2. normalise --------------------------------------------------------------------------------------
+
+
+def _kind(behavior: Behavior) -> str:
+    for candidate in (behavior, getattr(behavior, "__call__", None)):  # noqa: B004  # objects with async __call__
+        if inspect.iscoroutinefunction(candidate):
+            return "coroutine"
+        if inspect.isasyncgenfunction(candidate):
+            return "asyncgen"
+    return "sync"
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: Any) -> None:
+        super().__init__(details)
+        self.code, self.details, self.trailing = code, details, trailing
+
+
+class SyncContext:
+    """A sync face on a grpc.aio ServicerContext, for behaviours running on a pool thread."""
+
+    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        raise _Aborted(code, details, trailing_metadata)
+
+    def abort_with_status(self, status: Any) -> None:
+        raise _Aborted(status.code, status.details, status.trailing_metadata)
+
+    def send_initial_metadata(self, metadata: Any) -> None:
+        self._run(self._context.send_initial_metadata(metadata))
+
+    def read(self) -> Any:
+        return self._run(self._context.read())
+
+    def write(self, message: Any) -> None:
+        self._run(self._context.write(message))
+
+    def is_active(self) -> bool:
+        return not self._context.done()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._context.add_done_callback(lambda _ctx: callback())
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _SyncRequests(Iterator[Any]):
+    """A blocking iterator, for a pool thread, over the call's async request stream."""
+
+    def __init__(self, requests: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._requests = requests.__aiter__()
+        self._loop = loop
+
+    def __next__(self) -> Any:
+        try:
+            return asyncio.run_coroutine_threadsafe(self._requests.__anext__(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
+def _next(iterator: Iterator[Any]) -> Any:
+    return next(iterator, _END)
+
+
+def _sync_unary(inner: Behavior, pool: Executor | None, streaming_request: bool) -> Behavior:
+    async def on_pool(request: Any, context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        arg = _SyncRequests(request, loop) if streaming_request else request
+        call = contextvars.copy_context()
+        try:
+            result = await loop.run_in_executor(pool, call.run, inner, arg, SyncContext(context, loop))
+            return (await result) if inspect.isawaitable(result) else result
+        except _Aborted as exc:
+            await context.abort(exc.code, exc.details, exc.trailing)
+
+    return on_pool
+
+
+def _sync_stream(inner: Behavior, pool: Executor | None, streaming_request: bool) -> Behavior:
+    async def on_pool(request: Any, context: Any) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        arg = _SyncRequests(request, loop) if streaming_request else request
+        call = contextvars.copy_context()
+        try:
+            responses = await loop.run_in_executor(pool, call.run, inner, arg, SyncContext(context, loop))
+            if hasattr(responses, "__aiter__"):
+                async for item in responses:
+                    yield item
+                return
+            iterator = await loop.run_in_executor(pool, call.run, iter, responses)
+            while (item := await loop.run_in_executor(pool, call.run, _next, iterator)) is not _END:
+                yield item
+        except _Aborted as exc:
+            await context.abort(exc.code, exc.details, exc.trailing)
+
+    return on_pool
+
+
+def _writer_stream(inner: Behavior) -> Behavior:
+    async def writes(request: Any, context: Any) -> AsyncIterator[Any]:
+        await inner(request, context)  # sends with context.write(); yields nothing itself
+        return
+        yield  # an async generator function
+
+    return writes
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Behavior:
+    key = (handler.request_streaming, handler.response_streaming)
+    behavior: Behavior | None = {
+        (False, False): handler.unary_unary,
+        (False, True): handler.unary_stream,
+        (True, False): handler.stream_unary,
+        (True, True): handler.stream_stream,
+    }[key]
+    if behavior is None:
+        raise ServeError(f"server: a method handler has no behaviour for its arity {key}")
+    return behavior
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, behavior: Behavior) -> grpc.RpcMethodHandler:
+    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def normalise(handler: grpc.RpcMethodHandler, pool: Executor | None = None) -> grpc.RpcMethodHandler:
+    """``handler`` with a coroutine (unary response) or async generator (streaming response) behaviour.
+
+    Sync behaviours run on ``pool`` (None: the event loop's default executor).
+    A handler already in that shape is returned as it is.
+    """
+    behavior = _behavior(handler)
+    kind = _kind(behavior)
+    req, resp = handler.request_streaming, handler.response_streaming
+    if resp:
+        if kind == "asyncgen":
+            return handler
+        new = _writer_stream(behavior) if kind == "coroutine" else _sync_stream(behavior, pool, req)
+    else:
+        if kind == "coroutine":
+            return handler
+        new = _sync_unary(behavior, pool, req)
+    return _rebuild(handler, new)
+
+
+# -- 3. admit ------------------------------------------------------------------------------------------
+
+
+async def _refuse(context: Any, admission: Admission) -> None:
+    code = admission.code
+    assert code is not None
+    await context.abort(code, admission.details)
+    raise RuntimeError("server: context.abort() returned instead of ending a refused call")
+
+
+def admit(gate: Gate, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A normalised ``handler`` whose every call is decided by ``gate`` before it runs."""
+    inner = _behavior(handler)
+    if handler.response_streaming:
+
+        async def admitted_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            admission = gate(context, method)
+            if admission.code is not None:
+                await _refuse(context, admission)
+            admission.enter()
+            responses = inner(request, context)
+            try:
+                async for item in responses:
+                    yield item
+            finally:
+                await responses.aclose()
+
+        return _rebuild(handler, admitted_stream)
+
+    async def admitted(request: Any, context: Any) -> Any:
+        admission = gate(context, method)
+        if admission.code is not None:
+            await _refuse(context, admission)
+        admission.enter()
+        return await inner(request, context)
+
+    return _rebuild(handler, admitted)
+
+
+# -- 4. register ---------------------------------------------------------------------------------------
+
+
+Prepare = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class _PreparedCache:
+    """Prepared handlers per method, reused while the lookup returns the same handler."""
+
+    _LIMIT = 1024
+
+    def __init__(self, prepare: Prepare) -> None:
+        self._prepare = prepare
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        hit = self._cache.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        prepared = self._prepare(method, handler)
+        if len(self._cache) >= self._LIMIT:  # catch-all generic handlers may see any path
+            self._cache.clear()
+        self._cache[method] = (handler, prepared)
+        return prepared
+
+
+class _PreparedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
+    """A generic handler whose every handler goes through the pipeline."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, prepare: Prepare) -> None:
+        self._inner = inner
+        self._handlers = _PreparedCache(prepare)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._handlers.get(handler_call_details.method, handler)
+
+
+class AuthzInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
+    """Normalises and gates every call of a grpc.aio server; place it after OTel's server interceptor."""
+
+    def __init__(self, gate: Gate, pool: Executor | None = None) -> None:
+        self._handlers = _PreparedCache(Pipeline(gate, pool).prepare)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # UNIMPLEMENTED, as without the interceptor
+        return self._handlers.get(handler_call_details.method, handler)
+
+
+class Pipeline:
+    """Normalise (on ``pool``) and, with a ``gate``, admit: one ``prepare`` for every handler."""
+
+    def __init__(self, gate: Gate | None, pool: Executor | None = None) -> None:
+        self._gate = gate
+        self._pool = pool
+
+    def prepare(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        normalised = normalise(handler, self._pool)
+        return normalised if self._gate is None else admit(self._gate, method, normalised)
+
+    def register(
+        self, server: Any, services: Sequence[ServiceMethods], generic: Sequence[grpc.GenericRpcHandler] = ()
+    ) -> None:
+        """Register every service and generic handler on ``server``, prepared."""
+        handlers: list[grpc.GenericRpcHandler] = []
+        for service in services:
+            prepared = {name: self.prepare(f"/{service.name}/{name}", h) for name, h in service.methods.items()}
+            server.add_registered_method_handlers(service.name, prepared)
+            handlers.append(grpc.method_handlers_generic_handler(service.name, prepared))
+        handlers += [_PreparedGeneric(g, self.prepare) for g in generic]
+        server.add_generic_rpc_handlers(tuple(handlers))
+
+    def registrar(self, server: Any) -> _PreparingRegistrar:
+        """Stand-in for ``server`` in generated ``add_*Servicer_to_server`` calls."""
+        return _PreparingRegistrar(self, server)
+
+
+class _PreparingRegistrar:
+    def __init__(self, pipeline: Pipeline, server: Any) -> None:
+        self._pipeline = pipeline
+        self._server = server
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        prepare = self._pipeline.prepare
+        prepared = {name: prepare(f"/{service_name}/{name}", h) for name, h in method_handlers.items()}
+        self._server.add_registered_method_handlers(service_name, prepared)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        prepare = self._pipeline.prepare
+        self._server.add_generic_rpc_handlers(tuple(_PreparedGeneric(h, prepare) for h in generic_rpc_handlers))
