@@ -28,7 +28,7 @@ from meshnode.errors import ClosedError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
-from meshnode.peers import PeerChannels
+from meshnode.peers import Liveness, PeerChannels
 from meshnode.preflight import enforce, identity_checks, missing_bundles, open_identity, static_checks
 from meshnode.server import MeshServer
 from meshnode.service import NodeService, load_service_class, registration_of
@@ -164,7 +164,7 @@ class Node:
         if tracing:
             from meshnode.telemetry.grpc import server_interceptors
 
-            interceptors = server_interceptors(self, self._tracer_provider)
+            interceptors = server_interceptors(self._tracer_provider)
         options: list[tuple[str, Any]] = []
         if config.max_connection_age > 0:
             # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
@@ -178,7 +178,11 @@ class Node:
                 self._server.add(add, service)
         self._creds = ServerCredentials(source, accepted)
         self._server.bind(config.listen, self._creds.credentials)
-        self._peers = PeerChannels(self, config.peers, tracing=tracing, tracer_provider=self._tracer_provider)
+        self._peers = PeerChannels(
+            source, config.peers, node_name=config.name,
+            liveness=Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout),
+            tracing=tracing, tracer_provider=self._tracer_provider,
+        )
         await self._peers.start()
         await self._server.start()
         self._state = IdentityState(source, self._server.set_serving)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,11 +22,9 @@ from meshnode.config.node import PeerConfig
 from meshnode.credentials import channel_credentials
 from meshnode.errors import PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.identity.source import IdentitySource
 
-if TYPE_CHECKING:
-    from meshnode.node import Node
-
-__all__ = ["PeerChannels", "explain_dns_error"]
+__all__ = ["Liveness", "PeerChannels", "explain_dns_error"]
 
 log = logging.getLogger("meshnode.channel")
 
@@ -54,12 +53,44 @@ def explain_dns_error(peer: PeerConfig, err: grpc.aio.AioRpcError) -> str | None
     return None
 
 
-class PeerChannels:
-    """Creates peer channels lazily and feeds them every new snapshot."""
+@dataclass(frozen=True)
+class Liveness:
+    """How peer connections find a dead peer: ``[node] keepalive`` and ``connect_timeout`` (seconds)."""
 
-    def __init__(self, node: Node, peers: Mapping[str, PeerConfig], *, tracing: bool, tracer_provider: Any) -> None:
-        self._node = node
+    keepalive: float = 10.0
+    connect_timeout: float = 5.0
+
+    def options(self) -> tuple[tuple[str, int], ...]:
+        """Keepalive pings find a dead peer connection; a connect timeout ends hopeless dials,
+        so calls fail with UNAVAILABLE instead of waiting out their deadline."""
+        options: list[tuple[str, int]] = [("grpc.min_reconnect_backoff_ms", int(self.connect_timeout * 1000))]
+        if self.keepalive > 0:
+            options += [
+                ("grpc.keepalive_time_ms", int(self.keepalive * 1000)),
+                ("grpc.keepalive_timeout_ms", int(max(self.keepalive / 2, 1.0) * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        return tuple(options)
+
+
+class PeerChannels:
+    """Creates peer channels lazily and feeds them every new snapshot of ``source``."""
+
+    def __init__(
+        self,
+        source: IdentitySource,
+        peers: Mapping[str, PeerConfig],
+        *,
+        node_name: str,
+        liveness: Liveness = Liveness(),  # frozen: safe as a default
+        tracing: bool = False,
+        tracer_provider: Any = None,
+    ) -> None:
+        self._source = source
+        self._node_name = node_name
         self._peers = dict(peers)
+        self._liveness = liveness
         self._tracing = tracing
         self._tracer_provider = tracer_provider
         self._channels: dict[str, PeerChannel] = {}
@@ -68,14 +99,16 @@ class PeerChannels:
         self._xds: Any = None
 
     async def start(self) -> None:
-        self._unsubscribe = self._node.source.subscribe(self._updated)
+        self._unsubscribe = self._source.subscribe(self._updated)
         spiffe_id_peers = {n: p for n, p in self._peers.items() if p.verify == "spiffe-id"}
         if spiffe_id_peers:
             from meshnode.xds.node import start_control_plane
 
-            self._xds = await start_control_plane(self._node, spiffe_id_peers, self.liveness_options())
+            self._xds = await start_control_plane(
+                self._node_name, self._source, spiffe_id_peers, self._liveness.options()
+            )
             # a snapshot published while the control plane started must not be lost
-            self._xds.update_identity(self._node.source.current())
+            self._xds.update_identity(self._source.current())
 
     def _updated(self, snapshot: IdentitySnapshot) -> None:
         if self._xds is not None:
@@ -88,7 +121,10 @@ class PeerChannels:
             return []
         from meshnode.telemetry.grpc import client_interceptors
 
-        return client_interceptors(self._node, peer, self._tracer_provider)
+        return client_interceptors(
+            local_id=self._source.current().spiffe_id, node_name=self._node_name, peer_id=peer.spiffe_id,
+            peer_name=peer.name, tracer_provider=self._tracer_provider,
+        )
 
     def _dns_plan(self, peer: PeerConfig, snapshot: IdentitySnapshot) -> ChannelPlan:
         td = peer.spiffe_id.trust_domain
@@ -99,24 +135,10 @@ class PeerChannels:
             options=(
                 ("grpc.ssl_target_name_override", peer.tls_name),
                 ("grpc.default_authority", peer.tls_name),
-                *self.liveness_options(),
+                *self._liveness.options(),
             ),
             not_after=snapshot.not_after,
         )
-
-    def liveness_options(self) -> tuple[tuple[str, int], ...]:
-        """Keepalive pings find a dead peer connection; a connect timeout ends hopeless dials,
-        so calls fail with UNAVAILABLE instead of waiting out their deadline."""
-        config = self._node.config
-        options: list[tuple[str, int]] = [("grpc.min_reconnect_backoff_ms", int(config.connect_timeout * 1000))]
-        if config.keepalive > 0:
-            options += [
-                ("grpc.keepalive_time_ms", int(config.keepalive * 1000)),
-                ("grpc.keepalive_timeout_ms", int(max(config.keepalive / 2, 1.0) * 1000)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
-            ]
-        return tuple(options)
 
     def channel(self, name: str) -> PeerChannel:
         found = self._channels.get(name)
@@ -126,7 +148,7 @@ class PeerChannels:
         if peer is None:
             known = ", ".join(sorted(self._peers)) or "none"
             raise PeerError(f"node: no peer named {name!r} in [peers] (configured: {known})")
-        snapshot = self._node.source.current()
+        snapshot = self._source.current()
         if peer.verify == "spiffe-id":
             xds = self._xds
             channel = PeerChannel(
@@ -139,6 +161,9 @@ class PeerChannels:
                 explain=lambda err: explain_dns_error(peer, err),
             )
         self._channels[name] = channel
+        # a rotation published after the read above found no channel to update: replay the latest
+        # (a no-op when nothing changed, the plan key is the same)
+        channel.update(self._source.current())
         return channel
 
     def stub(self, name: str, stub_class: type[T]) -> T:

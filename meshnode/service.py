@@ -19,8 +19,9 @@ class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
   for a path prefix on segment boundaries).
 * ``@only(...)`` on a method narrows it: a caller needs both the class
   rule and the method rule.
-* ``self.node`` is the running :class:`~meshnode.node.Node`: peers are
-  reached with ``self.node.stub("beta", demo_pb2_grpc.EchoStub)``.
+* ``self.node`` is the running node, seen through :class:`NodeView` (its
+  name, its SPIFFE ID, its peers): peers are reached with
+  ``self.node.stub("beta", demo_pb2_grpc.EchoStub)``.
 * Methods may be ``async def`` or plain ``def`` (run on a thread pool).
 """
 
@@ -29,17 +30,31 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from meshnode.errors import ConfigError
+from meshnode.errors import ConfigError, ServeError
+from meshnode.spiffeid import SpiffeID
 
-if TYPE_CHECKING:
-    from meshnode.node import Node
+__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only", "registration_of"]
 
-__all__ = ["NodeService", "load_service_class", "method_allow", "only", "registration_of"]
+T = TypeVar("T")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ALLOW_ATTR = "__meshnode_allow__"
+
+
+class NodeView(Protocol):
+    """What a service sees of the node that serves it (a :class:`~meshnode.node.Node` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spiffe_id(self) -> SpiffeID: ...
+
+    def channel(self, peer: str) -> Any: ...
+
+    def stub(self, peer: str, stub_class: type[T]) -> T: ...
 
 
 class NodeService:
@@ -48,15 +63,18 @@ class NodeService:
     #: who may call every method of this service; () = the node-wide policy decides
     allow: ClassVar[Sequence[str]] = ()
 
-    _node: Node | None = None
+    _node: NodeView | None = None
 
     @property
-    def node(self) -> Node:
+    def node(self) -> NodeView:
         if self._node is None:
-            raise RuntimeError(f"{type(self).__name__}.node is set when the service is registered with a node")
+            raise ServeError(
+                f"service: {type(self).__name__}.node is set when the service is registered with a node; "
+                "it is not available before Node.start() (or in a unit test: use meshnode.testing)"
+            )
         return self._node
 
-    def bind(self, node: Node) -> None:
+    def bind(self, node: NodeView) -> None:
         """Called by the node when it registers the service."""
         self._node = node
 

@@ -149,3 +149,39 @@ async def test_server_credentials_fetcher_picks_up_a_new_svid_on_the_next_handsh
             assert reply.caller == CLIENT_ID
 
 
+
+
+class RotatesDuringRead(ManualSource):
+    """Publishes a rotation right after handing out the snapshot it was asked for (once, when armed):
+    the race of a rotation landing between a reader's current() and what it does with the result."""
+
+    armed = False
+
+    def current(self) -> IdentitySnapshot:
+        snapshot = super().current()
+        if self.armed:
+            self.armed = False
+            self.rotate()
+        return snapshot
+
+
+async def test_a_rotation_while_a_peer_channel_is_being_created_is_not_lost() -> None:
+    from meshnode.peers import PeerChannels
+    from tests.nodes import node_config, peer
+
+    ca = DevCA("example.org")
+    source = RotatesDuringRead(ca, CLIENT_ID)
+    config = node_config("client", peers={"server": peer(1, SERVER_ID)})
+    channels = PeerChannels(source, config.peers, node_name="client")
+    await channels.start()
+    try:
+        source.armed = True
+        channel = channels.channel("server")  # built on the snapshot read before the rotation
+        assert not source.armed
+        deadline = asyncio.get_running_loop().time() + 10
+        while channel.generation == 1:  # the swap to the rotated SVID's channel happens on the loop
+            assert asyncio.get_running_loop().time() < deadline, "the rotation never reached the channel"
+            await asyncio.sleep(0.01)
+        assert channel.generation > 1
+    finally:
+        await channels.close()

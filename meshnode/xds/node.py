@@ -12,17 +12,15 @@ client reconnect.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.identity.source import IdentitySource
 from meshnode.xds.control_plane import XdsControlPlane
-
-if TYPE_CHECKING:
-    from meshnode.node import Node
 
 __all__ = ["NodeXds", "start_control_plane"]
 
@@ -50,12 +48,15 @@ class NodeXds:
 
 
 async def start_control_plane(
-    node: Node, peers: Mapping[str, PeerConfig], options: tuple[tuple[str, Any], ...] = ()
+    node_name: str,
+    source: IdentitySource,
+    peers: Mapping[str, PeerConfig],
+    options: tuple[tuple[str, Any], ...] = (),
 ) -> NodeXds:
     """Start the node's control plane for its spiffe-id peers (raises PeerError on a bootstrap clash)."""
-    cp = XdsControlPlane(node.name)
+    cp = XdsControlPlane(node_name)
     try:
-        cp.update_identity(node.source.current())
+        cp.update_identity(source.current())
         cp.set_peers(dict(peers))
         await cp.start()
     except BaseException:
