@@ -224,18 +224,38 @@ class Node:
         await self._closed.wait()
 
     async def serve_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Serve until SIGTERM or SIGINT, then stop gracefully.
+
+        A second signal during the shutdown grace ends the grace at once (in-flight calls are
+        cancelled); the node still closes cleanly. Signal handlers stay installed until the node
+        is closed, so no signal can kill it half-way.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        hurry: list[asyncio.Task[None]] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                stop.set()
+                return
+            if not hurry:
+                log.warning("node: %s again: stopping now, without waiting for in-flight calls", sig.name)
+                hurry.append(loop.create_task(self._stop_now()))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             await stop.wait()
             log.info("node: %s stopping (grace %.1f s)", self.name, self.config.shutdown_grace)
+            await self.stop()
+            await asyncio.gather(*hurry)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        await self.stop()
+
+    async def _stop_now(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
 
     async def __aenter__(self) -> Node:
         await self.start()

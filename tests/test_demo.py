@@ -30,3 +30,29 @@ def test_meshnode_demo_tells_the_whole_story_and_exits_0() -> None:
     # it cleaned up its processes and work directory
     work = next(line for line in out.splitlines() if "work dir" in line).split()[2].rstrip(";")
     assert subprocess.run(["test", "-e", work]).returncode != 0
+
+
+@pytest.mark.slow
+def test_keep_running_ends_on_ctrl_c_with_exit_0_and_no_leftovers() -> None:
+    import os
+    import signal
+    from pathlib import Path
+
+    from tests.support.procs import Meshnode
+
+    demo = Meshnode(["demo", "--keep-running", "--rotations", "2"], own_group=True)
+    try:
+        work = Path(demo.wait_line(r"work dir (\S+);", timeout=120).group(1))
+        demo.wait_line(r"Ctrl-C here stops it", timeout=120)
+        children = [int(pid) for pid in demo.wait_line(r"kill -USR1 (\d+)").groups()]
+        # a terminal's Ctrl-C: SIGINT to the whole foreground process group
+        os.killpg(os.getpgid(demo.proc.pid), signal.SIGINT)
+        assert demo.proc.wait(timeout=60) == 0, demo.output()
+        out = demo.output()
+        assert "everything held" in out and "SOMETHING FAILED" not in out
+        assert "Traceback" not in out
+        assert not work.exists()
+        for pid in children:  # the agent it started is gone too
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        demo.stop()

@@ -130,6 +130,8 @@ class LocalMesh:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "meshnode.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=self.root,
+            # a session of its own: the terminal's Ctrl-C reaches only the demo, which stops each child once
+            start_new_session=True,
         )
         log.close()
 

@@ -11,6 +11,7 @@ held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -226,7 +227,7 @@ async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_runnin
             if source is not None:
                 source.close()
         if keep_running and all(ok for _, ok, _ in report.checks):
-            _keep_running(mesh, out)
+            await _keep_running(mesh, out)
         codes = mesh.close()
     finally:
         mesh.close()  # idempotent: an unexpected error or a signal must not leave processes behind
@@ -239,7 +240,7 @@ async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_runnin
     return 0 if ok else 1
 
 
-def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
+async def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
     agent_pid = mesh.procs["agent"].pid
     r = mesh.root
     out("")
@@ -253,11 +254,23 @@ def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
         f"meshnode trace show {r}/traces/*.jsonl",
     ):
         out(f"   {cmd}")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    ending = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in ending}
+    for sig in ending:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        while all(mesh.alive().values()):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+        while all(mesh.alive().values()) and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        for sig in ending:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig])
+    if stop.is_set():  # Ctrl-C is how the user was told to end it: stop and clean up, not a failure
         out("")
+        mesh.keep = False
 
 
 async def call_once(workdir: Path, route: list[str], verify: str) -> int:

@@ -1,0 +1,20 @@
+"""Services for tests that run `meshnode run` in a subprocess (cwd = the repository root)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+from meshnode.service import NodeService
+
+
+class Stall(NodeService, demo_pb2_grpc.EchoServicer):
+    """Echo.Say never answers: it prints ``stall: entered`` and waits until the call is cancelled."""
+
+    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+        print("stall: entered", flush=True, file=sys.stdout)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
