@@ -3,7 +3,7 @@
 ```toml
 [node]
 name = "alpha"
-listen = "127.0.0.1:7001"
+listen = "127.0.0.1:7001"      # optional: without it the node is a client only (no port)
 mode = "production"            # development | staging | production  (env MESHNODE_MODE)
 services = ["meshnode.demo:EchoService"]
 shutdown_grace = 5.0
@@ -150,7 +150,7 @@ class AuthzSettings:
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    listen: str
+    listen: str | None = None  # None: a client-only node (opens no port)
     mode: Mode = "development"
     services: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
@@ -166,12 +166,15 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
-        parse_address(self.listen, "[node] listen")
+        if self.listen is not None:
+            parse_address(self.listen, "[node] listen")
         if self.mode not in MODES:
             raise ConfigError(f"config: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
 
     @property
     def host_port(self) -> tuple[str, int]:
+        if self.listen is None:
+            raise ConfigError(f"config: node {self.name!r} has no [node] listen (a client-only node)")
         return parse_address(self.listen, "[node] listen")
 
 
@@ -290,7 +293,7 @@ def node_config_from_dict(
     root = Section(data, "", source, "config")
     node = root.section("node", required=True)
     name = node.string("name")
-    listen = env.get(LISTEN_ENV) or node.string("listen")
+    listen = env.get(LISTEN_ENV) or node.string("listen", None)
     if env.get(LISTEN_ENV):
         node.string("listen", None)
     mode = node.choice("mode", MODES, "development")
