@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -228,12 +228,13 @@ class Node:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def serve_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully.
+    async def serve_until_signal(self, *, ready: Callable[[Node], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; starts the node first if needed.
 
-        A second signal during the shutdown grace ends the grace at once (in-flight calls are
-        cancelled); the node still closes cleanly. Signal handlers stay installed until the node
-        is closed, so no signal can kill it half-way.
+        The signal handlers are installed before anything else, so a signal at any moment
+        (during start, right after ``ready(node)`` is called) stops the node cleanly. A second
+        signal during the shutdown grace ends the grace at once (in-flight calls are cancelled);
+        the node still closes cleanly.
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -250,6 +251,10 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
+            if not self._started:
+                await self.start()
+            if ready is not None:
+                ready(self)
             await stop.wait()
             log.info("node: %s stopping (grace %.1f s)", self.name, self.config.shutdown_grace)
             await self.stop()

@@ -30,16 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
     handle = configure_telemetry(config.telemetry, default_service_name=config.name)
 
-    async def main() -> None:
-        node = Node(config)
-        await node.start()
+    def ready(node: Node) -> None:
         for note in node.notes:
             print(f"meshnode: NOTE: {note}", file=sys.stderr, flush=True)
-        print(
-            f"meshnode: node {config.name} ready on {node.address} as {node.spiffe_id} (mode {config.mode})",
-            flush=True,
-        )
-        await node.serve_until_signal()
+        where = f"on {node.address}" if node.address is not None else "(client only, no port)"
+        print(f"meshnode: node {config.name} ready {where} as {node.spiffe_id} (mode {config.mode})", flush=True)
+
+    async def main() -> None:
+        await Node(config).serve_until_signal(ready=ready)
 
     try:
         asyncio.run(main())
