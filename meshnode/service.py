@@ -28,6 +28,7 @@ class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -116,8 +117,15 @@ def registration_of(service: object) -> list[tuple[str, Callable[[Any, Any], Non
 
 
 def load_service_class(spec: str) -> type[Any]:
-    """``package.module:ClassName`` -> the class."""
+    """``package.module:ClassName`` -> the class.
+
+    The module is imported from the Python path, then from the current directory (appended
+    to the path, so a local file never shadows an installed package), as ``python -m`` would.
+    """
     module_name, _, class_name = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

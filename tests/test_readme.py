@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -39,9 +40,9 @@ def wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> No
 
 
 @pytest.mark.slow
-def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
+def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Path) -> None:
     sockets = short_tmpdir()
-    port = free_port()
+    port = free_port()  # the README's greeter listens on a fixed port its caller.toml names
 
     def adapt(text: str) -> str:
         return text.replace("/tmp/meshnode-agent", str(sockets)).replace("127.0.0.1:7002", f"127.0.0.1:{port}")
@@ -53,6 +54,8 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "caller.toml").write_text(adapt(caller_toml))
     agent_toml = adapt((ROOT / "examples" / "agent.toml").read_text())
     (tmp_path / "agent.toml").write_text(agent_toml)
+    production = {k: v for k, v in os.environ.items() if not k.startswith(("MESHNODE_", "SPIFFE_"))}
+    production["MESHNODE_MODE"] = "production"
     procs = []
     try:
         agent = subprocess.Popen([sys.executable, "-m", "meshnode.cli", "agent", "--config", "agent.toml"],
@@ -60,15 +63,21 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
         procs.append(agent)
         assert agent.stdout is not None and "ready" in agent.stdout.readline()
         greeter = subprocess.Popen([sys.executable, "greeter.py"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, env=production)
         procs.append(greeter)
         wait_port(port, greeter)
         caller = subprocess.run([sys.executable, "caller.py"], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=60)
+                                timeout=60, env=production)
         assert caller.returncode == 0, caller.stderr
         assert caller.stdout.strip() == (
             "HELLO answered by spiffe://example.org/node/beta for spiffe://example.org/node/alpha"
         )
+        # the console script, as the README shows it: the greeter's class allow list counts as its policy
+        meshnode = str(Path(sys.executable).parent / "meshnode")
+        check = subprocess.run([meshnode, "check", "greeter.toml"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60, env=production)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "result: ready for production" in check.stdout
         greeter.send_signal(signal.SIGTERM)
         assert greeter.wait(timeout=15) == 0
     finally:
