@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from meshnode.errors import ConfigError, ServeError
 from meshnode.spiffeid import SpiffeID
 
-__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only", "registration_of"]
+__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only"]
 
 T = TypeVar("T")
 
@@ -97,23 +97,6 @@ def method_allow(service: object, method_name: str) -> tuple[str, ...] | None:
     fn = getattr(type(service), method_name, None)
     value = getattr(fn, _ALLOW_ATTR, None)
     return tuple(value) if value is not None else None
-
-
-def registration_of(service: object) -> list[tuple[str, Callable[[Any, Any], None]]]:
-    """(servicer class name, generated add_XServicer_to_server) for each generated
-    servicer base of ``service``."""
-    found = []
-    for klass in type(service).__mro__:
-        module = sys.modules.get(klass.__module__)
-        adder = getattr(module, f"add_{klass.__name__}_to_server", None) if module else None
-        if callable(adder):
-            found.append((klass.__name__, adder))
-    if not found:
-        raise ConfigError(
-            f"service: {type(service).__name__} does not subclass a generated servicer "
-            "(e.g. demo_pb2_grpc.EchoServicer); meshnode cannot tell which gRPC service it implements"
-        )
-    return found
 
 
 def load_service_class(spec: str) -> type[Any]:

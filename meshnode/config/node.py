@@ -56,6 +56,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from meshnode.config._reader import Section, load_toml
+from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
@@ -72,9 +73,17 @@ __all__ = [
 
 Mode = Literal["development", "staging", "production"]
 MODES: tuple[Mode, ...] = ("development", "staging", "production")
-SOURCES = ("workload-api", "files", "dev")
-VERIFY_MODES = ("spiffe-id", "dns")
-AUDIT_CONDITIONS = ("none", "on_deny", "on_allow", "all")
+Source = Literal["workload-api", "files", "dev"]
+SOURCES: tuple[Source, ...] = ("workload-api", "files", "dev")
+Verify = Literal["spiffe-id", "dns"]
+VERIFY_MODES: tuple[Verify, ...] = ("spiffe-id", "dns")
+Audit = Literal["none", "on_deny", "on_allow", "all"]
+AUDIT_CONDITIONS: tuple[Audit, ...] = ("none", "on_deny", "on_allow", "all")
+
+
+def _one_of(value: object, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config: {what} must be one of {', '.join(choices)}; got {value!r}")
 MODE_ENV = "MESHNODE_MODE"
 LISTEN_ENV = "MESHNODE_LISTEN"
 DEFAULT_DEV_TRUST_DOMAIN = "example.org"
@@ -104,7 +113,7 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    source: str = "workload-api"
+    source: Source = "workload-api"
     socket: str | None = None
     trust_domain: str | None = None
     timeout: float = 10.0
@@ -117,6 +126,9 @@ class IdentityConfig:
     state_dir: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
 
+    def __post_init__(self) -> None:
+        _one_of(self.source, SOURCES, "[identity] source")
+
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
 
@@ -126,8 +138,11 @@ class PeerConfig:
     name: str
     address: str
     spiffe_id: SpiffeID
-    verify: str = "spiffe-id"
+    verify: Verify = "spiffe-id"
     server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.verify, VERIFY_MODES, f"[peers.{self.name}] verify")
 
     @property
     def tls_name(self) -> str:
@@ -139,8 +154,11 @@ class PeerConfig:
 class AuthzSettings:
     allow: tuple[str, ...] = ()
     policy: Path | None = None
-    audit: str = "on_deny"
+    audit: Audit = "on_deny"
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of(self.audit, AUDIT_CONDITIONS, "[authz] audit")
 
     @property
     def configured(self) -> bool:
@@ -154,22 +172,22 @@ class NodeConfig:
     mode: Mode = "development"
     services: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
-    peer_verify: str = "spiffe-id"
+    peer_verify: Verify = "spiffe-id"
     keepalive: float = 10.0
     connect_timeout: float = 5.0
     max_connection_age: float = 600.0
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
-    telemetry: Any = None  # meshnode.telemetry.TelemetrySettings
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     source_path: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
         if self.listen is not None:
             parse_address(self.listen, "[node] listen")
-        if self.mode not in MODES:
-            raise ConfigError(f"config: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        _one_of(self.mode, MODES, "[node] mode")
+        _one_of(self.peer_verify, VERIFY_MODES, "[node] peer_verify")
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -319,8 +337,6 @@ def node_config_from_dict(
     for peer_name in peers:
         if not peer_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")
-    from meshnode.telemetry.settings import telemetry_settings_from_section
-
     telemetry = telemetry_settings_from_section(root.section("telemetry"))
     if telemetry.jsonl_path is not None and not Path(telemetry.jsonl_path).is_absolute():
         telemetry = dataclasses.replace(telemetry, jsonl_path=str(base / telemetry.jsonl_path))
