@@ -10,7 +10,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,15 +20,11 @@ from meshnode.credentials import channel_credentials
 from meshnode.identity.devca import DevCA
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot
+from tests.support.processes import meshnode_command
 
 ALPHA = "spiffe://example.org/node/alpha"
 BETA = "spiffe://example.org/node/beta"
 _READY = re.compile(r"ready on [\d.]+:(\d+) ")
-_WITH_SOFT_NOFILE = (
-    "import os, resource, sys; "
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
-    "os.execv(sys.argv[2], sys.argv[2:])"
-)
 
 
 class NodeProcess:
@@ -54,9 +49,7 @@ class NodeProcess:
         )
         self.stderr_path = workdir / "stderr.log"
 
-        command = [sys.executable, "-m", "meshnode.cli", "run", str(config)]
-        if soft_nofile is not None:  # a low soft limit, set by a tiny exec wrapper (no preexec_fn in a threaded test)
-            command = [sys.executable, "-c", _WITH_SOFT_NOFILE, str(soft_nofile), *command]
+        command = meshnode_command("run", str(config), soft_nofile=soft_nofile)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})},
@@ -114,14 +107,19 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
 
 
 def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
-    """Whether the server closes ``sock`` (end of stream or reset) within ``timeout`` seconds."""
-    sock.settimeout(timeout)
+    """Whether the server closes ``sock`` (end of stream or reset) within ``timeout`` seconds;
+    what it sends before (HTTP/2 settings, a GOAWAY) is read and dropped."""
+    deadline = time.monotonic() + timeout
     try:
-        return sock.recv(1) == b""
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if sock.recv(4096) == b"":
+                return True
     except ConnectionResetError:
         return True
     except TimeoutError:
-        return False
+        pass
+    return False
 
 
 def wait_closed(socks: list[socket.socket], count: int, timeout: float) -> list[socket.socket]:
