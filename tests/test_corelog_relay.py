@@ -96,3 +96,27 @@ def test_event_summary_reports_at_once_then_at_most_once_per_interval() -> None:
     assert second.seconds == pytest.approx(10.0)
     summary.add("late")
     assert summary.take() is None and summary.take(force=True) is not None
+
+
+CAPTURE_THEN_LOSE_THE_RELAY = """
+import os, signal, sys, time, logging
+logging.basicConfig(level=logging.INFO)
+from meshnode.telemetry.corelog import CoreLogCapture
+capture = CoreLogCapture(environ={}).start()
+assert capture.active
+relays = open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split()
+os.kill(int(relays[0]), signal.SIGKILL)
+deadline = time.monotonic() + 60
+while capture.active and time.monotonic() < deadline:
+    time.sleep(0.05)
+os.write(2, b"straight to stderr\\n")
+capture.close()
+"""
+
+
+def test_when_the_relay_dies_stderr_goes_back_to_the_real_one_with_a_warning() -> None:
+    done = subprocess.run([sys.executable, "-c", CAPTURE_THEN_LOSE_THE_RELAY], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "the stderr relay exited; gRPC core logs go straight to stderr again" in done.stderr
+    assert "straight to stderr" in done.stderr
