@@ -74,6 +74,12 @@ def test_relay_drops_the_continuation_of_a_held_back_record_only() -> None:
     assert forwarded.count("first line") == 10 and forwarded.count("  continued") == 10
 
 
+def test_relay_never_takes_a_crash_report_for_a_continuation() -> None:
+    crash = "Fatal Python error: Aborted\n\nCurrent thread 0x00007f (most recent call first):\n"
+    forwarded, _ = relay("summarise", FAILED * 3 + crash)
+    assert "Fatal Python error: Aborted" in forwarded and "Current thread 0x00007f" in forwarded
+
+
 # -- one summary per interval -------------------------------------------------------------------------
 
 
