@@ -170,7 +170,7 @@ class CoreLogCapture:
     def _report(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         count_text, _, rest = rest.partition(" ")
-        if not count_text.isdigit():
+        if not (count_text.isascii() and count_text.isdigit()):  # isdigit() alone accepts '²'
             return
         count = int(count_text)
         if kind == "H" and rest:
