@@ -43,6 +43,7 @@ from meshnode.authz.policy import Policy
 from meshnode.authz.source import PolicySource
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig
 from meshnode.errors import IdentityError, MeshnodeError, PolicyError
+from meshnode.fdlimit import connection_budget, current_limit
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.node_policy import allows_only_builtins, node_policy_source, production_check
@@ -302,4 +303,29 @@ def _server_options(config: NodeConfig) -> list[tuple[str, Any]]:
         # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
         # certificates it was made with) lives. In-flight calls and streams finish (no grace limit).
         options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
-    return options
+    return options + _connection_limits(config)
+
+
+def _connection_limits(config: NodeConfig) -> list[tuple[str, Any]]:
+    """gRPC core's own guards against connection floods, from [node] handshake_timeout and max_connections.
+
+    ``grpc.server_handshake_timeout_ms`` closes a connection that has not
+    finished TLS and sent its HTTP/2 settings in time (gRPC's default is 120 s).
+    ``grpc.max_allowed_incoming_connections`` makes the listener close a
+    connection at accept, before any handshake work, while that many are
+    open (handshaking or established). The cap stays under the open-file
+    limit, so a flood is shed instead of exhausting file descriptors.
+    """
+    cap = config.max_connections
+    budget = connection_budget()
+    if cap > budget:
+        log.warning(
+            "node: [node] max_connections = %d does not fit the open-file limit (%s): capping connections at %d; "
+            "raise the limit (ulimit -n, systemd LimitNOFILE=) to allow more",
+            cap, current_limit().describe(), budget,
+        )
+        cap = budget
+    return [
+        ("grpc.server_handshake_timeout_ms", max(1, round(config.handshake_timeout * 1000))),
+        ("grpc.max_allowed_incoming_connections", cap),
+    ]

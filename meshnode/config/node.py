@@ -11,6 +11,8 @@ peer_verify = "spiffe-id"       # default verification for [peers.*]: spiffe-id 
 keepalive = 10.0                # seconds between HTTP/2 pings on peer connections (0: off)
 connect_timeout = 5.0           # seconds before a connection attempt to a peer counts as failed
 max_connection_age = 600.0      # seconds before the server asks a client to reconnect (0: never)
+handshake_timeout = 5.0         # seconds a new connection has to finish TLS and start HTTP/2 (0.1-300)
+max_connections = 2048          # connections held at once; more are closed at accept (1-1048576)
 
 [identity]
 source = "workload-api"         # workload-api | files | dev
@@ -87,6 +89,10 @@ def _one_of(value: object, choices: tuple[str, ...], what: str) -> None:
 MODE_ENV = "MESHNODE_MODE"
 LISTEN_ENV = "MESHNODE_LISTEN"
 DEFAULT_DEV_TRUST_DOMAIN = "example.org"
+#: [node] handshake_timeout: allowed range, seconds
+HANDSHAKE_TIMEOUT_RANGE = (0.1, 300.0)
+#: [node] max_connections: allowed range
+MAX_CONNECTIONS_RANGE = (1, 1 << 20)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
@@ -176,6 +182,8 @@ class NodeConfig:
     keepalive: float = 10.0
     connect_timeout: float = 5.0
     max_connection_age: float = 600.0
+    handshake_timeout: float = 5.0
+    max_connections: int = 2048
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
@@ -188,12 +196,26 @@ class NodeConfig:
             parse_address(self.listen, "[node] listen")
         _one_of(self.mode, MODES, "[node] mode")
         _one_of(self.peer_verify, VERIFY_MODES, "[node] peer_verify")
+        problem = _limit_problem(self.handshake_timeout, self.max_connections)
+        if problem is not None:
+            raise ConfigError(f"config: [node] {problem[0]} {problem[1]}")
 
     @property
     def host_port(self) -> tuple[str, int]:
         if self.listen is None:
             raise ConfigError(f"config: node {self.name!r} has no [node] listen (a client-only node)")
         return parse_address(self.listen, "[node] listen")
+
+
+def _limit_problem(handshake_timeout: float, max_connections: int) -> tuple[str, str] | None:
+    """(key, what is wrong) when a connection limit of [node] is out of range; nan and inf are."""
+    low, high = HANDSHAKE_TIMEOUT_RANGE
+    if isinstance(handshake_timeout, bool) or not (low <= handshake_timeout <= high):
+        return "handshake_timeout", f"must be {low}-{high:g} seconds, not {handshake_timeout!r}"
+    lo, hi = MAX_CONNECTIONS_RANGE
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not lo <= max_connections <= hi:
+        return "max_connections", f"must be a whole number {lo}-{hi}, not {max_connections!r}"
+    return None
 
 
 def _path(section: Section, key: str, base: Path) -> Path | None:
@@ -330,6 +352,11 @@ def node_config_from_dict(
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
     connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
     max_connection_age = node.number("max_connection_age", 600.0, minimum=0.0)
+    handshake_timeout = node.number("handshake_timeout", 5.0)
+    max_connections = node.integer("max_connections", 2048)
+    problem = _limit_problem(handshake_timeout, max_connections)
+    if problem is not None:
+        raise node.error(*problem)
     node.done()
     identity = _identity(root.section("identity"), base)
     authz = _authz(root.section("authz"), base)
@@ -345,7 +372,8 @@ def node_config_from_dict(
         return NodeConfig(
             name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
             peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout,
-            max_connection_age=max_connection_age, identity=identity,
+            max_connection_age=max_connection_age, handshake_timeout=handshake_timeout,
+            max_connections=max_connections, identity=identity,
             authz=authz, peers=peers, telemetry=telemetry,
             source_path=None,
         )
