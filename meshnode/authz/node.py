@@ -34,6 +34,7 @@ from meshnode.authz.config import policy_source
 from meshnode.authz.identity import AcceptedTrust, TrustSnapshot
 from meshnode.authz.matchers import as_peer_matcher
 from meshnode.authz.policy import Policy, Rule, allow, restrict
+from meshnode.authz.source import PolicyFile
 from meshnode.errors import PolicyError
 from meshnode.service import method_allow, registration_of
 
@@ -145,27 +146,36 @@ def build_node_authorizer(
     builtin_names = {r.name for r in builtin.rules}
 
     def check_production(policy: Policy) -> None:
-        """A policy that can only deny (built-in rules aside) is a misconfiguration."""
-        Policy(tuple(r for r in policy.rules if r.name not in builtin_names), name=policy.name).check_production()
+        """Refuse a policy that can only deny, or that denies health to every caller (built-in rules
+        count for health only); warn about what the analysis could not decide."""
+        notes = policy.check_production(
+            accepted=accepted, counted=lambda r: r.name not in builtin_names, health=True
+        )
+        for note in notes:
+            log.warning("%s", note)
 
+    def warn_production(policy: Policy) -> None:
+        """Staging: report what production would refuse, and run anyway."""
+        try:
+            check_production(policy)
+        except PolicyError as exc:
+            log.warning("authz: would refuse in production: %s", exc)
+
+    validate = {"production": check_production, "staging": warn_production}.get(config.mode)
     watched = policy_source(
         allow=settings.allow,
         policy_file=settings.policy,
         extra=[declared, builtin],
         meter_provider=meter_provider,
-        # production also refuses such a policy on reload (the last good one stays in force)
-        validate=check_production if config.mode == "production" else None,
+        # production also refuses such a policy on reload (the last good one stays in force, the
+        # failure is logged and counted); staging logs the warning for each new version
+        validate=validate,
     )
     try:
         policy = watched.current().policy
-        if config.mode == "production":
-            check_production(policy)
-        elif config.mode == "staging":
-            try:
-                check_production(policy)
-            except PolicyError as exc:
-                log.warning("authz: would refuse in production: %s", exc)
-        elif len(policy.allow_rules) == len(BUILTIN_SERVICES) and services:
+        if validate is not None and not isinstance(watched, PolicyFile):
+            validate(policy)  # a policy file was validated when it was loaded
+        elif config.mode == "development" and len(policy.allow_rules) == len(BUILTIN_SERVICES) and services:
             log.warning(
                 "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "
                 "every call will be denied"
