@@ -118,7 +118,9 @@ def test_production_keeps_the_last_good_policy_when_a_reload_would_deny_everythi
         assert failures(reader) == len(DENY_EVERYTHING)
 
 
-def test_meshnode_run_exits_2_for_a_policy_that_denies_everything(tmp_path: Path) -> None:
+@pytest.fixture
+def deny_all_node(tmp_path: Path) -> Path:
+    """A production node.toml (files identity) whose policy file denies every caller as spiffe://*."""
     snapshot = issue_snapshot(DevCA("example.org"), ALPHA)
     (tmp_path / "svid.pem").write_bytes(snapshot.chain_pem)
     (tmp_path / "key.pem").write_bytes(snapshot.key_pem)
@@ -129,11 +131,25 @@ def test_meshnode_run_exits_2_for_a_policy_that_denies_everything(tmp_path: Path
         '[identity]\nsource = "files"\ntrust_domain = "example.org"\ncert = "svid.pem"\nkey = "key.pem"\n'
         'bundle = "bundle.pem"\n\n[authz]\npolicy = "policy.json"\n'
     )
+    return tmp_path / "node.toml"
+
+
+def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SPIFFE_ENDPOINT_SOCKET", "MESHNODE_MODE")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "meshnode.cli", "run", str(tmp_path / "node.toml")],
-        capture_output=True, text=True, env=env, timeout=60,
+    return subprocess.run(
+        [sys.executable, "-m", "meshnode.cli", *args], capture_output=True, text=True, env=env, timeout=60
     )
+
+
+def test_meshnode_run_exits_2_for_a_policy_that_denies_everything(deny_all_node: Path) -> None:
+    proc = meshnode("run", str(deny_all_node))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "deny rule 'd' matches every caller and every method" in proc.stderr
     assert "ready on" not in proc.stdout
+
+
+def test_meshnode_check_reports_what_meshnode_run_would_refuse(deny_all_node: Path) -> None:
+    proc = meshnode("check", str(deny_all_node))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[FAIL] policy can allow a call and leaves health open: policy 'p': deny rule 'd' matches" in proc.stdout
+    assert "result: NOT ready for production (1 of" in proc.stdout

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import Any
 
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import NodeConfig, load_node_config
+from meshnode.errors import MeshnodeError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.preflight import Check, identity_checks, open_identity, static_checks
 from meshnode.service import load_service_class
@@ -72,6 +74,22 @@ def _policy_check(config: NodeConfig) -> list[Check]:
     return [Check("policy file is valid", True, str(config.authz.policy))]
 
 
+def _policy_safety(config: NodeConfig, classes: list[type[Any]], source: Any, snap: IdentitySnapshot) -> Check:
+    """The production policy check `meshnode run` applies, on the node's merged policy (same code)."""
+    from meshnode.authz.node import build_node_authorizer
+
+    name = "policy can allow a call and leaves health open"
+    accepted = config.identity.accepted_trust_domains(snap.trust_domain)
+    try:
+        services = [k() for k in classes]
+        authz = build_node_authorizer(dataclasses.replace(config, mode="production"), services, source, accepted)
+    except Exception as exc:  # reported as a failing check, never skipped
+        detail = str(exc).removeprefix("authz: ") if isinstance(exc, MeshnodeError) else f"{type(exc).__name__}: {exc}"
+        return Check(name, False, detail, "fix the allow rules or narrow the deny rules (docs/policy.md)")
+    authz.close()
+    return Check(name, True, f"decided from the compiled rules; accepted trust domains {', '.join(sorted(accepted))}")
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(False)
     config = load_node_config(args.config)
@@ -96,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"  note           {note}")
         checks += identity_checks(config, snap)
+        checks.append(_policy_safety(config, services, source, snap))
     finally:
         if source is not None:
             source.close()
