@@ -134,10 +134,6 @@ class EveryOtherCaller:
     def describe(self) -> str:
         return "callers with an even-length ID"
 
-    @property
-    def universal(self) -> bool:
-        return False
-
 
 def test_what_the_analysis_cannot_decide_is_a_note_not_a_verdict() -> None:
     opaque: PeerMatcher = EveryOtherCaller()

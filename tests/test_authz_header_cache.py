@@ -74,10 +74,6 @@ class CountingPeers:
     def describe(self) -> str:
         return self.inner.describe()
 
-    @property
-    def universal(self) -> bool:
-        return self.inner.universal
-
 
 @given(policy=policies(), peer=peer_ids, method=st.sampled_from(["/a.S/M", "/b.S/M", "/a.S/Check"]),
        request_headers=headers)

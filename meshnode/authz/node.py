@@ -15,9 +15,12 @@ health service (``grpc.health.v1.Health``) and server reflection, so probes
 and tools work with any valid SVID; deny rules still apply to them. These
 rules do not count as "a policy" for the production check.
 
-Outside development mode a policy that can only deny refuses to start
-(:meth:`~meshnode.authz.Policy.check_production`); in development it is
-allowed, with a warning, and every call is denied.
+In production a policy that can only deny, or that denies the health
+service to every caller, refuses to start and is refused on reload (the
+last good one stays): :meth:`~meshnode.authz.Policy.check_production`,
+which decides it from the compiled matchers (:mod:`meshnode.authz.safety`).
+Staging logs what production would refuse; development allows it (with a
+warning when services exist and nothing is allowed).
 """
 
 from __future__ import annotations
