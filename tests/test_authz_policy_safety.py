@@ -153,3 +153,9 @@ def test_meshnode_check_reports_what_meshnode_run_would_refuse(deny_all_node: Pa
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[FAIL] policy can allow a call and leaves health open: policy 'p': deny rule 'd' matches" in proc.stdout
     assert "result: NOT ready for production (1 of" in proc.stdout
+
+
+def test_meshnode_policy_check_warns_about_a_policy_that_denies_everything(deny_all_node: Path) -> None:
+    proc = meshnode("policy", "check", str(deny_all_node.parent / "policy.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a valid file: the node decides whether to run it
+    assert "warning: production would refuse it: policy 'p': deny rule 'd' matches every caller" in proc.stderr

@@ -67,7 +67,7 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         notes = policy.check_production()  # the node's check, without its trust domains and built-in rules
     except PolicyError as exc:
-        notes = (f"production would refuse it: {exc}",)
+        notes = (f"production would refuse it: {str(exc).removeprefix('authz: ')}",)
     for note in notes:
         print(f"warning: {note.removeprefix('authz: ')}", file=sys.stderr)
     return 0
