@@ -15,7 +15,7 @@ non-root path), methods the valid ``/package.Service/Method`` paths, and
 each header absent or any ASCII value (repeated keys are joined, so one
 value stands for all).
 
-How: a rule's peers and methods compile to :mod:`~meshnode.authz.formulas`
+How: :mod:`~meshnode.authz.compiler` turns a rule's peers and methods into formulas
 over string atoms, its header conditions to one formula per key. A few
 concrete probe requests are tried first, against the real rules. When they
 do not settle it, :func:`~meshnode.authz.stringsets.truth_vectors` lists
@@ -35,35 +35,15 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
 
-from meshnode.authz.formulas import TRUE, AtomTable, Formula, Vector, atoms_of, conj, disj, dnf, neg
-from meshnode.authz.matchers import AllOf, AnyOf, AnyPeer, ExactID, IdPattern, Not, PathPrefix, PeerMatcher, TrustDomain
+from meshnode.authz.compiler import Compiled, Compiler, Conditions, RuleShape
+from meshnode.authz.formulas import TRUE, AtomTable, Formula, Vector, atoms_of, conj, disj, dnf
 from meshnode.authz.patterns import PatternKind
-from meshnode.authz.scopes import (
-    UNSUPPORTED_HEADERS,
-    AnyMethod,
-    AnyOfMethods,
-    HeaderCondition,
-    MethodPath,
-    MethodScope,
-    PathPattern,
-    ServiceScope,
-)
-from meshnode.authz.stringsets import (
-    HEADER_VALUES,
-    METHOD_PATHS,
-    SPIFFE_IDS,
-    AnalysisLimit,
-    Budget,
-    conjunction_witness,
-    truth_vectors,
-)
+from meshnode.authz.stringsets import AnalysisLimit, Budget, conjunction_witness, truth_vectors
 from meshnode.spiffeid import SCHEME, SpiffeID, parse_spiffe_id
 
-__all__ = ["Analyzer", "Answer", "Example", "RuleShape"]
+__all__ = ["Analyzer", "Answer", "Example"]
 
-Conditions = tuple[tuple[str, Formula], ...]  # header key -> formula over that key's values; all must hold
 Choice = tuple[Vector, str] | None  # one header's truth vector and value; None: the header is absent
 
 
@@ -71,22 +51,6 @@ class Answer(enum.Enum):
     YES = "yes"
     NO = "no"
     UNKNOWN = "unknown"
-
-
-class RuleShape(Protocol):
-    """What the analysis reads of a rule (:class:`~meshnode.authz.Rule` has it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def peers(self) -> PeerMatcher: ...
-
-    @property
-    def methods(self) -> MethodScope: ...
-
-    @property
-    def headers(self) -> tuple[HeaderCondition, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -98,93 +62,11 @@ class Example:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    rule: RuleShape
-    peer: Formula
-    method: Formula
-    headers: Conditions
-    satisfiable: bool  # False: one of its header conditions can never hold
-
-
 def _matches(rule: RuleShape, example: Example) -> bool:
     return (
         rule.methods.matches(example.method) and rule.peers.matches(example.peer)
         and all(h.matches(example.headers) for h in rule.headers)
     )
-
-
-def _never_sent(key: str) -> bool:
-    """Header keys a gRPC request never carries as text metadata (A43 refuses them in files)."""
-    return (
-        not key or key != key.lower() or key.startswith((":", "grpc-")) or key.endswith("-bin")
-        or key in UNSUPPORTED_HEADERS
-    )
-
-
-class _Compiler:
-    """Matchers to formulas. Exact types only: a subclass may match differently, so it is unknown."""
-
-    def __init__(self) -> None:
-        self.peers = AtomTable(SPIFFE_IDS)
-        self.methods = AtomTable(METHOD_PATHS)
-        self.headers: dict[str, AtomTable] = {}
-
-    def trust_domain(self, name: str) -> Formula:
-        return disj((
-            self.peers.atom(PatternKind.EXACT, SCHEME + name),
-            self.peers.atom(PatternKind.PREFIX, SCHEME + name + "/"),
-        ))
-
-    def peer(self, m: PeerMatcher) -> Formula:
-        if type(m) is AnyPeer:
-            return TRUE
-        if type(m) is ExactID:
-            return self.peers.atom(PatternKind.EXACT, str(m.spiffe_id))
-        if type(m) is TrustDomain:
-            return self.trust_domain(m.name)
-        if type(m) is PathPrefix:
-            return self.peers.atom(PatternKind.PREFIX, SCHEME + "/".join((m.trust_domain, *m.segments)) + "/")
-        if type(m) is IdPattern:
-            return self.peers.atom(m.pattern.kind, m.pattern.value)
-        if type(m) is AnyOf:
-            return disj(self.peer(x) for x in m.members)
-        if type(m) is AllOf:
-            return conj(self.peer(x) for x in m.members)
-        if type(m) is Not:
-            return neg(self.peer(m.member))
-        raise AnalysisLimit(f"its peer matcher {type(m).__name__} is not one the analysis knows")
-
-    def method(self, s: MethodScope) -> Formula:
-        if type(s) is AnyMethod:
-            return TRUE
-        if type(s) is ServiceScope:
-            return self.methods.atom(PatternKind.PREFIX, "/" + s.service + "/")
-        if type(s) is MethodPath:
-            return self.methods.atom(PatternKind.EXACT, s.path)
-        if type(s) is PathPattern:
-            return self.methods.atom(s.pattern.kind, s.pattern.value)
-        if type(s) is AnyOfMethods:
-            return disj(self.method(x) for x in s.members)
-        raise AnalysisLimit(f"its method scope {type(s).__name__} is not one the analysis knows")
-
-    def header(self, h: HeaderCondition) -> tuple[str, Formula]:
-        if type(h) is not HeaderCondition:
-            raise AnalysisLimit(f"its header condition {type(h).__name__} is not one the analysis knows")
-        table = self.headers.setdefault(h.key, AtomTable(HEADER_VALUES))
-        if _never_sent(h.key):
-            return h.key, disj(())
-        return h.key, disj(table.atom(p.kind, p.value) for p in h.patterns)
-
-    def rule(self, rule: RuleShape) -> _Compiled:
-        try:
-            headers = tuple(self.header(h) for h in rule.headers)
-            return _Compiled(
-                rule, self.peer(rule.peers), self.method(rule.methods), headers,
-                all(f != disj(()) for _, f in headers),
-            )
-        except AnalysisLimit as exc:
-            raise AnalysisLimit(f"rule {rule.name!r}: {exc.reason}") from None
 
 
 class Analyzer:
@@ -198,13 +80,13 @@ class Analyzer:
     def __init__(self, accepted: Iterable[str] | None = None, *, budget: int = 400_000) -> None:
         self.accepted = None if accepted is None else frozenset(accepted)
         self._budget = Budget(budget)
-        self._c = _Compiler()
-        self._compiled: dict[int, _Compiled] = {}
+        self._c = Compiler()
+        self._compiled: dict[int, Compiled] = {}
         self._vectors: dict[tuple[object, ...], list[tuple[Vector, str]]] = {}
         self._witnesses: dict[tuple[object, ...], str | None] = {}
         self._callers = TRUE if self.accepted is None else disj(self._c.trust_domain(t) for t in sorted(self.accepted))
 
-    def compile(self, rule: RuleShape) -> _Compiled:
+    def compile(self, rule: RuleShape) -> Compiled:
         done = self._compiled.get(id(rule))
         if done is None or done.rule is not rule:
             done = self._compiled[id(rule)] = self._c.rule(rule)
@@ -267,7 +149,7 @@ class Analyzer:
 
     # -- whole requests -----------------------------------------------------------
 
-    def _wanted(self, a: _Compiled | None, method: str | None) -> tuple[Formula, Formula]:
+    def _wanted(self, a: Compiled | None, method: str | None) -> tuple[Formula, Formula]:
         want_peer = conj((self._callers, a.peer if a else TRUE))
         want_method = a.method if a else TRUE
         if method is not None:
@@ -276,12 +158,12 @@ class Analyzer:
 
     def relevant(
         self, allow: RuleShape | None, denies: Sequence[RuleShape], *, method: str | None = None
-    ) -> list[_Compiled]:
+    ) -> list[Compiled]:
         """The deny rules that could match some request ``allow`` (None: any request) matches."""
         want_peer, want_method = self._wanted(self.compile(allow) if allow is not None else None, method)
         return self._overlapping(want_peer, want_method, denies)
 
-    def _overlapping(self, want_peer: Formula, want_method: Formula, denies: Sequence[RuleShape]) -> list[_Compiled]:
+    def _overlapping(self, want_peer: Formula, want_method: Formula, denies: Sequence[RuleShape]) -> list[Compiled]:
         return [
             d for d in (self.compile(r) for r in denies)
             if d.satisfiable and self.witness(self._c.peers, conj((want_peer, d.peer))) is not None
@@ -309,7 +191,7 @@ class Analyzer:
         return self._search(allow, a, denies, want_peer, want_method)
 
     def _search(
-        self, allow: RuleShape | None, a: _Compiled | None, denies: Sequence[RuleShape],
+        self, allow: RuleShape | None, a: Compiled | None, denies: Sequence[RuleShape],
         want_peer: Formula, want_method: Formula,
     ) -> Example | None:
         """The exact search: every caller vector x every method vector x the header search."""

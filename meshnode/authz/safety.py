@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meshnode.authz.analysis import Analyzer, Answer, RuleShape
+from meshnode.authz.analysis import Analyzer, Answer
+from meshnode.authz.compiler import RuleShape
 
 __all__ = ["HEALTH_METHODS", "SafetyReport", "check_rules"]
 
