@@ -25,6 +25,7 @@ allowed, with a warning, and every call is denied.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
@@ -34,8 +35,11 @@ from meshnode.authz.matchers import as_peer_matcher
 from meshnode.authz.policy import Policy, Rule, allow, restrict
 from meshnode.authz.source import PolicySource
 from meshnode.config.node import AuthzSettings
+from meshnode.errors import PolicyError
 from meshnode.pipeline import ServiceMethods
 from meshnode.service import method_allow
+
+log = logging.getLogger("meshnode.authz")
 
 __all__ = [
     "BUILTIN_SERVICES",
@@ -43,6 +47,7 @@ __all__ = [
     "builtin_policy",
     "node_policy_source",
     "production_check",
+    "reload_check",
     "service_policy",
 ]
 
@@ -107,14 +112,36 @@ def node_policy_source(
     )
 
 
-def production_check(accepted: Iterable[str]) -> Callable[[Policy], None]:
-    """Raise PolicyError for a policy that can only deny (built-in rules aside)."""
+def production_check(accepted: Iterable[str]) -> Callable[[Policy], tuple[str, ...]]:
+    """Raise PolicyError for a policy that can only deny (built-in rules aside) or that denies
+    health to every caller; return what the analysis could not decide (worth a warning)."""
+    accepted = tuple(accepted)
     builtin_names = {r.name for r in builtin_policy(accepted).rules}
 
-    def check(policy: Policy) -> None:
-        Policy(tuple(r for r in policy.rules if r.name not in builtin_names), name=policy.name).check_production()
+    def check(policy: Policy) -> tuple[str, ...]:
+        return policy.check_production(
+            accepted=accepted, counted=lambda r: r.name not in builtin_names, health=True
+        )
 
     return check
+
+
+def reload_check(accepted: Iterable[str], mode: str) -> Callable[[Policy], None] | None:
+    """What judges a reloaded policy: production refuses (the last good one stays in force, the
+    failure is logged and counted), staging warns, development takes it as it is."""
+    check = production_check(accepted)
+
+    def refuse(policy: Policy) -> None:
+        for note in check(policy):
+            log.warning("%s", note)
+
+    def warn(policy: Policy) -> None:
+        try:
+            refuse(policy)
+        except PolicyError as exc:
+            log.warning("authz: would refuse in production: %s", exc)
+
+    return {"production": refuse, "staging": warn}.get(mode)
 
 
 def allows_only_builtins(policy: Policy) -> bool:

@@ -113,7 +113,8 @@ def test_production_refuses_a_policy_that_only_denies_and_staging_warns(
         refused = b.refusal()
         assert refused is not None and refused.name == "authorization policy is configured"
         failed = {c.name: c.detail for c in b.checks if not c.ok}
-        assert "allows no caller, so every call would be denied" in failed["policy can allow a caller"]
+        problem = failed["policy can allow a call and leaves health open"]
+        assert "allows no caller, so every call would be denied" in problem
         with pytest.raises(ConfigError, match="authorization policy is configured"):
             b.enforce()
     catch_all = tmp_path / "p.json"

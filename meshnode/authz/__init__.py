@@ -7,14 +7,16 @@ The pieces, in the order a call meets them::
       then allow rules, else deny) -> span / metric / audit -> handler,
       which reads the caller with peer_id()
 
-In a node (meshnode.authz.node.build_node_authorizer does this)::
+In a node (meshnode.boot and meshnode.node_policy do this)::
 
     source = policy_source(allow=cfg.allow, policy_file=cfg.policy, extra=[service_policy(services)])
     authorizer = Authorizer(source, trust=AcceptedTrust(identity_source, accepted), audit=cfg.audit,
                             dry_run=cfg.dry_run, own_policy=True)
-    MeshServer(wrap=authorizer.wrap_handler)        # handlers wrapped once, at registration
+    MeshServer(plan, gate=authorizer.check)         # handlers admitted once, at registration
 
-On any grpc.aio server::
+On any grpc.aio server (the entry points normalise handlers for grpc.aio, see
+meshnode.pipeline; a sync grpc.server can call ``authorizer.check(context, method)``
+itself and abort with the verdict's code)::
 
     grpc.aio.server(interceptors=[otel_interceptor, authorizer.interceptor()])
     # or: add_EchoServicer_to_server(servicer, authorizer.registrar(server))

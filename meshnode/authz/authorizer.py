@@ -38,8 +38,14 @@ projection of it:
 Versions only grow, so an entry of an older policy version is never read
 again; each cache is a dict cleared when it reaches ``cache_size`` (no LRU
 bookkeeping on the hot path; the working set is callers x methods, small).
-Policies with A43 header conditions cannot be cached per caller and method:
-their verdicts are re-evaluated on every call (the identity part stays cached).
+
+Header conditions (A43) cost only where they apply: a miss asks the policy
+for :meth:`~meshnode.authz.Policy.resolve` (caller, method), which walks
+every rule once and leaves only the header rules whose peers and methods
+match. With none, the cached verdict is final. With some, the entry holds
+that short residual and one prepared verdict per possible outcome; each
+call then reads its metadata and tests those few rules' headers, nothing
+else. So one header rule no longer makes every call walk every rule.
 
 A cache hit then costs the ``auth_context()`` read, a dict lookup, one span
 ``set_attributes`` (free when no span is recording), one tally increment
@@ -49,6 +55,7 @@ one JSON log record.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +68,7 @@ from meshnode.authz.audit import AuditCondition, Auditor
 from meshnode.authz.context import CURRENT_PEER
 from meshnode.authz.counting import DecisionCounter, Slot
 from meshnode.authz.identity import PeerIdentity, TrustInfo, TrustSnapshot, resolve_peer
-from meshnode.authz.policy import Decision, Explanation, Policy, Request
+from meshnode.authz.policy import Decision, Explanation, Policy, Request, Residual
 from meshnode.authz.source import ActivePolicy, PolicySource, StaticPolicy
 from meshnode.errors import PolicyError
 from meshnode.pipeline import AuthzInterceptor, Pipeline
@@ -90,6 +97,9 @@ class Verdict:
     final: bool  # False: depends on request headers, decide per call
     span_attributes: Mapping[str, AttributeValue]
     counted: Slot  # this verdict's attribute set in meshnode.authz.decisions
+    # not final: the header rules left to test, and the verdict of each outcome (Residual.outcomes)
+    residual: Residual | None = None
+    outcomes: tuple[Verdict, ...] = ()
 
     def enter(self) -> None:
         """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
@@ -154,10 +164,10 @@ class Authorizer:
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._miss(key, auth, snapshot, active)
-        if not verdict.final:
+        if verdict.residual is not None:  # header rules apply to this caller and method: test only those
             assert verdict.peer is not None
-            request = Request.from_metadata(verdict.peer, method, context.invocation_metadata())
-            verdict = self._verdict(PeerIdentity(verdict.peer), method, active, request)
+            headers = Request.from_metadata(verdict.peer, method, context.invocation_metadata()).headers
+            verdict = verdict.outcomes[verdict.residual.pick(headers)]
         self._observe(verdict, method)
         return verdict
 
@@ -196,12 +206,17 @@ class Authorizer:
                 f"authz: no usable SPIFFE identity: {identity.problem}",
                 Decision(False, None, identity.problem), active, method, audit, dry_run=False,
             )
-        if request is None and policy.needs_headers:
-            return self._make(
-                peer, "deny", grpc.StatusCode.PERMISSION_DENIED, "", Decision(False, None, "pending"),
-                active, method, audit, dry_run=self._dry_run, final=False,
-            )
-        decision = policy.decide(request or Request(peer, method))
+        if request is None:
+            residual = policy.resolve(peer, method)
+            if not residual.final:
+                outcomes = tuple(self._decided(peer, d, active, method, audit) for d in residual.outcomes)
+                return dataclasses.replace(outcomes[-1], final=False, residual=residual, outcomes=outcomes)
+            return self._decided(peer, residual.fallback, active, method, audit)
+        return self._decided(peer, policy.decide(request), active, method, audit)
+
+    def _decided(
+        self, peer: SpiffeID, decision: Decision, active: ActivePolicy, method: str, audit: AuditCondition
+    ) -> Verdict:
         if decision.allowed:
             return self._make(peer, "allow", None, "", decision, active, method, audit, dry_run=self._dry_run)
         code = None if self._dry_run else grpc.StatusCode.PERMISSION_DENIED

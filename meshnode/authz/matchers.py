@@ -57,11 +57,6 @@ class PeerMatcher(Protocol):
 
     def describe(self) -> str: ...
 
-    @property
-    def universal(self) -> bool:
-        """True when it matches every caller (used by production checks)."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class ExactID:
@@ -73,10 +68,6 @@ class ExactID:
     def describe(self) -> str:
         return str(self.spiffe_id)
 
-    @property
-    def universal(self) -> bool:
-        return False
-
 
 @dataclass(frozen=True, slots=True)
 class TrustDomain:
@@ -87,10 +78,6 @@ class TrustDomain:
 
     def describe(self) -> str:
         return f"any ID in trust domain {self.name} (spiffe://{self.name})"
-
-    @property
-    def universal(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +96,6 @@ class PathPrefix:
     def describe(self) -> str:
         return "spiffe://" + "/".join((self.trust_domain, *self.segments, "*"))
 
-    @property
-    def universal(self) -> bool:
-        return False
-
 
 @dataclass(frozen=True, slots=True)
 class AnyPeer:
@@ -123,10 +106,6 @@ class AnyPeer:
 
     def describe(self) -> str:
         return "any authenticated peer"
-
-    @property
-    def universal(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +125,6 @@ class IdPattern:
     def describe(self) -> str:
         return f"principal {str(self.pattern)!r}"
 
-    @property
-    def universal(self) -> bool:
-        return self.pattern.universal
-
 
 @dataclass(frozen=True, slots=True)
 class AnyOf:
@@ -163,10 +138,6 @@ class AnyOf:
             return self.members[0].describe()
         return "any of [" + ", ".join(m.describe() for m in self.members) + "]"
 
-    @property
-    def universal(self) -> bool:
-        return any(m.universal for m in self.members)
-
 
 @dataclass(frozen=True, slots=True)
 class AllOf:
@@ -178,10 +149,6 @@ class AllOf:
     def describe(self) -> str:
         return "all of [" + ", ".join(m.describe() for m in self.members) + "]"
 
-    @property
-    def universal(self) -> bool:
-        return all(m.universal for m in self.members)
-
 
 @dataclass(frozen=True, slots=True)
 class Not:
@@ -192,10 +159,6 @@ class Not:
 
     def describe(self) -> str:
         return f"not {self.member.describe()}"
-
-    @property
-    def universal(self) -> bool:
-        return False
 
 
 def parse_peer(text: str, where: str = "peer") -> PeerMatcher:

@@ -44,13 +44,6 @@ class StringPattern:
             return text.endswith(self.value)
         return bool(text)
 
-    @property
-    def universal(self) -> bool:
-        """True when the pattern matches every non-empty value."""
-        return self.kind is PatternKind.PRESENCE or (
-            self.kind in (PatternKind.PREFIX, PatternKind.SUFFIX) and not self.value
-        )
-
     def __str__(self) -> str:
         if self.kind is PatternKind.EXACT:
             return self.value

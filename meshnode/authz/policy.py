@@ -28,12 +28,13 @@ else), and :func:`merge_policies` combines several policies into one.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshnode.authz.audit import AuditCondition
 from meshnode.authz.matchers import AnyPeer, Not, PeerMatcher, PeerSpec, as_peer_matcher, parse_peer
+from meshnode.authz.safety import SafetyReport, check_rules
 from meshnode.authz.scopes import (
     AnyMethod,
     HeaderCondition,
@@ -52,6 +53,7 @@ __all__ = [
     "Explanation",
     "Policy",
     "Request",
+    "Residual",
     "Rule",
     "RuleTrace",
     "allow",
@@ -139,6 +141,47 @@ class Decision:
     reason: str
 
 
+_NO_MATCH = Decision(False, None, "no allow rule matched (default deny)")
+
+
+def _decision_of(rule: Rule) -> Decision:
+    if rule.effect is Effect.DENY:
+        return Decision(False, rule.name, f"deny rule {rule.name!r} matched")
+    return Decision(True, rule.name, f"allow rule {rule.name!r} matched")
+
+
+@dataclass(frozen=True, slots=True)
+class Residual:
+    """What is left of a decision once the caller and the method are known (:meth:`Policy.resolve`).
+
+    ``rules``: the rules with header conditions whose peers and methods
+    match, in decision order; the first whose headers all match decides.
+    When none does, ``fallback`` decides. No ``rules``: ``fallback`` is the
+    decision for every request of that caller and method.
+    """
+
+    rules: tuple[Rule, ...]
+    fallback: Decision
+    outcomes: tuple[Decision, ...] = field(init=False, repr=False)  # rules[i]'s decision, then fallback
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcomes", (*(_decision_of(r) for r in self.rules), self.fallback))
+
+    @property
+    def final(self) -> bool:
+        return not self.rules
+
+    def pick(self, headers: Mapping[str, str]) -> int:
+        """The index in ``outcomes`` of the decision for a request with these headers."""
+        for i, rule in enumerate(self.rules):
+            if all(h.matches(headers) for h in rule.headers):
+                return i
+        return len(self.rules)
+
+    def decide(self, headers: Mapping[str, str]) -> Decision:
+        return self.outcomes[self.pick(headers)]
+
+
 @dataclass(frozen=True)
 class Explanation:
     decision: Decision
@@ -166,6 +209,7 @@ class Policy:
     deny_rules: tuple[Rule, ...] = field(init=False, repr=False)
     allow_rules: tuple[Rule, ...] = field(init=False, repr=False)
     needs_headers: bool = field(init=False, repr=False)
+    ordered: tuple[Rule, ...] = field(init=False, repr=False)  # deny rules, then allow rules
 
     def __post_init__(self) -> None:
         rules = tuple(self.rules)
@@ -176,39 +220,62 @@ class Policy:
         object.__setattr__(self, "deny_rules", tuple(r for r in rules if r.effect is Effect.DENY))
         object.__setattr__(self, "allow_rules", tuple(r for r in rules if r.effect is Effect.ALLOW))
         object.__setattr__(self, "needs_headers", any(r.headers for r in rules))
+        object.__setattr__(self, "ordered", (*self.deny_rules, *self.allow_rules))
 
     def decide(self, request: Request) -> Decision:
-        for r in self.deny_rules:
+        """The decision for one request, every rule evaluated (the reference :meth:`resolve` keeps to)."""
+        for r in self.ordered:
             if r.matches(request):
-                return Decision(False, r.name, f"deny rule {r.name!r} matched")
-        for r in self.allow_rules:
-            if r.matches(request):
-                return Decision(True, r.name, f"allow rule {r.name!r} matched")
-        return Decision(False, None, "no allow rule matched (default deny)")
+                return _decision_of(r)
+        return _NO_MATCH
+
+    def resolve(self, peer: SpiffeID, method: str) -> Residual:
+        """The decision for ``peer`` calling ``method`` as far as headers do not matter.
+
+        ``resolve(p, m).decide(headers) == decide(Request(p, m, headers))``
+        for every ``headers``; only rules with header conditions whose
+        peers and methods match are left to evaluate per request.
+        """
+        pending: list[Rule] = []
+        for r in self.ordered:
+            if r.methods.matches(method) and r.peers.matches(peer):
+                if not r.headers:
+                    return Residual(tuple(pending), _decision_of(r))
+                pending.append(r)
+        return Residual(tuple(pending), _NO_MATCH)
 
     def explain(self, request: Request) -> Explanation:
-        traces = tuple(r.explain(request) for r in (*self.deny_rules, *self.allow_rules))
+        traces = tuple(r.explain(request) for r in self.ordered)
         return Explanation(self.decide(request), traces)
 
-    def check_production(self) -> None:
-        """Raise PolicyError when the policy can only ever deny.
+    def check_production(
+        self,
+        *,
+        accepted: Iterable[str] | None = None,
+        counted: Callable[[Rule], bool] | None = None,
+        health: bool = False,
+    ) -> tuple[str, ...]:
+        """Raise PolicyError when the policy can only ever deny; return what could not be decided.
 
         A server that denies every call is a misconfiguration (an empty
-        ``[authz] allow``, a file with a catch-all deny rule), not a safe
-        default: refuse to start and say what to fix.
+        ``[authz] allow``, a catch-all deny rule in any spelling, allow
+        rules no accepted caller can match), not a safe default: refuse to
+        start and say what to fix. The check evaluates the compiled
+        matchers (:mod:`meshnode.authz.safety`). ``accepted``: the trust
+        domains whose callers the node accepts (None: any). ``counted``:
+        which allow rules count as "a policy" (the node leaves its built-in
+        health rules out). ``health``: also refuse a policy that denies
+        the health methods to every caller. The returned notes (questions
+        the analysis could not answer) deserve a warning.
         """
-        if not self.allow_rules:
-            raise PolicyError(
-                f"authz: policy {self.name!r} allows no caller, so every call would be denied; "
-                "a server that denies everything is a misconfiguration: add [authz] allow = [...] "
-                "or allow rules in the policy file"
-            )
-        for r in self.deny_rules:
-            if r.peers.universal and r.methods.universal and not r.headers:
-                raise PolicyError(
-                    f"authz: policy {self.name!r}: deny rule {r.name!r} matches every caller and every "
-                    "method, so every call would be denied; narrow it with principals or paths"
-                )
+        allows = tuple(r for r in self.allow_rules if counted is None or counted(r))
+        report: SafetyReport = check_rules(
+            self.name, self.deny_rules, allows, accepted=accepted,
+            health_rules=self.allow_rules if health else None,
+        )
+        if report.problems:
+            raise PolicyError(report.problems[0])
+        return report.notes
 
 
 def _scope(service: str | None, method: str | None) -> MethodScope:

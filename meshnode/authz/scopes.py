@@ -7,8 +7,9 @@ are scoped to everything (:class:`AnyMethod`), one service
 wildcard path (:class:`PathPattern`).
 
 Header conditions exist only for A43 compatibility. A rule with one makes
-the decision depend on request metadata, so the authorizer cannot cache it
-per caller and method (see :mod:`meshnode.authz.authorizer`).
+the decision depend on request metadata: for the callers and methods that
+rule matches, the authorizer tests its headers on every call (see
+:meth:`~meshnode.authz.Policy.resolve` and :mod:`meshnode.authz.authorizer`).
 """
 
 from __future__ import annotations
@@ -59,9 +60,6 @@ class MethodScope(Protocol):
 
     def describe(self) -> str: ...
 
-    @property
-    def universal(self) -> bool: ...
-
 
 @dataclass(frozen=True, slots=True)
 class AnyMethod:
@@ -70,10 +68,6 @@ class AnyMethod:
 
     def describe(self) -> str:
         return "any method"
-
-    @property
-    def universal(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +80,6 @@ class ServiceScope:
     def describe(self) -> str:
         return f"service {self.service}"
 
-    @property
-    def universal(self) -> bool:
-        return False
-
 
 @dataclass(frozen=True, slots=True)
 class MethodPath:
@@ -100,10 +90,6 @@ class MethodPath:
 
     def describe(self) -> str:
         return f"method {self.path}"
-
-    @property
-    def universal(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +104,6 @@ class PathPattern:
     def describe(self) -> str:
         return f"path {str(self.pattern)!r}"
 
-    @property
-    def universal(self) -> bool:
-        return self.pattern.universal
-
 
 @dataclass(frozen=True, slots=True)
 class AnyOfMethods:
@@ -134,10 +116,6 @@ class AnyOfMethods:
         if len(self.members) == 1:
             return self.members[0].describe()
         return "any of [" + ", ".join(m.describe() for m in self.members) + "]"
-
-    @property
-    def universal(self) -> bool:
-        return any(m.universal for m in self.members)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 Every variant is a (server, client channel) pair. ``B`` is the baseline the
 others are divided by; ``E`` and ``F`` call the ``C`` server, so their
-difference to ``C`` is the cost of meshnode's client side.
+difference to ``C`` is the cost of meshnode's client side. ``P`` and ``Q``
+(not in a default run: ``--variants B,C,P,Q``) are the policy-scale
+scenario: their difference is what one header rule costs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("E", "C server; client through a meshnode Node peer channel, verify=dns", "C", "node-dns"),
     Variant("F", "C server; client through a meshnode Node peer channel, verify=spiffe-id (xDS)", "C",
             "node-spiffe-id", own_process=True),
+    Variant("P", "C with a policy file of 10,001 allow rules, the caller's last", "P", "mtls"),
+    Variant("Q", "P + one deny rule with a header condition on the called service", "Q", "mtls"),
 )
 
 

@@ -9,6 +9,10 @@ Variants (what the runner compares):
   authorization by SPIFFE ID, health and reflection;
 * ``D``: ``C`` with tracing: an SDK ``TracerProvider`` whose spans go through
   a ``BatchSpanProcessor`` to an exporter that only counts them;
+* ``P``: ``C`` whose policy is a file of 10,001 allow rules, the bench
+  client's last (:mod:`meshnode.bench.policies`);
+* ``Q``: ``P`` plus one deny rule with a header condition on the Echo
+  service (what used to turn the decision cache off for every call);
 * ``H``: two bare servers on two ports, ``static`` (``ssl_server_credentials``)
   and ``dynamic`` (meshnode's :class:`~meshnode.credentials.ServerCredentials`),
   for the handshake rate;
@@ -45,7 +49,7 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "D", "H", "R")
+SERVER_VARIANTS = ("A", "B", "C", "D", "H", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -63,14 +67,17 @@ async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCreden
     return port
 
 
-def _node_config(name: str, identity: dict[str, Any]) -> Any:
+def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None) -> Any:
     from meshnode.config.node import node_config_from_dict
 
+    authz: dict[str, Any] = {"allow": [CLIENT_ID], "audit": "on_deny"}
+    if policy is not None:
+        authz = {"policy": str(policy), "audit": "on_deny"}
     return node_config_from_dict(
         {
             "node": {"name": name, "listen": _LISTEN, "mode": "development", "shutdown_grace": 0.0},
             "identity": {"trust_domain": TRUST_DOMAIN, **identity},
-            "authz": {"allow": [CLIENT_ID], "audit": "on_deny"},
+            "authz": authz,
         },
         environ={},
     )
@@ -139,7 +146,8 @@ async def start(
             "static": await _bare(stack, pki.static_server_credentials()),
             "dynamic": await _bare(stack, dynamic.credentials),
         }, commands
-    if variant in ("C", "D"):
+    if variant in ("C", "D", "P", "Q"):
+        from meshnode.bench.policies import write_policy
         from meshnode.identity.source import StaticSource
 
         source = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
@@ -148,7 +156,10 @@ async def start(
         if variant == "D":
             provider, exported = _tracer_provider(stack)
             commands["spans"] = lambda: {"spans": exported()}
-        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"})
+        policy = None
+        if variant in ("P", "Q"):
+            policy = write_policy(state_dir / f"policy-{variant}.json", header_rule=variant == "Q")
+        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy)
         return {"main": await _node(stack, config, BenchEcho(), source=source, tracer_provider=provider)}, commands
     raise ValueError(f"unknown server variant {variant!r}; use one of {', '.join(SERVER_VARIANTS)}")
 

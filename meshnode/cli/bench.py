@@ -10,6 +10,12 @@ CA rotations under load. Writes bench.json (every number) and bench.md
 
 --quick is the smoke run for CI (well under a minute); its numbers are too
 few to compare configurations.
+
+Variants P and Q (not run by default) are the policy-scale scenario: a node
+whose policy file has 10,001 allow rules, and the same plus one header rule
+(--variants B,C,P,Q). To compare that scenario across source trees (e.g.
+before and after a change) in one interleaved run:
+python -m meshnode.bench.header_rule --before PATH.
 """
 
 from __future__ import annotations

@@ -73,8 +73,12 @@ def run_check(args: argparse.Namespace) -> int:
         f"{args.file}: valid policy {policy.name!r}: {len(policy.deny_rules)} deny rule(s), "
         f"{len(policy.allow_rules)} allow rule(s)"
     )
-    if not policy.allow_rules:
-        print("warning: no allow rule: every call would be denied", file=sys.stderr)
+    try:
+        notes = policy.check_production()  # the node's check, without its trust domains and built-in rules
+    except PolicyError as exc:
+        notes = (f"production would refuse it: {str(exc).removeprefix('authz: ')}",)
+    for note in notes:
+        print(f"warning: {note.removeprefix('authz: ')}", file=sys.stderr)
     return 0
 
 
