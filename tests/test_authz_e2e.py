@@ -37,7 +37,7 @@ from meshnode.identity import StaticSource
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
-from tests.test_authz_support import HOUR, SERVER_ID, ClientCert, RawCA, Served, serve, status_of
+from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, Served, serve, status_of
 
 ALPHA = "spiffe://example.org/node/alpha"
 BETA = "spiffe://example.org/node/beta"

@@ -21,7 +21,7 @@ from meshnode.errors import PolicyError
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.spiffeid import parse_spiffe_id
-from tests.test_authz_support import HOUR, ClientCert, serve
+from tests.support.authz import HOUR, ClientCert, serve
 
 ALPHA = "spiffe://example.org/node/alpha"
 BETA = "spiffe://example.org/node/beta"

@@ -167,7 +167,7 @@ class RotatesDuringRead(ManualSource):
 
 async def test_a_rotation_while_a_peer_channel_is_being_created_is_not_lost() -> None:
     from meshnode.peers import PeerChannels
-    from tests.nodes import node_config, peer
+    from tests.support.nodes import node_config, peer
 
     ca = DevCA("example.org")
     source = RotatesDuringRead(ca, CLIENT_ID)

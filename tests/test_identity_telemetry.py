@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from meshnode.identity.devca import DevCA
     from meshnode.testing import ManualSource
     from meshnode.node import Node
-    from tests.nodes import node_config
+    from tests.support.nodes import node_config
 
     async def main():
         ca = DevCA("example.org")

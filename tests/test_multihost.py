@@ -25,7 +25,7 @@ from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.node import Node
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import short_tmpdir
-from tests import netns
+from tests.support import netns
 
 WHY_NOT = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.slow,

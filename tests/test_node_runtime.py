@@ -25,7 +25,7 @@ from meshnode.identity.x509svid import load_pem_certs
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for, parse_spiffe_id
 from meshnode.testing import free_port, short_tmpdir
-from tests.nodes import node_config, peer
+from tests.support.nodes import node_config, peer
 from tests.test_production_boot import startup_seconds
 
 ALPHA = "spiffe://example.org/node/alpha"

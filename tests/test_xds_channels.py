@@ -1,7 +1,7 @@
 """spiffe-id channels through meshnode's xDS control plane, one scenario per subprocess.
 
 gRPC reads the xDS bootstrap from the process environment, so nothing here
-sets it in the pytest process: each scenario (tests/xds_scenarios.py) runs
+sets it in the pytest process: each scenario (tests/support/xds_scenarios.py) runs
 in a fresh interpreter and reports JSON.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
-from tests.xds_support import pem_key, run_scenario
+from tests.support.xds import pem_key, run_scenario
 
 SERVER_ID = "spiffe://example.org/server"
 SAN_MISMATCH = "SANs from certificate did not match SANs from xDS control plane"
@@ -157,7 +157,7 @@ def test_two_nodes_in_two_processes_call_each_other(tmp_path: Path) -> None:
             Path(paths[kind]).write_bytes(data)
         args = {"name": name, "files": paths, "peer_id": f"spiffe://example.org/{other}"}
         procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "tests.xds_scenarios", "node", json.dumps(args)],
+            [sys.executable, "-m", "tests.support.xds_scenarios", "node", json.dumps(args)],
             cwd=Path(__file__).resolve().parent.parent, env={**env, "GRPC_VERBOSITY": "NONE"},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from tests.xds_support import run_scenario
+from tests.support.xds import run_scenario
 
 
 @pytest.mark.slow

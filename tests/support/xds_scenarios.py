@@ -1,9 +1,9 @@
-"""xDS scenarios, one per process: ``python -m tests.xds_scenarios NAME [JSON-ARGS]``.
+"""xDS scenarios, one per process: ``python -m tests.support.xds_scenarios NAME [JSON-ARGS]``.
 
 Each scenario opens real ``xds:///`` channels through meshnode's control
 plane (or, for the pins of gRPC behaviour, through its public building
 blocks with hand-made resources) and returns a JSON-able dict; see
-tests/xds_support.py for the runner and tests/test_xds_*.py for what is
+tests/support/xds.py for the runner and tests/test_xds_*.py for what is
 asserted.
 """
 
@@ -38,7 +38,7 @@ from meshnode.xds import resources as xres
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir
-from tests.xds_support import (
+from tests.support.xds import (
     HOUR,
     METHOD,
     RawCA,
