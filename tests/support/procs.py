@@ -9,6 +9,7 @@ that ended the test.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
@@ -99,3 +100,23 @@ class Meshnode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on, from /proc (Linux): for a program that binds
+    port 0 and prints nothing about it, such as the README's greeter."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
