@@ -20,13 +20,16 @@ from meshnode.authz import Authorizer, AuthzInterceptor, NoPeerIdentityError, Po
 from meshnode.channel import PeerChannel
 from meshnode.config.node import NodeConfig, PeerConfig, load_node_config
 from meshnode.errors import (
+    AlreadyStartedError,
     ClosedError,
     ConfigError,
     IdentityError,
     IdentityUnavailableError,
     InvalidIdentityError,
     InvalidSpiffeIdError,
+    LifecycleError,
     MeshnodeError,
+    NotStartedError,
     PeerError,
     PolicyError,
     ServeError,
@@ -39,6 +42,7 @@ from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyStartedError",
     "Authorizer",
     "AuthzInterceptor",
     "ClosedError",
@@ -49,11 +53,13 @@ __all__ = [
     "IdentityUnavailableError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "LifecycleError",
     "MeshnodeError",
     "NoPeerIdentityError",
     "Node",
     "NodeConfig",
     "NodeService",
+    "NotStartedError",
     "PeerChannel",
     "PeerConfig",
     "PeerError",

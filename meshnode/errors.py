@@ -14,7 +14,10 @@ only this tree::
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
-     +-- ClosedError                 an object was used after close()
+     +-- LifecycleError              an object was used in the wrong state
+          +-- NotStartedError        used before start()
+          +-- AlreadyStartedError    start() called twice
+          +-- ClosedError            used after close()
 
 Messages start with the component (``"identity: ..."``) and say what to do
 next. ``exit_code`` is the process exit status ``meshnode`` uses for the
@@ -27,13 +30,16 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_IDENTITY",
     "EXIT_SERVE",
+    "AlreadyStartedError",
     "ClosedError",
     "ConfigError",
     "IdentityError",
     "IdentityUnavailableError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "LifecycleError",
     "MeshnodeError",
+    "NotStartedError",
     "PeerError",
     "PolicyError",
     "ServeError",
@@ -93,5 +99,17 @@ class ServeError(MeshnodeError):
     exit_code = EXIT_SERVE
 
 
-class ClosedError(MeshnodeError, RuntimeError):
+class LifecycleError(MeshnodeError, RuntimeError):
+    """An object was used in a state that does not allow it."""
+
+
+class NotStartedError(LifecycleError):
+    """An object was used before it was started."""
+
+
+class AlreadyStartedError(LifecycleError):
+    """An object that starts once was started again."""
+
+
+class ClosedError(LifecycleError):
     """An object was used after it was closed."""

@@ -2,12 +2,19 @@
 
 ``Node`` wires the pieces in one direction: identity source -> snapshot ->
 server credentials / peer channels -> authorization -> handlers. Rotation is
-a new snapshot flowing the same way.
+a new snapshot flowing the same way. What to build comes from the one boot
+plan (:func:`meshnode.boot.boot`), which ``meshnode check`` runs too.
 
 ```python
 async with Node(load_node_config("node.toml"), services=[Greeter()]) as node:
     await node.wait_closed()
 ```
+
+Extension points: ``services`` (``NodeService`` subclasses or plain
+generated servicers), ``handlers`` (generic RPC handlers), ``interceptors``
+(grpc.aio server interceptors: they run after tracing and wrap only calls
+authorization admitted), ``options`` (grpc server options). A node without
+``[node] listen`` is a client only: it opens no port and needs no policy.
 """
 
 from __future__ import annotations
@@ -15,23 +22,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
 
-from meshnode.authz.node import build_node_authorizer
+from meshnode.authz.authorizer import Authorizer
+from meshnode.boot import Boot, boot
+from meshnode.channel import PeerChannel
 from meshnode.config.node import NodeConfig, PeerConfig
 from meshnode.credentials import ServerCredentials
-from meshnode.errors import ClosedError, PeerError
+from meshnode.errors import AlreadyStartedError, NotStartedError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
-from meshnode.peers import Liveness, PeerChannels
-from meshnode.preflight import enforce, identity_checks, missing_bundles, open_identity, static_checks
+from meshnode.peers import PeerChannels
 from meshnode.server import MeshServer
-from meshnode.service import NodeService, load_service_class, registration_of
+from meshnode.service import NodeService
 from meshnode.spiffeid import SpiffeID
 from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME
 
@@ -42,7 +51,7 @@ log = logging.getLogger("meshnode.node")
 T = TypeVar("T")
 
 
-def _tracing_enabled(tracer_provider: Any) -> bool:
+def _tracing_enabled(tracer_provider: TracerProvider | None) -> bool:
     if tracer_provider is not None:
         return True
     provider = trace.get_tracer_provider()
@@ -58,19 +67,26 @@ class Node:
         *,
         services: Sequence[object] = (),
         source: IdentitySource | None = None,
-        tracer_provider: Any = None,
+        tracer_provider: TracerProvider | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self.config = config
         self._services = list(services)
         self._given_source = source
         self._tracer_provider = tracer_provider
+        self._interceptors = tuple(interceptors)
+        self._options = tuple(options)
+        self._handlers = tuple(handlers)
+        self._boot: Boot | None = None
         self._source: IdentitySource | None = None
         self._owns_source = source is None
         self._server: MeshServer | None = None
         self._creds: ServerCredentials | None = None
         self._state: IdentityState | None = None
         self._peers: PeerChannels | None = None
-        self._authorizer: Any = None
+        self._authorizer: Authorizer | None = None
         self._closed = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -84,9 +100,7 @@ class Node:
 
     @property
     def identity(self) -> IdentitySnapshot:
-        if self._source is None:
-            raise ClosedError("node: not started")
-        return self._source.current()
+        return self.source.current()
 
     @property
     def spiffe_id(self) -> SpiffeID:
@@ -95,15 +109,19 @@ class Node:
     @property
     def source(self) -> IdentitySource:
         if self._source is None:
-            raise ClosedError("node: not started")
+            raise NotStartedError("node: not started; call start() (or use `async with Node(...)`) first")
         return self._source
 
     @property
     def port(self) -> int:
+        """The port the node listens on (0 before start, and for a client-only node)."""
         return self._server.port if self._server else 0
 
     @property
-    def address(self) -> str:
+    def address(self) -> str | None:
+        """``host:port`` the node serves on; None for a client-only node."""
+        if self.config.listen is None:
+            return None
         host, _ = self.config.host_port
         return f"{host}:{self.port}"
 
@@ -112,21 +130,16 @@ class Node:
         return bool(self._state and self._state.serving)
 
     @property
-    def authorizer(self) -> Any:
+    def authorizer(self) -> Authorizer | None:
+        """The node's authorizer once started (None for a client-only node)."""
         return self._authorizer
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _load_services(self) -> list[object]:
-        services = list(self._services)
-        for spec in self.config.services:
-            services.append(load_service_class(spec)())
-        return services
-
     async def start(self) -> None:
         """Obtain the identity, pass the checks, bind and serve. Raises MeshnodeError."""
         if self._started:
-            raise ClosedError("node: start() called twice")
+            raise AlreadyStartedError("node: start() called twice; a Node starts once (make a new one)")
         self._started = True
         try:
             await self._start()
@@ -136,62 +149,52 @@ class Node:
 
     async def _start(self) -> None:
         config = self.config
-        services = self._load_services()
-        declares = any(getattr(type(s), "allow", ()) for s in services)
-        enforce(config, static_checks(config, service_policies=declares))
-        source: IdentitySource
-        if self._given_source is not None:
-            source = self._given_source
-        else:
-            source, notes = await asyncio.to_thread(open_identity, config, on_error=_count_source_error)
-            self.notes.extend(notes)
-        self._source = source
-        snapshot = source.current()
-        enforce(config, identity_checks(config, snapshot))
-        for td in missing_bundles(config, snapshot):
-            log.warning(
-                "node: no trust bundle for trust domain '%s' (federates_with or a peer): its workloads cannot "
-                "be verified until the identity source delivers one (SPIRE federation, federated_bundles_dir)", td,
-            )
-        accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
-        tracing = _tracing_enabled(self._tracer_provider)
-        self._authorizer = build_node_authorizer(
-            config, services, source, accepted, tracer_provider=self._tracer_provider,
-            span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
-            record_spans=tracing,
+        self._boot = plan = await asyncio.to_thread(
+            boot, config, self._services, source=self._given_source, generic=self._handlers,
+            options=self._options, on_error=_count_source_error,
         )
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if tracing:
-            from meshnode.telemetry.grpc import server_interceptors
+        self.notes.extend(plan.notes)
+        plan.enforce()
+        source = self._source = plan.hand_over()
+        snapshot = source.current()
+        tracing = _tracing_enabled(self._tracer_provider)
+        if plan.server is not None:
+            self._authorizer = plan.authorizer(
+                span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
+                record_spans=tracing,
+            )
+            tracing_interceptors: list[grpc.aio.ServerInterceptor] = []
+            if tracing:
+                from meshnode.telemetry.grpc import server_interceptors
 
-            interceptors = server_interceptors(self._tracer_provider)
-        options: list[tuple[str, Any]] = []
-        if config.max_connection_age > 0:
-            # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
-            # certificates it was made with) lives. In-flight calls and streams finish (no grace limit).
-            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
-        self._server = MeshServer(gate=self._authorizer.check, interceptors=interceptors, options=options)
-        for service in services:
-            if isinstance(service, NodeService):
-                service.bind(self)
-            for _name, add in registration_of(service):
-                self._server.add(add, service)
-        self._creds = ServerCredentials(source, accepted)
-        self._server.bind(config.listen, self._creds.credentials)
+                tracing_interceptors = server_interceptors(self._tracer_provider)
+            self._server = MeshServer(
+                plan.server, gate=self._authorizer.check, tracing=tracing_interceptors,
+                interceptors=self._interceptors,
+            )
+            for service in plan.services:
+                if isinstance(service, NodeService):
+                    service.bind(self)
+            self._creds = ServerCredentials(source, plan.accepted)
+            self._server.bind(plan.server.listen, self._creds.credentials)
+        assert plan.peers is not None
         self._peers = PeerChannels(
-            source, config.peers, node_name=config.name,
-            liveness=Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout),
+            source, plan.peers.peers, node_name=config.name, liveness=plan.peers.liveness,
             tracing=tracing, tracer_provider=self._tracer_provider,
         )
         await self._peers.start()
-        await self._server.start()
-        self._state = IdentityState(source, self._server.set_serving)
+        if self._server is not None:
+            await self._server.start()
+        self._state = IdentityState(source, self._server.set_serving if self._server else _no_health)
         self._state.start()
-        log.info(
-            "node: %s serving %s on %s as %s (mode %s)",
-            config.name, ", ".join(self._server.service_names) or "no services",
-            self.address, snapshot.spiffe_id, config.mode,
-        )
+        if self._server is not None:
+            log.info(
+                "node: %s serving %s on %s as %s (mode %s)",
+                config.name, ", ".join(self._server.service_names) or "no services",
+                self.address, snapshot.spiffe_id, config.mode,
+            )
+        else:
+            log.info("node: %s up as %s, client only (mode %s)", config.name, snapshot.spiffe_id, config.mode)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, drain in-flight calls up to ``grace`` seconds
@@ -213,6 +216,8 @@ class Node:
                 await self._peers.close()
             if self._authorizer is not None:
                 self._authorizer.close()
+            if self._boot is not None:
+                self._boot.close()
             if self._creds is not None:
                 self._creds.close()
             if self._source is not None and self._owns_source:
@@ -223,12 +228,13 @@ class Node:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def serve_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully.
+    async def serve_until_signal(self, *, ready: Callable[[Node], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; starts the node first if needed.
 
-        A second signal during the shutdown grace ends the grace at once (in-flight calls are
-        cancelled); the node still closes cleanly. Signal handlers stay installed until the node
-        is closed, so no signal can kill it half-way.
+        The signal handlers are installed before anything else, so a signal at any moment
+        (during start, right after ``ready(node)`` is called) stops the node cleanly. A second
+        signal during the shutdown grace ends the grace at once (in-flight calls are cancelled);
+        the node still closes cleanly.
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -245,6 +251,10 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
+            if not self._started:
+                await self.start()
+            if ready is not None:
+                ready(self)
             await stop.wait()
             log.info("node: %s stopping (grace %.1f s)", self.name, self.config.shutdown_grace)
             await self.stop()
@@ -273,17 +283,21 @@ class Node:
             known = ", ".join(sorted(self.config.peers)) or "none"
             raise PeerError(f"node: no peer named {name!r} in [peers] (configured: {known})") from None
 
-    def channel(self, peer: str) -> Any:
-        """The channel to a configured peer (a grpc.aio.Channel look-alike)."""
+    def channel(self, peer: str) -> PeerChannel:
+        """The channel to a configured peer (a grpc.aio.Channel look-alike that survives rotation)."""
         if self._peers is None:
-            raise ClosedError("node: not started")
+            raise NotStartedError("node: not started; peers are reached once start() returned")
         return self._peers.channel(peer)
 
     def stub(self, peer: str, stub_class: type[T]) -> T:
         """A generated stub on the channel to ``peer``; cached per (peer, stub class)."""
         if self._peers is None:
-            raise ClosedError("node: not started")
+            raise NotStartedError("node: not started; peers are reached once start() returned")
         return self._peers.stub(peer, stub_class)
+
+
+async def _no_health(serving: bool) -> None:
+    """A client-only node has no health service to update."""
 
 
 def _count_source_error(message: str) -> None:

@@ -10,8 +10,9 @@ answers, and says so loudly; it never falls back to plaintext.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig
 from meshnode.errors import (
@@ -28,21 +29,44 @@ from meshnode.identity.source import IdentitySource
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.spiffeid import parse_spiffe_id
 
-__all__ = ["Check", "enforce", "identity_checks", "missing_bundles", "open_identity", "static_checks"]
+__all__ = ["Check", "identity_checks", "missing_bundles", "open_identity", "refusal", "static_checks"]
 
 log = logging.getLogger("meshnode.preflight")
 
 
 @dataclass(frozen=True)
 class Check:
-    """One production requirement and whether it holds."""
+    """One boot requirement and whether it holds.
+
+    ``required``: ``"production"`` checks stop a production node (staging logs
+    them); ``"always"`` checks stop a node in every mode. ``error`` is the
+    class raised when the check stops a node (its ``exit_code`` is the
+    process's); ``message``, when set, is that error's text.
+    """
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
-    #: the error class raised when production fails this check
     error: type[MeshnodeError] = ConfigError
+    required: Literal["always", "production"] = "production"
+    message: str = ""
+
+    def exception(self, checks: Sequence[Check] = ()) -> MeshnodeError:
+        """The error a node stops with when this check fails (``checks``: the others, to name them)."""
+        if self.message:
+            return self.error(self.message)
+        others = [c.name for c in checks if not c.ok and c is not self]
+        also = "; also failing: " + ", ".join(others) if others else ""
+        return self.error(f"preflight: production check failed: {self.name} ({self.detail}). Fix: {self.fix}{also}")
+
+
+def refusal(checks: Sequence[Check], mode: str) -> Check | None:
+    """The first failed check that stops a node in ``mode``, or None."""
+    for c in checks:
+        if not c.ok and (c.required == "always" or mode == "production"):
+            return c
+    return None
 
 
 def dev_spiffe_id(config: NodeConfig) -> str:
@@ -108,7 +132,8 @@ def static_checks(config: NodeConfig, *, service_policies: bool = False) -> list
         ),
         Check(
             "authorization policy is configured",
-            config.authz.configured or service_policies,
+            config.authz.configured or service_policies or config.listen is None,
+            "client-only node (no [node] listen): no server to authorize" if config.listen is None else
             "allow list / policy file / service policies "
             + ("present" if config.authz.configured or service_policies else "missing"),
             "set [authz] allow = [...] or [authz] policy = \"policy.json\", or declare who may call each service",
@@ -158,19 +183,3 @@ def missing_bundles(config: NodeConfig, snapshot: IdentitySnapshot) -> list[str]
     """Trust domains the node accepts or calls but holds no bundle for (their callers/servers fail)."""
     wanted = set(config.identity.federates_with) | {p.spiffe_id.trust_domain for p in config.peers.values()}
     return sorted(td for td in wanted if not snapshot.bundles.get(td))
-
-
-def enforce(config: NodeConfig, checks: list[Check]) -> None:
-    """Production: raise for the first failing check. Staging: warn for each."""
-    failed = [c for c in checks if not c.ok]
-    if not failed:
-        return
-    if config.mode == "production":
-        first = failed[0]
-        others = "; also failing: " + ", ".join(c.name for c in failed[1:]) if failed[1:] else ""
-        raise first.error(
-            f"preflight: production check failed: {first.name} ({first.detail}). Fix: {first.fix}{others}"
-        )
-    if config.mode == "staging":
-        for c in failed:
-            log.warning("preflight: would refuse in production: %s (%s). Fix: %s", c.name, c.detail, c.fix)

@@ -12,18 +12,18 @@ registered the same way, on the same port.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from meshnode.boot import ServerPlan
 from meshnode.errors import ServeError
-from meshnode.pipeline import Gate, Pipeline, Registrar, ServiceMethods
+from meshnode.pipeline import AuthzInterceptor, Gate, Pipeline, discover
 
 __all__ = ["MeshServer"]
 
@@ -31,47 +31,52 @@ log = logging.getLogger("meshnode.server")
 
 
 class MeshServer:
-    """Builds and owns the grpc.aio server of a node."""
+    """Builds and owns the grpc.aio server of a node, from its :class:`~meshnode.boot.ServerPlan`.
+
+    ``tracing``: interceptors that run first (OpenTelemetry's). ``interceptors``: the user's; they
+    must see only admitted calls, so when there are any, the gate runs as an interceptor between
+    the two (:class:`~meshnode.pipeline.AuthzInterceptor`) instead of at registration.
+    """
 
     def __init__(
         self,
+        plan: ServerPlan,
         *,
         gate: Gate,
+        tracing: Sequence[grpc.aio.ServerInterceptor] = (),
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         max_workers: int = 16,
-        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        self._plan = plan
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
-        self._pipeline = Pipeline(gate, self._pool)
+        chain = list(tracing)
+        if interceptors:
+            chain += [AuthzInterceptor(gate, self._pool), *interceptors]
+            self._pipeline = Pipeline(None, self._pool)  # the interceptor admits
+        else:
+            self._pipeline = Pipeline(gate, self._pool)
         self.server = grpc.aio.server(
             migration_thread_pool=self._pool,
-            interceptors=list(interceptors) or None,
+            interceptors=chain or None,
             # without this, a second process could bind the same port silently (SO_REUSEPORT)
             options=[
                 ("grpc.so_reuseport", 0),
                 # accept the keepalive pings meshnode peers send (at most one a second)
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-                *options,
+                *plan.options,
             ],
         )
-        self.registrar = Registrar()
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.registrar)
         self._registered = False
         self.port = 0
 
-    def add(self, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
-        """Register ``servicer`` with its generated ``add_XServicer_to_server``."""
-        add_to_server(servicer, self.registrar)
-
     def _register_all(self) -> None:
-        names = sorted(self.registrar.services)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ReflectionServicer([*names, reflection.SERVICE_NAME]), self.registrar
-        )
-        services = [ServiceMethods(name, methods, None) for name, methods in self.registrar.services.items()]
-        self._pipeline.register(self.server, services, self.registrar.generic)
+        names = self._plan.service_names
+        health, _ = discover(self.health)
+        reflection_services, _ = discover(ReflectionServicer([*names, reflection.SERVICE_NAME]))
+        services = [*self._plan.services, *health, *reflection_services]
+        self._pipeline.register(self.server, services, self._plan.generic)
         self._registered = True
 
     def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
@@ -91,14 +96,14 @@ class MeshServer:
 
     @property
     def service_names(self) -> list[str]:
-        return sorted(self.registrar.services)
+        return self._plan.service_names
 
     async def set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.health.set("", status)
-        for name in self.registrar.services:
+        for name in self._plan.service_names:
             await self.health.set(name, status)
 
     async def start(self) -> None:

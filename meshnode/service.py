@@ -28,6 +28,7 @@ class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -35,7 +36,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from meshnode.errors import ConfigError, ServeError
 from meshnode.spiffeid import SpiffeID
 
-__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only", "registration_of"]
+__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only"]
 
 T = TypeVar("T")
 
@@ -98,26 +99,16 @@ def method_allow(service: object, method_name: str) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
 
 
-def registration_of(service: object) -> list[tuple[str, Callable[[Any, Any], None]]]:
-    """(servicer class name, generated add_XServicer_to_server) for each generated
-    servicer base of ``service``."""
-    found = []
-    for klass in type(service).__mro__:
-        module = sys.modules.get(klass.__module__)
-        adder = getattr(module, f"add_{klass.__name__}_to_server", None) if module else None
-        if callable(adder):
-            found.append((klass.__name__, adder))
-    if not found:
-        raise ConfigError(
-            f"service: {type(service).__name__} does not subclass a generated servicer "
-            "(e.g. demo_pb2_grpc.EchoServicer); meshnode cannot tell which gRPC service it implements"
-        )
-    return found
-
-
 def load_service_class(spec: str) -> type[Any]:
-    """``package.module:ClassName`` -> the class."""
+    """``package.module:ClassName`` -> the class.
+
+    The module is imported from the Python path, then from the current directory (appended
+    to the path, so a local file never shadows an installed package), as ``python -m`` would.
+    """
     module_name, _, class_name = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -7,19 +7,23 @@ mocks TLS or gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from meshnode.authz.context import CURRENT_PEER
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import StaticSource
 from meshnode.identity.x509svid import build_snapshot
+from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 __all__ = [
     "ManualSource",
+    "as_caller",
     "free_port",
     "issue_snapshot",
     "short_tmpdir",
@@ -87,3 +91,22 @@ def free_port() -> int:
 def short_tmpdir(prefix: str = "mn-") -> Path:
     """A fresh directory under /tmp with a short path (unix sockets need < 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@contextlib.contextmanager
+def as_caller(spiffe_id: str | SpiffeID) -> Iterator[SpiffeID]:
+    """Within the block, ``peer_id()`` is ``spiffe_id``: call a handler directly, as that peer.
+
+    ```python
+    with as_caller("spiffe://example.org/node/alpha"):
+        reply = await Greeter().Say(request, context)
+    ```
+
+    Only ``peer_id()`` changes: no policy is consulted (test the policy through a Node).
+    """
+    peer = spiffe_id if isinstance(spiffe_id, SpiffeID) else parse_spiffe_id(spiffe_id)
+    token = CURRENT_PEER.set(peer)
+    try:
+        yield peer
+    finally:
+        CURRENT_PEER.reset(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,44 @@ def test_the_installed_command_exits_with_the_documented_codes() -> None:
     run = [sys.executable, "-m", "meshnode.cli", "policy", "explain", EXAMPLE, "--method", "/meshnode.demo.v1.Echo/Say"]
     assert subprocess.run([*run, "--peer", "spiffe://example.org/node/alpha"], capture_output=True).returncode == 0
     assert subprocess.run([*run, "--peer", "spiffe://example.org/node/beta"], capture_output=True).returncode == 1
+
+
+def test_explain_config_sees_the_effective_policy_of_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built-in health rules and the services' class allow lists count, as in the running node."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # tests.support.services imports from here
+    node = tmp_path / "node.toml"
+    node.write_text(
+        '[node]\nname = "g"\nlisten = "127.0.0.1:0"\nservices = ["tests.support.services:Greeter"]\n'
+        '[identity]\nsource = "dev"\ntrust_domain = "example.org"\n'
+    )
+    beta, gamma = "spiffe://example.org/node/beta", "spiffe://example.org/node/gamma"
+    health = "/grpc.health.v1.Health/Check"
+    say = "/meshnode.demo.v1.Echo/Say"
+    for peer, method, allowed in ((gamma, health, True), (beta, say, True), (gamma, say, False)):
+        code = main(["policy", "explain", "--config", str(node), "--peer", peer, "--method", method])
+        out = capsys.readouterr().out
+        assert code == (0 if allowed else 1), out
+    assert "Greeter.allow" in out
+    # FILE and --config are alternatives: exactly one
+    with pytest.raises(SystemExit):
+        main(["policy", "explain", str(node), "--config", str(node), "--peer", beta, "--method", say])
+
+
+def test_check_json_reports_what_run_would_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = tmp_path / "node.toml"
+    node.write_text(
+        '[node]\nname = "g"\nlisten = "127.0.0.1:0"\nmode = "production"\n'
+        '[identity]\nsource = "dev"\ntrust_domain = "example.org"\n[authz]\nallow = ["spiffe://example.org"]\n'
+    )
+    assert main(["check", "--json", str(node)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ready_for_production"] is False
+    assert report["run"] == {
+        "starts": False, "exit": 2,
+        "error": report["run"]["error"],
+    } and "identity source is a production source" in report["run"]["error"]
+    assert {c["name"] for c in report["checks"] if not c["ok"]} >= {"identity source is a production source"}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,15 @@ import grpc
 import grpc.aio
 import pytest
 
-from meshnode.authz.node import build_node_authorizer, service_policy
+from meshnode.boot import Boot, boot
 from meshnode.config.node import node_config_from_dict
 from meshnode.demo import EchoService, RelayService
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.errors import PolicyError
+from meshnode.errors import ConfigError, PolicyError
 from meshnode.identity.devca import DevCA
 from meshnode.node import Node
+from meshnode.node_policy import service_policy
+from meshnode.pipeline import discover
 from meshnode.service import only
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot
@@ -39,7 +41,7 @@ class GuardedEcho(EchoService):
 
 
 def test_service_rules_are_named_after_the_class() -> None:
-    policy = service_policy([GuardedEcho(), RelayService()])
+    policy = service_policy([found for s in (GuardedEcho(), RelayService()) for found in discover(s)[0]])
     assert [r.name for r in policy.rules] == [
         "GuardedEcho.allow",
         "GuardedEcho.allow (only these peers)",
@@ -91,42 +93,49 @@ async def outcome(call: Any) -> str:
     return "OK"
 
 
-@dataclass(frozen=True)
-class Settings:
-    allow: tuple[str, ...] = ()
-    policy: Path | None = None
-    audit: str = "on_deny"
-    dry_run: bool = False
-
-
-@dataclass(frozen=True)
-class Config:
-    mode: str
-    authz: Settings = field(default_factory=Settings)
+def booted(source: ManualSource, mode: str, authz: dict[str, Any], services: list[object] | None = None) -> Boot:
+    config = node_config_from_dict(
+        {
+            "node": {"name": "server", "listen": "127.0.0.1:0", "mode": mode},
+            "identity": {"source": "workload-api", "trust_domain": "example.org"},
+            "authz": authz,
+        },
+        environ={},
+    )
+    return boot(config, services or [], source=source)
 
 
 def test_production_refuses_a_policy_that_only_denies_and_staging_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = ManualSource(DevCA("example.org"), SERVER)
-    with pytest.raises(PolicyError, match="allows no caller, so every call would be denied"):
-        build_node_authorizer(Config("production"), [], source, ["example.org"])
+    with contextlib.closing(booted(source, "production", {})) as b:
+        refused = b.refusal()
+        assert refused is not None and refused.name == "authorization policy is configured"
+        failed = {c.name: c.detail for c in b.checks if not c.ok}
+        assert "allows no caller, so every call would be denied" in failed["policy can allow a caller"]
+        with pytest.raises(ConfigError, match="authorization policy is configured"):
+            b.enforce()
     catch_all = tmp_path / "p.json"
     catch_all.write_text(
         json.dumps({"name": "p", "deny_rules": [{"name": "all-out"}], "allow_rules": [{"name": "in"}]})
     )
-    with pytest.raises(PolicyError, match="deny rule 'all-out' matches every caller"):
-        build_node_authorizer(Config("production", Settings(policy=catch_all)), [], source, ["example.org"])
+    with contextlib.closing(booted(source, "production", {"policy": str(catch_all)})) as b:
+        with pytest.raises(PolicyError, match="deny rule 'all-out' matches every caller"):
+            b.enforce()
     # staging boots like development and reports what production would refuse
-    with caplog.at_level("WARNING", logger="meshnode.authz"):
-        build_node_authorizer(Config("staging", Settings(policy=catch_all)), [], source, ["example.org"]).close()
+    with contextlib.closing(booted(source, "staging", {"policy": str(catch_all)})) as b:
+        with caplog.at_level("WARNING", logger="meshnode.boot"):
+            b.enforce()
     assert "would refuse in production" in caplog.text and "all-out" in caplog.text
-    dev = build_node_authorizer(Config("development"), [], source, ["example.org"])  # warns, denies all
-    dev.close()
-    prod_config = Config("production", Settings(allow=(ALPHA,)))
-    with build_node_authorizer(prod_config, [GuardedEcho()], source, ["example.org"]) as prod:
-        assert prod.explain(ALPHA, "/meshnode.demo.v1.Echo/Say").decision.allowed
-        assert not prod.explain(GAMMA, "/meshnode.demo.v1.Echo/SayStream").decision.allowed
+    with contextlib.closing(booted(source, "development", {}, [EchoService()])) as b:
+        assert b.refusal() is None
+        assert any("no caller is allowed" in w for w in b.warnings)
+    with contextlib.closing(booted(source, "production", {"allow": [ALPHA]}, [GuardedEcho()])) as b:
+        b.enforce()
+        with b.authorizer() as prod:
+            assert prod.explain(ALPHA, "/meshnode.demo.v1.Echo/Say").decision.allowed
+            assert not prod.explain(GAMMA, "/meshnode.demo.v1.Echo/SayStream").decision.allowed
 
 
 def test_production_refuses_a_reload_that_would_deny_everything(
@@ -136,7 +145,9 @@ def test_production_refuses_a_reload_that_would_deny_everything(
     path = tmp_path / "p.json"
     good = {"name": "p", "allow_rules": [{"name": "alpha", "source": {"principals": [ALPHA]}}]}
     path.write_text(json.dumps(good))
-    with build_node_authorizer(Config("production", Settings(policy=path)), [], source, ["example.org"]) as authz:
+    b = booted(source, "production", {"policy": str(path)})
+    b.enforce()
+    with contextlib.closing(b), b.authorizer() as authz:
         assert authz.explain(ALPHA, "/x.Y/Z").decision.allowed
         bad = {"name": "p", "deny_rules": [{"name": "all-out"}], "allow_rules": [{"name": "in"}]}
         path.write_text(json.dumps(bad))

@@ -116,3 +116,20 @@ def test_files_source_needs_its_files(tmp_path: Path) -> None:
     text = '[node]\nname="a"\nlisten="127.0.0.1:1"\n[identity]\nsource="files"\ncert="c.pem"\n'
     with pytest.raises(ConfigError, match=r"'identity\.key' is required when source = \"files\""):
         load_node_config(write(tmp_path, text), environ={})
+
+
+def test_config_choices_are_validated_when_a_config_is_built_in_code() -> None:
+    from meshnode.config.node import AuthzSettings, IdentityConfig, NodeConfig, PeerConfig
+    from meshnode.errors import ConfigError
+    from meshnode.spiffeid import parse_spiffe_id
+
+    sid = parse_spiffe_id("spiffe://example.org/b")
+    with pytest.raises(ConfigError, match=r"\[peers.b\] verify must be one of spiffe-id, dns; got 'DNS'"):
+        PeerConfig("b", "127.0.0.1:1", sid, verify="DNS")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"\[identity\] source"):
+        IdentityConfig(source="spire")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"\[authz\] audit"):
+        AuthzSettings(audit="always")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"\[node\] mode"):
+        NodeConfig("n", mode="prod")  # type: ignore[arg-type]
+    assert NodeConfig("n").listen is None  # a client-only node

@@ -10,11 +10,11 @@ from pathlib import Path
 import meshnode
 
 EXPECTED = {
-    "Authorizer", "AuthzInterceptor", "ClosedError", "ConfigError", "IdentityError", "IdentitySnapshot",
-    "IdentitySource", "IdentityUnavailableError", "InvalidIdentityError", "InvalidSpiffeIdError",
-    "MeshnodeError", "Node", "NodeConfig", "NodeService", "NoPeerIdentityError", "PeerChannel", "PeerConfig",
-    "PeerError", "Policy", "PolicyError", "ServeError", "SpiffeID", "StaticSource", "__version__",
-    "dns_name_for", "load_node_config", "only", "parse_spiffe_id", "peer_id",
+    "AlreadyStartedError", "Authorizer", "AuthzInterceptor", "ClosedError", "ConfigError", "IdentityError",
+    "IdentitySnapshot", "IdentitySource", "IdentityUnavailableError", "InvalidIdentityError", "InvalidSpiffeIdError",
+    "LifecycleError", "MeshnodeError", "Node", "NodeConfig", "NodeService", "NoPeerIdentityError", "NotStartedError",
+    "PeerChannel", "PeerConfig", "PeerError", "Policy", "PolicyError", "ServeError", "SpiffeID", "StaticSource",
+    "__version__", "dns_name_for", "load_node_config", "only", "parse_spiffe_id", "peer_id",
 }  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent

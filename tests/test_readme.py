@@ -6,6 +6,7 @@ writes it into caller.toml, which is only read once the greeter listens.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -32,7 +33,7 @@ def block(after: str, lang: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
+def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Path) -> None:
     sockets = short_tmpdir()
 
     def adapt(text: str, port: int) -> str:
@@ -43,6 +44,8 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "caller.py").write_text(block("A caller reaches it", "python"))
     caller_toml = README[README.index("```toml\n# caller.toml") + len("```toml\n") :].split("```")[0]
     (tmp_path / "agent.toml").write_text(adapt((ROOT / "examples" / "agent.toml").read_text(), 0))
+    production = {k: v for k, v in os.environ.items() if not k.startswith(("MESHNODE_", "SPIFFE_"))}
+    production["MESHNODE_MODE"] = "production"
     procs: list[subprocess.Popen[str]] = []
     try:
         agent = subprocess.Popen([sys.executable, "-m", "meshnode.cli", "agent", "--config", "agent.toml"],
@@ -50,7 +53,7 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
         procs.append(agent)
         assert agent.stdout is not None and "ready" in agent.stdout.readline()
         greeter = subprocess.Popen([sys.executable, "greeter.py"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, env=production)
         procs.append(greeter)
 
         def greeter_listens() -> bool:
@@ -61,11 +64,17 @@ def test_the_readme_greeter_and_caller_run_as_written(tmp_path: Path) -> None:
         (port,) = listening_ports(greeter.pid)
         (tmp_path / "caller.toml").write_text(adapt(caller_toml, port))
         caller = subprocess.run([sys.executable, "caller.py"], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=60)
+                                timeout=60, env=production)
         assert caller.returncode == 0, caller.stderr
         assert caller.stdout.strip() == (
             "HELLO answered by spiffe://example.org/node/beta for spiffe://example.org/node/alpha"
         )
+        # the console script, as the README shows it: the greeter's class allow list counts as its policy
+        meshnode = str(Path(sys.executable).parent / "meshnode")
+        check = subprocess.run([meshnode, "check", "greeter.toml"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60, env=production)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "result: ready for production" in check.stdout
         greeter.send_signal(signal.SIGTERM)
         assert greeter.wait(timeout=60) == 0
     finally:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from meshnode.config._reader import Section
+from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError
 from meshnode.telemetry.jsonl import read_spans
-from meshnode.telemetry.settings import TelemetrySettings, telemetry_settings_from_section
 from meshnode.telemetry.setup import configure_telemetry
 
 
@@ -90,7 +90,7 @@ def test_jsonl_exporter_writes_spans_through_the_global_provider(tmp_path: Path)
         f"""
         import json
         from opentelemetry import trace
-        from meshnode.telemetry.settings import TelemetrySettings
+        from meshnode.config.telemetry import TelemetrySettings
         from meshnode.telemetry.setup import configure_telemetry
         handle = configure_telemetry(TelemetrySettings(exporter="jsonl", jsonl_path={str(path)!r}), "alpha")
         with trace.get_tracer("meshnode").start_as_current_span("outer"):
@@ -114,7 +114,7 @@ def test_env_service_name_beats_the_node_name(tmp_path: Path) -> None:
         """
         import json
         from opentelemetry import trace
-        from meshnode.telemetry.settings import TelemetrySettings
+        from meshnode.config.telemetry import TelemetrySettings
         from meshnode.telemetry.setup import configure_telemetry
         with configure_telemetry(TelemetrySettings(), "alpha") as handle:
             trace.get_tracer("meshnode").start_span("op").end()
@@ -139,7 +139,7 @@ def test_an_installed_provider_is_kept(tmp_path: Path) -> None:
         import json
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
-        from meshnode.telemetry.settings import TelemetrySettings
+        from meshnode.config.telemetry import TelemetrySettings
         from meshnode.telemetry.setup import configure_telemetry
         mine = TracerProvider()
         trace.set_tracer_provider(mine)

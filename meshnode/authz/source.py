@@ -82,7 +82,9 @@ class PolicyFile:
             raise PolicyError(f"authz: policy reload interval must be between 0.01 and 5 seconds, not {interval}")
         self.path = Path(path)
         self._base = base
-        self._validate = validate  # raises PolicyError for a policy this node must not run
+        # raises PolicyError for a reloaded policy this node must not run (the first load is the
+        # creator's to judge: it reports that one as a boot check)
+        self._validate = validate
         self._interval = interval
         # meshnode.authz.policy_reload_failures is defined once, in meshnode.telemetry
         self._instruments = Instruments(meter_provider) if meter_provider is not None else instruments()
@@ -92,7 +94,7 @@ class PolicyFile:
             data = self.path.read_bytes()
         except OSError as exc:
             raise PolicyError(f"authz: cannot read policy file {self.path}: {exc.strerror}") from None
-        self._active = ActivePolicy(self._parse(data), 1)
+        self._active = ActivePolicy(self._parse(data, reload=False), 1)
         self._digest = hashlib.sha256(data).digest()
         self._examined = stamp
         self._examined_at = time.time()
@@ -112,7 +114,7 @@ class PolicyFile:
         with self._lock:
             return self._poll()
 
-    def _parse(self, data: bytes) -> Policy:
+    def _parse(self, data: bytes, *, reload: bool = True) -> Policy:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -122,7 +124,7 @@ class PolicyFile:
         for note in warnings:
             log.warning("authz: %s", note)
         merged = merge_policies(self._base, policy, name=policy.name) if self._base is not None else policy
-        if self._validate is not None:
+        if reload and self._validate is not None:
             self._validate(merged)
         return merged
 

@@ -26,6 +26,7 @@ from typing import Any
 from meshnode.cli._logging import setup_logging
 from meshnode.config.agent import AgentConfig, load_agent_config
 from meshnode.errors import MeshnodeError
+from meshnode.fdlimit import raise_soft_limit
 from meshnode.identity.agent import DevAgent
 
 log = logging.getLogger("meshnode.cli.agent")
@@ -41,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    asyncio.run(serve(load_agent_config(args.config)))
+    config = load_agent_config(args.config)
+    raise_soft_limit("agent")
+    asyncio.run(serve(config))
     return 0
 
 

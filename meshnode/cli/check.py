@@ -1,25 +1,30 @@
 """``meshnode check node.toml``: a preflight readiness report.
 
-Loads the configuration, obtains the identity the way ``meshnode run``
-would, and prints the identity, its expiry, the trust domains, the peers
-with the names they are verified by, and every production check.
+Runs the node's own boot plan (:func:`meshnode.boot.boot`, the code
+``meshnode run`` runs): loads the services, obtains the identity the way
+``run`` would, builds the effective policy, and prints the identity, its
+expiry, the trust domains, the services, the peers with the names they are
+verified by, and every check, then what ``run`` would do with this config.
+
+``--json`` prints the same report as one JSON object.
 
 Exit status: 0 when every production check passes; 1 when one fails;
-2 when the configuration is invalid; 3 when the identity is unavailable in
-production mode.
+2 when the configuration is invalid.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
+from typing import Any
 
+from meshnode.boot import Boot, boot
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import NodeConfig, load_node_config
 from meshnode.identity.snapshot import IdentitySnapshot
-from meshnode.preflight import Check, identity_checks, open_identity, static_checks
-from meshnode.service import load_service_class
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="path to node.toml")
     p.add_argument("--socket", help="Workload API socket to use instead of the configured one")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
 
@@ -38,38 +44,95 @@ def _duration(seconds: float) -> str:
     return f"{sign}{h}h{m:02d}m{sec:02d}s" if h else f"{sign}{m}m{sec:02d}s"
 
 
-def _identity_lines(source_desc: str, snap: IdentitySnapshot) -> list[str]:
-    tds = ", ".join(f"{td} ({len(certs)} CA)" for td, certs in sorted(snap.bundles.items()))
+def _identity(b: Boot, snap: IdentitySnapshot) -> dict[str, Any]:
+    return {
+        "source": b.source.description if b.source is not None else "",
+        "spiffe_id": str(snap.spiffe_id),
+        "serial": snap.serial,
+        "expires": snap.not_after.isoformat(),
+        "seconds_left": round(snap.seconds_left()),
+        "trust_domains": {td: len(certs) for td, certs in sorted(snap.bundles.items())},
+    }
+
+
+def _peers(config: NodeConfig) -> list[dict[str, str]]:
     return [
-        "identity",
-        f"  source         {source_desc}",
-        f"  spiffe id      {snap.spiffe_id}",
-        f"  serial         {snap.serial}",
-        f"  expires        {snap.not_after.isoformat()} (in {_duration(snap.seconds_left())})",
-        f"  trust domains  {tds}",
+        {"name": name, "address": peer.address, "spiffe_id": str(peer.spiffe_id), "verify": peer.verify,
+         "verified_by": f"server name {peer.tls_name}" if peer.verify == "dns" else "exact SPIFFE ID (xDS)"}
+        for name, peer in sorted(config.peers.items())
     ]
 
 
-def _peer_lines(config: NodeConfig) -> list[str]:
-    if not config.peers:
-        return ["peers          none configured"]
-    out = ["peers"]
-    for name, peer in sorted(config.peers.items()):
-        how = f"server name {peer.tls_name}" if peer.verify == "dns" else "exact SPIFFE ID (xDS)"
-        out.append(f"  {name:<12} {peer.address:<22} {peer.spiffe_id}  verify={peer.verify}: {how}")
-    return out
+def report(b: Boot, path: str) -> dict[str, Any]:
+    """What check prints: the boot plan's findings and what `run` would do."""
+    config = b.config
+    refused = b.refusal()
+    in_production = b.refusal("production")
+    return {
+        "node": config.name,
+        "mode": config.mode,
+        "config": path,
+        "listen": config.listen,
+        "identity": _identity(b, b.snapshot) if b.snapshot is not None else None,
+        "notes": list(b.notes),
+        "services": b.server.service_names if b.server is not None else [],
+        "peers": _peers(config),
+        "checks": [
+            {"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix, "required": c.required}
+            for c in b.checks
+        ],
+        "warnings": list(b.warnings),
+        "ready_for_production": in_production is None,
+        "run": {
+            "starts": refused is None,
+            "exit": refused.error.exit_code if refused is not None else None,
+            "error": str(refused.exception(b.checks)) if refused is not None else None,
+        },
+    }
 
 
-def _policy_check(config: NodeConfig) -> list[Check]:
-    if config.authz.policy is None:
-        return []
-    from meshnode.authz import load_policy_file
-
-    try:
-        load_policy_file(config.authz.policy)
-    except Exception as exc:
-        return [Check("policy file is valid", False, str(exc), "run `meshnode policy check` on it")]
-    return [Check("policy file is valid", True, str(config.authz.policy))]
+def _print(r: dict[str, Any]) -> None:
+    print(f"meshnode check: node {r['node']} (mode {r['mode']}, config {r['config']})")
+    ident = r["identity"]
+    if ident is not None:
+        tds = ", ".join(f"{td} ({n} CA)" for td, n in ident["trust_domains"].items())
+        print("identity")
+        print(f"  source         {ident['source']}")
+        print(f"  spiffe id      {ident['spiffe_id']}")
+        print(f"  serial         {ident['serial']}")
+        print(f"  expires        {ident['expires']} (in {_duration(ident['seconds_left'])})")
+        print(f"  trust domains  {tds}")
+    for note in r["notes"]:
+        print(f"  note           {note}")
+    listen = r["listen"] or "none (a client-only node)"
+    print(f"listen           {listen}")
+    print(f"services         {', '.join(r['services']) or 'none'}")
+    if not r["peers"]:
+        print("peers            none configured")
+    else:
+        print("peers")
+        for p in r["peers"]:
+            print(f"  {p['name']:<12} {p['address']:<22} {p['spiffe_id']}  verify={p['verify']}: {p['verified_by']}")
+    print("checks")
+    for c in r["checks"]:
+        mark = "pass" if c["ok"] else "FAIL"
+        scope = "" if c["required"] == "production" else " (every mode)"
+        line = f"  [{mark}] {c['name']}{scope}: {c['detail']}"
+        if not c["ok"] and c["fix"]:
+            line += f"{os.linesep}         fix: {c['fix']}"
+        print(line)
+    for warning in r["warnings"]:
+        print(f"  warning: {warning}")
+    run = r["run"]
+    if run["starts"]:
+        print(f"run              would start (mode {r['mode']})")
+    else:
+        print(f"run              would refuse to start (exit {run['exit']}): {run['error']}")
+    failed = [c for c in r["checks"] if not c["ok"]]
+    if r["ready_for_production"]:
+        print(f"result: ready for production ({len(r['checks'])} checks pass)")
+    else:
+        print(f"result: NOT ready for production ({len(failed)} of {len(r['checks'])} checks fail)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,40 +140,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
-    services = [load_service_class(spec) for spec in config.services]
-    declares = any(getattr(k, "allow", ()) for k in services)
-    print(f"meshnode check: node {config.name} (mode {config.mode}, config {args.config})")
-    checks = static_checks(config, service_policies=declares) + _policy_check(config)
-    source = None
-    try:
-        source, notes = open_identity(config)
-        snap = source.current()
-        for line in _identity_lines(source.description, snap):
-            print(line)
-        fallback = bool(notes) and config.identity.source != "dev"
-        checks.append(Check(
-            "identity came from the configured source", not fallback,
-            "dev fallback (no agent answered)" if fallback else source.description,
-            "start the agent / fix [identity] socket (see the note above)",
-        ))
-        for note in notes:
-            print(f"  note           {note}")
-        checks += identity_checks(config, snap)
-    finally:
-        if source is not None:
-            source.close()
-    for line in _peer_lines(config):
-        print(line)
-    print("checks (production requirements)")
-    for c in checks:
-        mark = "pass" if c.ok else "FAIL"
-        line = f"  [{mark}] {c.name}: {c.detail}"
-        if not c.ok and c.fix:
-            line += f"{os.linesep}         fix: {c.fix}"
-        print(line)
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        print(f"result: NOT ready for production ({len(failed)} of {len(checks)} checks fail)")
-        return 1
-    print(f"result: ready for production ({len(checks)} checks pass)")
-    return 0
+    with contextlib.closing(boot(config)) as booted:
+        r = report(booted, args.config)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        _print(r)
+    return 0 if r["ready_for_production"] else 1

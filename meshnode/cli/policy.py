@@ -2,6 +2,10 @@
 
 FILE is a gRPC authorization policy (A43 JSON) or a TOML file with an
 ``[authz]`` table (``allow = [...]``, optionally ``policy = "file.json"``).
+``explain --config node.toml`` explains the node's *effective* policy
+instead, built by the node's own boot plan: ``[authz]``, the policy file,
+the services' class ``allow`` and ``@only`` rules and the built-in
+health/reflection rules, exactly as ``meshnode run`` would enforce them.
 
 Exit status:
 
@@ -14,11 +18,13 @@ Exit status:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from meshnode.authz.config import load_policy_file
-from meshnode.authz.policy import Request
+from meshnode.authz.policy import Policy, Request
 from meshnode.authz.scopes import check_method_path
+from meshnode.config.node import load_node_config
 from meshnode.errors import InvalidSpiffeIdError, PolicyError
 from meshnode.spiffeid import parse_spiffe_id
 
@@ -45,7 +51,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Evaluate the policy for one call and show each rule's verdict. "
         "Exit 0 when the call would be allowed, 1 when denied, 2 on invalid input.",
     )
-    explain.add_argument("file", metavar="FILE")
+    target = explain.add_mutually_exclusive_group(required=True)
+    target.add_argument("file", metavar="FILE", nargs="?")
+    target.add_argument("--config", metavar="NODE_TOML",
+                        help="explain the effective policy of the node this node.toml configures")
     explain.add_argument("--peer", required=True, metavar="SPIFFE_ID", help="the caller's SPIFFE ID")
     explain.add_argument("--method", required=True, metavar="/pkg.Service/Method", help="the full method path")
     explain.add_argument(
@@ -69,8 +78,22 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _effective_policy(path: str) -> Policy:
+    """The policy `meshnode run path` would enforce (the node's boot plan, without its identity)."""
+    from meshnode.boot import boot
+
+    config = load_node_config(path)
+    with contextlib.closing(boot(config, offline=True)) as booted:
+        refused = booted.refusal("development")  # a policy or service that cannot even load
+        if refused is not None:
+            raise refused.exception(booted.checks)
+        if booted.policy is None:
+            raise PolicyError(f"authz: {path}: a client-only node (no [node] listen) serves nothing to explain")
+        return booted.policy.current().policy
+
+
 def run_explain(args: argparse.Namespace) -> int:
-    policy = load_policy_file(args.file)
+    policy = _effective_policy(args.config) if args.config else load_policy_file(args.file)
     try:
         peer = parse_spiffe_id(args.peer)
     except InvalidSpiffeIdError as exc:
@@ -83,6 +106,6 @@ def run_explain(args: argparse.Namespace) -> int:
             raise PolicyError(f"authz: --header {item!r}: expected KEY=VALUE")
         headers.append((key.lower(), value))
     explanation = policy.explain(Request.from_metadata(peer, method, headers))
-    print(f"policy {policy.name!r} ({args.file}), caller {peer}, method {method}")
+    print(f"policy {policy.name!r} ({args.config or args.file}), caller {peer}, method {method}")
     print(explanation.render())
     return 0 if explanation.decision.allowed else 1

@@ -2,6 +2,11 @@
 
 Exit status: 0 after a clean stop; 2 invalid configuration or policy;
 3 identity unavailable or unusable (production); 4 cannot serve (port in use).
+
+At start the soft open-file limit is raised to the hard limit, and gRPC
+core's stderr is routed through a relay that turns its per-connection
+lines (a failed TLS handshake each) into a counter and one summary line
+per 10 s; GRPC_VERBOSITY or GRPC_TRACE, when set, bring every line back.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sys
 
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import load_node_config
+from meshnode.fdlimit import raise_soft_limit
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,26 +29,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
     config = load_node_config(args.config)
     from meshnode.node import Node
+    from meshnode.telemetry.corelog import CoreLogCapture
     from meshnode.telemetry.setup import configure_telemetry
 
-    handle = configure_telemetry(config.telemetry, default_service_name=config.name)
+    core_log = CoreLogCapture().start()  # first: the log set up next writes to the real stderr, not the relay
+    setup_logging(args.verbose)
+    raise_soft_limit("node")
+    try:
+        handle = configure_telemetry(config.telemetry, default_service_name=config.name)
+    except BaseException:
+        core_log.close()
+        raise
 
-    async def main() -> None:
-        node = Node(config)
-        await node.start()
+    def ready(node: Node) -> None:
         for note in node.notes:
             print(f"meshnode: NOTE: {note}", file=sys.stderr, flush=True)
-        print(
-            f"meshnode: node {config.name} ready on {node.address} as {node.spiffe_id} (mode {config.mode})",
-            flush=True,
-        )
-        await node.serve_until_signal()
+        where = f"on {node.address}" if node.address is not None else "(client only, no port)"
+        print(f"meshnode: node {config.name} ready {where} as {node.spiffe_id} (mode {config.mode})", flush=True)
+
+    async def main() -> None:
+        await Node(config).serve_until_signal(ready=ready)
 
     try:
         asyncio.run(main())
     finally:
+        core_log.close()  # before telemetry: its last counts reach the exporters
         handle.shutdown()
     return 0

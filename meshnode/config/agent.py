@@ -7,6 +7,10 @@
     svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
     state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
     ca_overlap = 2.0                     # seconds a new CA sits in every bundle before it signs (SIGUSR2)
+    max_connections = 256                # connections held at once per socket (1-65536)
+    max_connections_per_uid = 64         # connections held at once per caller uid, all sockets (1-65536)
+    handshake_timeout = 5.0              # seconds a new connection has to start HTTP/2 (0.1-300)
+    idle_timeout = 300.0                 # seconds a connection without any call is kept (1-86400)
 
     [[entries]]
     name = "alpha"                       # socket alpha.sock: the dev stand-in for attestation
@@ -40,12 +44,29 @@ from meshnode.identity.devca import validate_dns_name
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
-__all__ = ["DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"]
+__all__ = ["CONNECTION_LIMIT_RANGES", "DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"]
 
 DEFAULT_SVID_TTL = 3600
 MIN_SVID_TTL = 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+#: the connection bounds of agent.toml: key -> (lowest, highest, whole number?)
+CONNECTION_LIMIT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "max_connections": (1, 65536, True),
+    "max_connections_per_uid": (1, 65536, True),
+    "handshake_timeout": (0.1, 300.0, False),
+    "idle_timeout": (1.0, 86400.0, False),
+}
+
+
+def _limit_problem(key: str, value: object) -> str | None:
+    """What is wrong with a connection bound of agent.toml (nan and inf fail the range check), or None."""
+    low, high, whole = CONNECTION_LIMIT_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        return f"must be {'a whole number' if whole else 'a number'}, not {value!r}"
+    if not low <= value <= high:
+        return f"must be {low:g}-{high:g}{'' if whole else ' seconds'}, not {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,8 +120,18 @@ class AgentConfig:
     state_dir: Path | None = None
     #: Foreign trust domain -> its X.509 roots, sent as federated bundles.
     federation: Mapping[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
+    #: connections held at once per socket, and per caller uid across all sockets
+    max_connections: int = 256
+    max_connections_per_uid: int = 64
+    #: seconds a new connection has to start HTTP/2; seconds a connection without any call is kept
+    handshake_timeout: float = 5.0
+    idle_timeout: float = 300.0
 
     def __post_init__(self) -> None:
+        for key in CONNECTION_LIMIT_RANGES:
+            problem = _limit_problem(key, getattr(self, key))
+            if problem is not None:
+                raise ConfigError(f"agent: {key} {problem}")
         object.__setattr__(self, "trust_domain", parse_trust_domain(self.trust_domain))
         object.__setattr__(self, "socket_dir", Path(self.socket_dir))
         if self.state_dir is not None:
@@ -207,6 +238,14 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
     state_dir = root.string("state_dir", None)
     ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0)
+    limits = {
+        key: (root.integer if whole else root.number)(key, getattr(AgentConfig, key))
+        for key, (_, _, whole) in CONNECTION_LIMIT_RANGES.items()
+    }
+    for key, value in limits.items():
+        problem = _limit_problem(key, value)
+        if problem is not None:
+            raise root.error(key, problem)
     entries = [_entry(sec, source) for sec in root.section_list("entries")]
     federation_table = root.section("federation")  # refuses a non-table, so data[...] is a table below
     federation = _federation(federation_table, list(data.get("federation", {})), base)
@@ -220,6 +259,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
             ca_overlap=ca_overlap,
             state_dir=_path(state_dir, base) if state_dir is not None else None,
             federation=federation,
+            **limits,
         )
     except ConfigError as exc:
         raise _in_file(exc, source) from None

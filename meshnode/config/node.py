@@ -3,7 +3,7 @@
 ```toml
 [node]
 name = "alpha"
-listen = "127.0.0.1:7001"
+listen = "127.0.0.1:7001"      # optional: without it the node is a client only (no port)
 mode = "production"            # development | staging | production  (env MESHNODE_MODE)
 services = ["meshnode.demo:EchoService"]
 shutdown_grace = 5.0
@@ -11,6 +11,8 @@ peer_verify = "spiffe-id"       # default verification for [peers.*]: spiffe-id 
 keepalive = 10.0                # seconds between HTTP/2 pings on peer connections (0: off)
 connect_timeout = 5.0           # seconds before a connection attempt to a peer counts as failed
 max_connection_age = 600.0      # seconds before the server asks a client to reconnect (0: never)
+handshake_timeout = 5.0         # seconds a new connection has to finish TLS and start HTTP/2 (0.1-300)
+max_connections = 2048          # connections held at once; more are closed at accept (1-1048576)
 
 [identity]
 source = "workload-api"         # workload-api | files | dev
@@ -56,6 +58,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from meshnode.config._reader import Section, load_toml
+from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
@@ -72,12 +75,24 @@ __all__ = [
 
 Mode = Literal["development", "staging", "production"]
 MODES: tuple[Mode, ...] = ("development", "staging", "production")
-SOURCES = ("workload-api", "files", "dev")
-VERIFY_MODES = ("spiffe-id", "dns")
-AUDIT_CONDITIONS = ("none", "on_deny", "on_allow", "all")
+Source = Literal["workload-api", "files", "dev"]
+SOURCES: tuple[Source, ...] = ("workload-api", "files", "dev")
+Verify = Literal["spiffe-id", "dns"]
+VERIFY_MODES: tuple[Verify, ...] = ("spiffe-id", "dns")
+Audit = Literal["none", "on_deny", "on_allow", "all"]
+AUDIT_CONDITIONS: tuple[Audit, ...] = ("none", "on_deny", "on_allow", "all")
+
+
+def _one_of(value: object, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config: {what} must be one of {', '.join(choices)}; got {value!r}")
 MODE_ENV = "MESHNODE_MODE"
 LISTEN_ENV = "MESHNODE_LISTEN"
 DEFAULT_DEV_TRUST_DOMAIN = "example.org"
+#: [node] handshake_timeout: allowed range, seconds
+HANDSHAKE_TIMEOUT_RANGE = (0.1, 300.0)
+#: [node] max_connections: allowed range
+MAX_CONNECTIONS_RANGE = (1, 1 << 20)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
@@ -104,7 +119,7 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    source: str = "workload-api"
+    source: Source = "workload-api"
     socket: str | None = None
     trust_domain: str | None = None
     timeout: float = 10.0
@@ -117,6 +132,9 @@ class IdentityConfig:
     state_dir: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
 
+    def __post_init__(self) -> None:
+        _one_of(self.source, SOURCES, "[identity] source")
+
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
 
@@ -126,8 +144,11 @@ class PeerConfig:
     name: str
     address: str
     spiffe_id: SpiffeID
-    verify: str = "spiffe-id"
+    verify: Verify = "spiffe-id"
     server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.verify, VERIFY_MODES, f"[peers.{self.name}] verify")
 
     @property
     def tls_name(self) -> str:
@@ -139,8 +160,11 @@ class PeerConfig:
 class AuthzSettings:
     allow: tuple[str, ...] = ()
     policy: Path | None = None
-    audit: str = "on_deny"
+    audit: Audit = "on_deny"
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of(self.audit, AUDIT_CONDITIONS, "[authz] audit")
 
     @property
     def configured(self) -> bool:
@@ -150,29 +174,48 @@ class AuthzSettings:
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    listen: str
+    listen: str | None = None  # None: a client-only node (opens no port)
     mode: Mode = "development"
     services: tuple[str, ...] = ()
     shutdown_grace: float = 5.0
-    peer_verify: str = "spiffe-id"
+    peer_verify: Verify = "spiffe-id"
     keepalive: float = 10.0
     connect_timeout: float = 5.0
     max_connection_age: float = 600.0
+    handshake_timeout: float = 5.0
+    max_connections: int = 2048
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
-    telemetry: Any = None  # meshnode.telemetry.TelemetrySettings
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     source_path: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
-        parse_address(self.listen, "[node] listen")
-        if self.mode not in MODES:
-            raise ConfigError(f"config: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.listen is not None:
+            parse_address(self.listen, "[node] listen")
+        _one_of(self.mode, MODES, "[node] mode")
+        _one_of(self.peer_verify, VERIFY_MODES, "[node] peer_verify")
+        problem = _limit_problem(self.handshake_timeout, self.max_connections)
+        if problem is not None:
+            raise ConfigError(f"config: [node] {problem[0]} {problem[1]}")
 
     @property
     def host_port(self) -> tuple[str, int]:
+        if self.listen is None:
+            raise ConfigError(f"config: node {self.name!r} has no [node] listen (a client-only node)")
         return parse_address(self.listen, "[node] listen")
+
+
+def _limit_problem(handshake_timeout: float, max_connections: int) -> tuple[str, str] | None:
+    """(key, what is wrong) when a connection limit of [node] is out of range; nan and inf are."""
+    low, high = HANDSHAKE_TIMEOUT_RANGE
+    if isinstance(handshake_timeout, bool) or not (low <= handshake_timeout <= high):
+        return "handshake_timeout", f"must be {low}-{high:g} seconds, not {handshake_timeout!r}"
+    lo, hi = MAX_CONNECTIONS_RANGE
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not lo <= max_connections <= hi:
+        return "max_connections", f"must be a whole number {lo}-{hi}, not {max_connections!r}"
+    return None
 
 
 def _path(section: Section, key: str, base: Path) -> Path | None:
@@ -290,7 +333,7 @@ def node_config_from_dict(
     root = Section(data, "", source, "config")
     node = root.section("node", required=True)
     name = node.string("name")
-    listen = env.get(LISTEN_ENV) or node.string("listen")
+    listen = env.get(LISTEN_ENV) or node.string("listen", None)
     if env.get(LISTEN_ENV):
         node.string("listen", None)
     mode = node.choice("mode", MODES, "development")
@@ -309,6 +352,11 @@ def node_config_from_dict(
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
     connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
     max_connection_age = node.number("max_connection_age", 600.0, minimum=0.0)
+    handshake_timeout = node.number("handshake_timeout", 5.0)
+    max_connections = node.integer("max_connections", 2048)
+    problem = _limit_problem(handshake_timeout, max_connections)
+    if problem is not None:
+        raise node.error(*problem)
     node.done()
     identity = _identity(root.section("identity"), base)
     authz = _authz(root.section("authz"), base)
@@ -316,8 +364,6 @@ def node_config_from_dict(
     for peer_name in peers:
         if not peer_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")
-    from meshnode.telemetry.settings import telemetry_settings_from_section
-
     telemetry = telemetry_settings_from_section(root.section("telemetry"))
     if telemetry.jsonl_path is not None and not Path(telemetry.jsonl_path).is_absolute():
         telemetry = dataclasses.replace(telemetry, jsonl_path=str(base / telemetry.jsonl_path))
@@ -326,7 +372,8 @@ def node_config_from_dict(
         return NodeConfig(
             name=name, listen=listen, mode=mode, services=services, shutdown_grace=shutdown_grace,
             peer_verify=peer_verify, keepalive=keepalive, connect_timeout=connect_timeout,
-            max_connection_age=max_connection_age, identity=identity,
+            max_connection_age=max_connection_age, handshake_timeout=handshake_timeout,
+            max_connections=max_connections, identity=identity,
             authz=authz, peers=peers, telemetry=telemetry,
             source_path=None,
         )

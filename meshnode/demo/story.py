@@ -241,26 +241,14 @@ async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_runnin
 
 
 async def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
-    agent_pid = mesh.procs["agent"].pid
-    r = mesh.root
-    out("")
-    out("== the mesh keeps running; poke it from another terminal (Ctrl-C here stops it):")
-    for cmd in (
-        f"meshnode demo call --workdir {r}                      # relay client -> alpha -> beta -> gamma",
-        f"SPIFFE_ENDPOINT_SOCKET={mesh.socket('alpha')} meshnode svid",
-        f"meshnode check {r / 'alpha.toml'}",
-        f"meshnode policy explain {r / 'gamma-policy.json'} --peer {CLIENT_ID} --method /meshnode.demo.v1.Echo/Say",
-        f"kill -USR1 {agent_pid}   # rotate every SVID;   kill -USR2 {agent_pid}   # rotate the CA",
-        f"meshnode trace show {r}/traces/*.jsonl",
-    ):
-        out(f"   {cmd}")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     ending = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.getsignal(sig) for sig in ending}
-    for sig in ending:
+    for sig in ending:  # before the prompt: a Ctrl-C right after it must end the demo cleanly too
         loop.add_signal_handler(sig, stop.set)
     try:
+        _print_commands(mesh, out)
         while all(mesh.alive().values()) and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -271,6 +259,22 @@ async def _keep_running(mesh: LocalMesh, out: Callable[[str], None]) -> None:
     if stop.is_set():  # Ctrl-C is how the user was told to end it: stop and clean up, not a failure
         out("")
         mesh.keep = False
+
+
+def _print_commands(mesh: LocalMesh, out: Callable[[str], None]) -> None:
+    agent_pid = mesh.procs["agent"].pid
+    r = mesh.root
+    out("")
+    out("== the mesh keeps running; poke it from another terminal (Ctrl-C here stops it):")
+    for cmd in (
+        f"meshnode demo call --workdir {r}                      # relay client -> alpha -> beta -> gamma",
+        f"SPIFFE_ENDPOINT_SOCKET={mesh.socket('alpha')} meshnode svid",
+        f"meshnode check {r / 'alpha.toml'}",
+        f"meshnode policy explain --config {r / 'gamma.toml'} --peer {CLIENT_ID} --method /meshnode.demo.v1.Echo/Say",
+        f"kill -USR1 {agent_pid}   # rotate every SVID;   kill -USR2 {agent_pid}   # rotate the CA",
+        f"meshnode trace show {r}/traces/*.jsonl",
+    ):
+        out(f"   {cmd}")
 
 
 async def call_once(workdir: Path, route: list[str], verify: str) -> int:

@@ -11,8 +11,11 @@ next CA in the bundle before it signs anything, and drops the old CA once
 the SVIDs it signed have expired.
 
 Sockets are handled by :class:`~meshnode.identity.agent_sockets.AgentSockets`
-(0777 like SPIRE's; an entry's ``uid`` restricts who gets its identity). This
-is a development agent: its CA key lives in memory or in ``state_dir``.
+(0777 like SPIRE's; an entry's ``uid`` restricts who gets its identity), with
+connection bounds per socket and per caller uid
+(:mod:`meshnode.identity.agent_limits`); refusals and event loop errors are
+logged as one summary line per interval. This is a development agent: its CA
+key lives in memory or in ``state_dir``.
 
 :class:`DevAgentThread` runs an agent on its own loop in a thread, for sync code.
 """
@@ -33,6 +36,7 @@ from cryptography import x509
 
 from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.errors import ClosedError, ConfigError, ServeError
+from meshnode.identity.agent_limits import ConnectionLimits, LoopErrors
 from meshnode.identity.agent_server import AgentState, StateFeed, WorkloadAPIServicer
 from meshnode.identity.agent_sockets import AgentSockets
 from meshnode.identity.devca import DevCA, IssuedSVID
@@ -65,7 +69,11 @@ class DevAgent:
         self._renew_at: dict[str, dt.datetime] = {}
         self._generation = 0
         self._feed: StateFeed | None = None
-        self._sockets = AgentSockets(config.socket_dir)
+        self._sockets = AgentSockets(config.socket_dir, ConnectionLimits(
+            max_connections=config.max_connections, max_connections_per_uid=config.max_connections_per_uid,
+            handshake_timeout=config.handshake_timeout, idle_timeout=config.idle_timeout,
+        ))
+        self._loop_errors: LoopErrors | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ca_lock = asyncio.Lock()
         self._state = _State.NEW
@@ -77,7 +85,9 @@ class DevAgent:
         if self._state is not _State.NEW:
             raise ClosedError(f"agent: start() on an agent that is {self._state.value}; make a new DevAgent")
         self._state = _State.STARTING
+        self._install_loop_errors()
         try:
+            self._sockets.ledger.check_budget(len(self.config.entries))
             self._sockets.claim([self.socket_path(entry.name) for entry in self.config.entries])
             self._issue(self.config.entries)
             feed = self._feed = StateFeed(self._next_state())
@@ -88,6 +98,7 @@ class DevAgent:
             await self.close()
             raise
         self._spawn(self._renew_loop())
+        self._spawn(self._summary_loop())
         self._state = _State.SERVING
         log.info("agent: serving trust domain %s: %d entries in %s",
                  self.config.trust_domain, len(self.config.entries), self.config.socket_dir)
@@ -103,6 +114,8 @@ class DevAgent:
         if self._feed is not None:
             self._feed.close()  # open streams end with UNAVAILABLE: clients keep their SVID and retry
         await self._sockets.close()
+        self._log_summaries(force=True)
+        self._remove_loop_errors()
         if was_serving:
             log.info("agent: stopped; sockets removed from %s", self.config.socket_dir)
 
@@ -179,6 +192,31 @@ class DevAgent:
             await asyncio.sleep(max((wake - utcnow()).total_seconds(), 0.01))
 
     # -- internals ----------------------------------------------------------
+
+    def _install_loop_errors(self) -> None:
+        """Rate-limit the loop's error reports (asyncio logs a failed accept() every second), unless the
+        application installed its own handler."""
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() is None:
+            self._loop_errors = LoopErrors()
+            loop.set_exception_handler(self._loop_errors)
+
+    def _remove_loop_errors(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop_errors is not None and loop.get_exception_handler() is self._loop_errors:
+            loop.set_exception_handler(None)
+        self._loop_errors = None
+
+    def _log_summaries(self, *, force: bool = False) -> None:
+        self._sockets.ledger.log_summaries(force=force)
+        if self._loop_errors is not None:
+            self._loop_errors.log_summary(force=force)
+
+    async def _summary_loop(self) -> None:
+        """Log refused/denied connections and repeated loop errors as their summaries fall due."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._log_summaries()
 
     def _require_serving(self) -> None:
         if self._state is not _State.SERVING:

@@ -1,10 +1,13 @@
 """The dev agent's listening sockets: one grpc.aio server per entry.
 
 grpc cannot tell which listening socket a call arrived on, so each entry
-gets its own server. An entry without ``uid`` is bound straight on its
-public socket; an entry with ``uid`` is bound in a private 0700 directory
-behind a :class:`~meshnode.identity.peercred.UidGate` on the public socket,
-and refused callers reach a PERMISSION_DENIED server for their uid.
+gets its own server, bound in a private 0700 directory behind a
+:class:`~meshnode.identity.peercred.UidGate` on the public socket. The gate
+knows each caller's uid: it enforces the connection bounds
+(:mod:`meshnode.identity.agent_limits`) and, for an entry with ``uid``,
+sends other callers to a PERMISSION_DENIED server for their uid. The gRPC
+servers close connections that do not start HTTP/2 within
+``handshake_timeout`` or carry no call for ``idle_timeout``.
 
 Public sockets are made mode 0777, as SPIRE's agent socket is: anyone on
 the host may connect, and the entry's ``uid`` decides who gets an identity.
@@ -24,6 +27,7 @@ import grpc
 from spiffe._proto import workload_pb2_grpc as pb_grpc
 
 from meshnode.errors import ClosedError, ConfigError, ServeError
+from meshnode.identity.agent_limits import ConnectionLedger, ConnectionLimits
 from meshnode.identity.agent_server import DenyHandler, WorkloadAPIServicer
 from meshnode.identity.peercred import PeerCredentials, UidGate, claim_socket_path
 
@@ -35,8 +39,10 @@ _STOP_GRACE = 1.0  # seconds in-flight unary calls get at shutdown; streams have
 class AgentSockets:
     """Binds entries' sockets in ``socket_dir``; ``close()`` unbinds and removes them."""
 
-    def __init__(self, socket_dir: Path) -> None:
+    def __init__(self, socket_dir: Path, limits: ConnectionLimits | None = None) -> None:
         self.socket_dir = socket_dir
+        self.limits = limits or ConnectionLimits()
+        self.ledger = ConnectionLedger(self.limits)
         self._servers: list[grpc.aio.Server] = []
         self._gates: list[UidGate] = []
         self._deny: dict[int, Path] = {}  # caller uid -> its PERMISSION_DENIED socket
@@ -63,21 +69,18 @@ class AgentSockets:
             claim_socket_path(path)
 
     async def serve(self, public: Path, servicer: WorkloadAPIServicer, uid: int | None = None) -> None:
-        """Serve ``servicer`` on ``public``; with ``uid``, only to callers running as that uid."""
+        """Serve ``servicer`` on ``public`` (through a gate); with ``uid``, only to callers running as that uid."""
         if self._closed:
             raise ClosedError("agent: sockets are closed")
 
         def add(server: grpc.aio.Server) -> None:
             pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
 
-        if uid is None:
-            await self._grpc_server(public, add)
-        else:
-            private = self._private() / f"entry-{len(self._gates)}.sock"
-            await self._grpc_server(private, add)
-            gate = UidGate(public, uid, private, self._deny_socket)
-            await gate.start()
-            self._gates.append(gate)
+        private = self._private() / f"entry-{len(self._gates)}.sock"
+        await self._grpc_server(private, add)
+        gate = UidGate(public, uid, private, self._deny_socket, self.ledger)
+        await gate.start()
+        self._gates.append(gate)
         os.chmod(public, 0o777)
         self._owned[public] = os.lstat(public).st_ino
 
@@ -108,7 +111,7 @@ class AgentSockets:
         return self._private_dir
 
     async def _grpc_server(self, path: Path, add: Callable[[grpc.aio.Server], None]) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=self.limits.grpc_options())
         add(server)
         try:
             server.add_insecure_port(f"unix:{path}")

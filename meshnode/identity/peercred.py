@@ -1,10 +1,13 @@
 """Unix socket front doors for the dev agent: who is calling, and who may.
 
-grpc does not tell a handler who connected, so an entry with a ``uid`` is
-served through a :class:`UidGate`: an asyncio unix server that reads each
+grpc does not tell a handler who connected, so every entry is served
+through a :class:`UidGate`: an asyncio unix server that reads each
 caller's ``SO_PEERCRED`` (pid, uid, gid, fixed when it connected) and
 splices the connection to the entry's private grpc socket when the uid
-matches, or to a socket that answers PERMISSION_DENIED when it does not.
+matches (or the entry has no ``uid``), or to a socket that answers
+PERMISSION_DENIED when it does not. Knowing the uid before any work is done
+is also what bounds connections per uid
+(:class:`~meshnode.identity.agent_limits.ConnectionLedger`).
 
 :func:`claim_socket_path` makes a socket path free to bind without ever
 stealing it: grpc and asyncio both unlink an existing socket file when they
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshnode.errors import ConfigError, ServeError
+from meshnode.identity.agent_limits import ConnectionLedger
 
 __all__ = ["PeerCredentials", "UidGate", "claim_socket_path", "peer_credentials"]
 
@@ -81,23 +85,28 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class UidGate:
-    """A public unix socket that admits one uid to ``allowed`` and routes others elsewhere.
+    """A public unix socket that admits one uid (or, with ``uid=None``, every uid) to ``allowed``
+    and routes others elsewhere.
 
     ``denied(credentials)`` returns the socket a refused caller is spliced to
-    (the agent's PERMISSION_DENIED server for that uid).
+    (the agent's PERMISSION_DENIED server for that uid). With a ``ledger``, a
+    connection over its limits is closed at once, before anything is opened
+    for it.
     """
 
     def __init__(
         self,
         path: Path,
-        uid: int,
+        uid: int | None,
         allowed: Path,
         denied: Callable[[PeerCredentials], Awaitable[Path]],
+        ledger: ConnectionLedger | None = None,
     ) -> None:
         self.path = path
         self.uid = uid
         self._allowed = allowed
         self._denied = denied
+        self._ledger = ledger
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._pumps: set[asyncio.Task[None]] = set()
@@ -109,13 +118,17 @@ class UidGate:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        ticket = None
         try:
             creds = peer_credentials(writer.get_extra_info("socket"))
-            if creds.uid == self.uid:
+            if self._ledger is not None:
+                ticket = self._ledger.admit(self.path.name, creds.uid)
+                if ticket is None:
+                    return  # over a limit: closed below, counted and summarised by the ledger
+            if self.uid is None or creds.uid == self.uid:
                 target = self._allowed
             else:
-                log.info("agent: %s: caller pid %d uid %d is not uid %d: permission denied",
-                         self.path.name, creds.pid, creds.uid, self.uid)
+                self._log_denied(creds)
                 target = await self._denied(creds)
             up_reader, up_writer = await asyncio.open_unix_connection(str(target))
             try:
@@ -129,7 +142,16 @@ class UidGate:
             log.warning("agent: %s: dropped a connection: %s", self.path.name, exc)
         finally:
             writer.close()
+            if ticket is not None and self._ledger is not None:
+                self._ledger.release(ticket)
             self._handlers.discard(task)
+
+    def _log_denied(self, creds: PeerCredentials) -> None:
+        if self._ledger is not None:  # one summary line per interval, not one line per connection
+            self._ledger.denied.add(f"uid {creds.uid} on {self.path.name}")
+        else:
+            log.info("agent: %s: caller pid %d uid %d is not uid %s: permission denied",
+                     self.path.name, creds.pid, creds.uid, self.uid)
 
     async def _splice(
         self,

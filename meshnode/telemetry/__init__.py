@@ -13,6 +13,7 @@ The SDK side lives in modules the library never imports:
 file) and :mod:`meshnode.telemetry.waterfall` (``meshnode trace show``).
 """
 
+from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.telemetry import attributes
 from meshnode.telemetry.events import (
     IDENTITY_BUNDLE_UPDATED,
@@ -25,7 +26,6 @@ from meshnode.telemetry.events import (
 )
 from meshnode.telemetry.instrumentation import aio_client_interceptors, aio_server_interceptor
 from meshnode.telemetry.instruments import ExpiryWatch, Instruments, instruments
-from meshnode.telemetry.settings import TelemetrySettings, telemetry_settings_from_section
 
 __all__ = [
     "IDENTITY_BUNDLE_UPDATED",

@@ -51,6 +51,9 @@ meshnode.identity.seconds_to_expiry    observable gauge  seconds until the SVID 
                                                          meshnode.local.spiffe_id
 meshnode.identity.source_errors        counter           errors from the identity source
 meshnode.authz.policy_reload_failures  counter           policy reloads refused
+meshnode.server.handshake_failures     counter           TLS handshakes the node's server failed
+                                                         (``meshnode run``), by error.type: the
+                                                         OpenSSL reason (HTTP_REQUEST...)
 ====================================== ================= =====================================
 """
 
@@ -82,6 +85,7 @@ __all__ = [
     "RPC_METHOD",
     "RPC_SERVICE",
     "RPC_SYSTEM",
+    "SERVER_HANDSHAKE_FAILURES",
     "SVID_NOT_AFTER",
     "SVID_SERIAL",
 ]
@@ -122,3 +126,4 @@ AUTHZ_POLICY_RELOAD_FAILURES: Final = "meshnode.authz.policy_reload_failures"
 IDENTITY_ROTATIONS: Final = "meshnode.identity.rotations"
 IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
+SERVER_HANDSHAKE_FAILURES: Final = "meshnode.server.handshake_failures"

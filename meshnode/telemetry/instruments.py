@@ -70,6 +70,11 @@ class Instruments:
             unit="{failure}",
             description="Policy reloads refused (the previous policy stays in force)",
         )
+        self._handshake_failures = self._meter.create_counter(
+            attr.SERVER_HANDSHAKE_FAILURES,
+            unit="{handshake}",
+            description="TLS handshakes the node's server failed (a caller without TLS or a trusted certificate)",
+        )
         self._lock = threading.Lock()
         self._watches: list[ExpiryWatch] = []
         self._gauge_made = False
@@ -85,6 +90,10 @@ class Instruments:
     def policy_reload_failure(self, error_type: str) -> None:
         """Count one refused policy reload."""
         self._reload_failures.add(1, {_ERROR_TYPE: error_type})
+
+    def handshake_failures(self, reason: str, count: int = 1) -> None:
+        """Count failed server TLS handshakes; ``reason`` is the OpenSSL reason code (low-cardinality)."""
+        self._handshake_failures.add(count, {_ERROR_TYPE: reason})
 
     def watch_expiry(self, getter: SnapshotGetter) -> ExpiryWatch:
         """Report ``getter()``'s seconds to expiry on every collection until the watch is closed.

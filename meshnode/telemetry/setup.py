@@ -54,9 +54,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
+from meshnode.config.telemetry import METRICS_EXPORTERS, TRACES_EXPORTERS, TelemetrySettings
 from meshnode.errors import ConfigError
 from meshnode.telemetry.jsonl import JsonlSpanExporter
-from meshnode.telemetry.settings import METRICS_EXPORTERS, TRACES_EXPORTERS, TelemetrySettings
 
 __all__ = ["OTEL_EXPORTER_JSONL_PATH", "TelemetryHandle", "configure_telemetry"]
 

@@ -22,6 +22,10 @@ from typing import IO
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+class Ended(AssertionError):
+    """The process closed its output without printing the line waited for."""
+
+
 class Meshnode:
     """``python -m meshnode.cli ARGS`` with stdout and stderr read line by line on threads."""
 
@@ -51,8 +55,7 @@ class Meshnode:
         regex = re.compile(pattern)
         while True:
             if len(self._ended) == 2:
-                raise AssertionError(f"the process ended without a line matching {pattern!r}; seen: "
-                                     f"{self.seen[-20:]}")
+                raise Ended(f"the process ended without a line matching {pattern!r}; seen: {self.seen[-20:]}")
             try:
                 stream, line = self.lines.get(timeout=timeout)
             except queue.Empty:

@@ -18,3 +18,12 @@ class Stall(NodeService, demo_pb2_grpc.EchoServicer):
         print("stall: entered", flush=True, file=sys.stdout)
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+
+class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
+    """The README's greeter: who may call it is declared on the class, not in [authz]."""
+
+    allow = ["spiffe://example.org/node/beta"]
+
+    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+        return demo_pb2.SayReply(text=request.text)

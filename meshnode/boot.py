@@ -1,0 +1,331 @@
+"""The one boot plan: from (config, services) to checks, policy, server plan and peer plan.
+
+:meth:`Node.start <meshnode.node.Node.start>`, ``meshnode check`` and
+``meshnode policy explain --config`` all call :func:`boot`, so they cannot
+disagree about a configuration: ``check`` prints the checks ``run`` enforces
+and says what ``run`` would do.
+
+The steps, in order (a step that needs an earlier one's result is skipped
+when that one failed):
+
+1. **services**: instantiate ``[node] services``, discover their gRPC
+   methods (:func:`meshnode.pipeline.discover`);
+2. **static checks**: what the configuration alone must satisfy
+   (:func:`meshnode.preflight.static_checks`);
+3. **identity**: obtain the SVID the production way (or take the given
+   source), then check it (:func:`meshnode.preflight.identity_checks`);
+4. **policy**: the effective policy (``[authz] allow``, the policy file, the
+   services' rules, the built-in health/reflection rules) and whether it can
+   allow anyone (:mod:`meshnode.node_policy`); a client-only node (no
+   ``[node] listen``) has none;
+5. **plans**: what the server binds and registers, and how peers are dialled.
+
+Every step records :class:`~meshnode.preflight.Check` values; nothing here
+raises for a failing check. :meth:`Boot.refusal` is the first failure that
+refuses to start in a mode: ``always`` checks in every mode, ``production``
+checks in production (staging logs them as warnings).
+Runs on a worker thread (opening a Workload API source blocks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry import metrics
+
+from meshnode.authz.authorizer import Authorizer
+from meshnode.authz.identity import AcceptedTrust
+from meshnode.authz.policy import Policy
+from meshnode.authz.source import PolicySource
+from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig
+from meshnode.errors import IdentityError, MeshnodeError, PolicyError
+from meshnode.fdlimit import connection_budget, current_limit
+from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.identity.source import IdentitySource
+from meshnode.node_policy import allows_only_builtins, node_policy_source, production_check
+from meshnode.peers import Liveness
+from meshnode.pipeline import ServiceMethods, discover
+from meshnode.preflight import Check, identity_checks, missing_bundles, open_identity, refusal, static_checks
+from meshnode.service import load_service_class
+
+__all__ = ["Boot", "PeerPlan", "ServerPlan", "boot"]
+
+log = logging.getLogger("meshnode.boot")
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What the node's server binds and registers."""
+
+    listen: str
+    services: tuple[ServiceMethods, ...]
+    generic: tuple[grpc.GenericRpcHandler, ...]
+    options: tuple[tuple[str, Any], ...]
+
+    @property
+    def service_names(self) -> list[str]:
+        return sorted(s.name for s in self.services)
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """The peers the node calls, and how their connections find a dead peer."""
+
+    peers: Mapping[str, PeerConfig]
+    liveness: Liveness
+
+
+@dataclass
+class Boot:
+    """Everything decided before binding: checks, the open identity source and policy, the plans.
+
+    Owns the identity source it opened and the policy source (a file watcher):
+    :meth:`close` closes them unless a node took them over (:meth:`hand_over`).
+    """
+
+    config: NodeConfig
+    services: list[object] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the operator: dev fallback, ...
+    warnings: list[str] = field(default_factory=list)  # logged by enforce()
+    source: IdentitySource | None = None
+    owns_source: bool = False
+    snapshot: IdentitySnapshot | None = None
+    accepted: frozenset[str] = frozenset()
+    policy: PolicySource | None = None
+    server: ServerPlan | None = None  # None: a client-only node (no [node] listen)
+    peers: PeerPlan | None = None
+
+    def refusal(self, mode: str | None = None) -> Check | None:
+        """The check that stops the node in ``mode`` (default: the configured mode), or None."""
+        return refusal(self.checks, mode or self.config.mode)
+
+    def enforce(self) -> None:
+        """Raise the refusing check's error; in staging, log what production would refuse."""
+        refused = self.refusal()
+        if refused is not None:
+            raise refused.exception(self.checks)
+        if self.config.mode == "staging":
+            for c in self.checks:
+                if not c.ok:
+                    log.warning("preflight: would refuse in production: %s (%s). Fix: %s", c.name, c.detail, c.fix)
+        for warning in self.warnings:
+            log.warning("%s", warning)
+
+    def authorizer(
+        self,
+        *,
+        meter_provider: metrics.MeterProvider | None = None,
+        span_attributes: Mapping[str, Any] | None = None,
+        record_spans: bool = True,
+    ) -> Authorizer:
+        """The node's authorizer; it takes over the policy source (closing the authorizer closes it)."""
+        if self.policy is None or self.source is None:
+            raise MeshnodeError("boot: no policy to authorize with (a client-only node, or boot failed)")
+        policy, self.policy = self.policy, None
+        authz = self.config.authz
+        return Authorizer(
+            policy, trust=AcceptedTrust(self.source, self.accepted), audit=authz.audit, dry_run=authz.dry_run,
+            meter_provider=meter_provider, own_policy=True, span_attributes=span_attributes,
+            record_spans=record_spans,
+        )
+
+    def hand_over(self) -> IdentitySource:
+        """The identity source, now the caller's to close (when boot opened it)."""
+        assert self.source is not None
+        self.owns_source = False
+        return self.source
+
+    def close(self) -> None:
+        """Close what boot opened and nobody took over; idempotent."""
+        policy, self.policy = self.policy, None
+        close = getattr(policy, "close", None)
+        if close is not None:
+            close()
+        if self.source is not None and self.owns_source:
+            self.owns_source = False
+            self.source.close()
+
+
+def boot(
+    config: NodeConfig,
+    services: Sequence[object] = (),
+    *,
+    source: IdentitySource | None = None,
+    generic: Sequence[grpc.GenericRpcHandler] = (),
+    options: Sequence[tuple[str, Any]] = (),
+    on_error: Callable[[str], None] | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+    offline: bool = False,
+) -> Boot:
+    """Run every boot step before binding; see the module docstring. Never raises for a check.
+
+    ``offline``: skip obtaining the identity (tooling such as ``policy explain --config``); the
+    accepted trust domains then come from the configuration alone.
+    """
+    result = Boot(config)
+    try:
+        _boot(result, list(services), source, tuple(generic), tuple(options), on_error, meter_provider, offline)
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
+def _boot(
+    b: Boot,
+    given: list[object],
+    source: IdentitySource | None,
+    generic: tuple[grpc.GenericRpcHandler, ...],
+    options: tuple[tuple[str, Any], ...],
+    on_error: Callable[[str], None] | None,
+    meter_provider: metrics.MeterProvider | None,
+    offline: bool,
+) -> None:
+    config = b.config
+    found = _services(b, given)
+    if found is None:
+        return
+    discovered, servicer_generic = found
+    declares = any(getattr(type(s), "allow", ()) for s in b.services)
+    b.checks += static_checks(config, service_policies=declares)
+    if offline:
+        b.accepted = config.identity.accepted_trust_domains(_configured_trust_domain(config))
+    else:
+        snapshot = _identity(b, source, on_error)
+        if snapshot is None:
+            return
+        b.accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
+        b.warnings += _missing_bundle_warnings(config, snapshot)
+    b.peers = PeerPlan(config.peers, Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout))
+    if config.listen is None:
+        return  # a client-only node: no port, no policy
+    if not _policy(b, discovered, meter_provider):
+        return
+    b.server = ServerPlan(
+        config.listen, tuple(discovered), (*servicer_generic, *generic), (*_server_options(config), *options)
+    )
+
+
+def _configured_trust_domain(config: NodeConfig) -> str:
+    idc = config.identity
+    if idc.trust_domain is not None:
+        return idc.trust_domain
+    return idc.spiffe_id.trust_domain if idc.spiffe_id is not None else DEFAULT_DEV_TRUST_DOMAIN
+
+
+def _missing_bundle_warnings(config: NodeConfig, snapshot: IdentitySnapshot) -> list[str]:
+    return [
+        f"node: no trust bundle for trust domain '{td}' (federates_with or a peer): its workloads cannot "
+        "be verified until the identity source delivers one (SPIRE federation, federated_bundles_dir)"
+        for td in missing_bundles(config, snapshot)
+    ]
+
+
+def _services(
+    b: Boot, given: list[object]
+) -> tuple[list[ServiceMethods], list[grpc.GenericRpcHandler]] | None:
+    found: list[ServiceMethods] = []
+    generic: list[grpc.GenericRpcHandler] = []
+    try:
+        b.services = given + [load_service_class(spec)() for spec in b.config.services]
+        for service in b.services:
+            services, only_generic = discover(service)
+            found += services
+            generic += only_generic
+    except MeshnodeError as exc:
+        b.checks.append(Check("services load", False, str(exc), "fix [node] services", type(exc), "always",
+                              message=str(exc)))
+        return None
+    names = ", ".join(sorted(s.name for s in found)) or "none"
+    b.checks.append(Check("services load", True, names, required="always"))
+    return found, generic
+
+
+def _identity(
+    b: Boot, source: IdentitySource | None, on_error: Callable[[str], None] | None
+) -> IdentitySnapshot | None:
+    config = b.config
+    if source is None:
+        try:
+            source, notes = open_identity(config, on_error=on_error)
+        except MeshnodeError as exc:
+            b.checks.append(Check("SVID obtained", False, str(exc), "see the message", type(exc), "always",
+                                  message=str(exc)))
+            return None
+        b.owns_source = True
+        b.notes += notes
+    b.source = source
+    snapshot = b.snapshot = source.current()
+    fallback = bool(b.notes) and config.identity.source != "dev"
+    b.checks.append(Check(
+        "identity came from the configured source", not fallback,
+        "dev fallback (no agent answered)" if fallback else source.description,
+        "start the agent / fix [identity] socket (see the note above)", IdentityError,
+    ))
+    b.checks += identity_checks(config, snapshot)
+    return snapshot
+
+
+def _policy(b: Boot, services: list[ServiceMethods], meter_provider: metrics.MeterProvider | None) -> bool:
+    config = b.config
+    validate = production_check(b.accepted) if config.mode == "production" else None
+    try:
+        b.policy = node_policy_source(config.authz, services, b.accepted, validate=validate,
+                                      meter_provider=meter_provider)
+    except PolicyError as exc:
+        b.checks.append(Check("policy is valid", False, str(exc), "run `meshnode policy check` on it",
+                              PolicyError, "always", message=str(exc)))
+        return False
+    policy: Policy = b.policy.current().policy
+    b.checks.append(Check("policy is valid", True, f"{len(policy.rules)} rules", required="always"))
+    try:
+        production_check(b.accepted)(policy)
+        b.checks.append(Check("policy can allow a caller", True, "at least one allow rule can match"))
+    except PolicyError as exc:
+        b.checks.append(Check("policy can allow a caller", False, str(exc), "see the message", PolicyError,
+                              message=str(exc)))
+    if config.mode == "development" and allows_only_builtins(policy) and services:
+        b.warnings.append(
+            "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "
+            "every call will be denied"
+        )
+    return True
+
+
+def _server_options(config: NodeConfig) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = []
+    if config.max_connection_age > 0:
+        # TLS authenticates a connection once, at its handshake: bound how long a connection (and the
+        # certificates it was made with) lives. In-flight calls and streams finish (no grace limit).
+        options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
+    return options + _connection_limits(config)
+
+
+def _connection_limits(config: NodeConfig) -> list[tuple[str, Any]]:
+    """gRPC core's own guards against connection floods, from [node] handshake_timeout and max_connections.
+
+    ``grpc.server_handshake_timeout_ms`` closes a connection that has not
+    finished TLS and sent its HTTP/2 settings in time (gRPC's default is 120 s).
+    ``grpc.max_allowed_incoming_connections`` makes the listener close a
+    connection at accept, before any handshake work, while that many are
+    open (handshaking or established). The cap stays under the open-file
+    limit, so a flood is shed instead of exhausting file descriptors.
+    """
+    cap = config.max_connections
+    budget = connection_budget()
+    if cap > budget:
+        log.warning(
+            "node: [node] max_connections = %d does not fit the open-file limit (%s): capping connections at %d; "
+            "raise the limit (ulimit -n, systemd LimitNOFILE=) to allow more",
+            cap, current_limit().describe(), budget,
+        )
+        cap = budget
+    return [
+        ("grpc.server_handshake_timeout_ms", max(1, round(config.handshake_timeout * 1000))),
+        ("grpc.max_allowed_incoming_connections", cap),
+    ]
