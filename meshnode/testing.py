@@ -76,7 +76,13 @@ class ManualSource(StaticSource):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Racy by nature: anything on the machine may take the port before the code
+    under test binds it. Prefer listening on port 0 and reading the port back
+    (``Node.port``; the ``meshnode run`` ready line ``node NAME ready on HOST:PORT``);
+    use this only where a port must be known before anything can listen on it.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

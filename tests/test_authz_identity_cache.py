@@ -28,8 +28,8 @@ from meshnode.identity import StaticSource
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
-from tests.test_authz_e2e import SERVICE, Client, Probe, registration
-from tests.test_authz_support import HOUR, SERVER_ID, ClientCert, RawCA, serve
+from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, serve
+from tests.support.probe import SERVICE, Client, Probe, registration
 
 ALPHA = "spiffe://example.org/node/alpha"
 BETA = "spiffe://example.org/node/beta"

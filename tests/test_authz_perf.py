@@ -1,7 +1,10 @@
 """What an allowed call costs: the decision core timed inside a real mTLS RPC handler.
 
-Prints the numbers (run with ``-s``); asserts only generous bounds, since
-this machine's timings vary up to 2x between runs.
+A report, not a timed test: it prints the numbers (``pytest -s -m report``)
+and asserts no timing, since a shared machine's timings vary several-fold.
+What it does assert holds on any machine: every authorizer allows the call
+from inside the handler, and a repeated check is a cache hit (the very
+:class:`Verdict` decided first comes back), which is what makes a hit cheap.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from meshnode.identity import StaticSource
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
-from tests.test_authz_support import HOUR, SERVER_ID, ClientCert, RawCA, serve
+from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, serve
 
 ALPHA = "spiffe://example.org/node/alpha"
 METHOD = "/t.Bench/Measure"
@@ -46,7 +49,9 @@ async def measure(authorizers: dict[str, Authorizer], ca: DevCA, extra_roots: li
         results["auth_context()"] = per_call_us(context.auth_context)
         results["peer_identities()"] = per_call_us(context.peer_identities)
         for name, authorizer in authorizers.items():
-            assert authorizer.check(context, METHOD).code is None
+            first = authorizer.check(context, METHOD)
+            assert first.code is None and first.decision == "allow", name
+            assert authorizer.check(context, METHOD) is first, f"{name}: a repeated check missed the cache"
             check = authorizer.check
             results[name] = per_call_us(lambda: check(context, METHOD))  # noqa: B023 (runs right here)
             tracer = TracerProvider().get_tracer("bench")
@@ -65,7 +70,8 @@ async def measure(authorizers: dict[str, Authorizer], ca: DevCA, extra_roots: li
 
 
 @pytest.mark.slow
-async def test_allowed_call_cost() -> None:
+@pytest.mark.report
+async def test_allowed_call_cost_report() -> None:
     ca = DevCA("example.org")
     other = RawCA("other.org CA")
     policy = Policy((allow("spiffe://example.org/node/*", service="t.Bench", name="nodes"),))
@@ -86,5 +92,3 @@ async def test_allowed_call_cost() -> None:
     print()
     for name, us in results.items():
         print(f"  {name:<52} {us:6.2f} us/call  ({us / 300 * 100:.2f}% of a ~300 us RPC)")
-    assert results["check(), one trust domain, no SDK"] < 15
-    assert results["check(), one trust domain, no SDK"] < results["auth_context()"] + 5

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 
 from meshnode.channel import ChannelPlan, PeerChannel
 from meshnode.credentials import ServerCredentials, channel_credentials
@@ -17,6 +18,7 @@ from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource
+from tests.support.wait import eventually_async
 
 SERVER_ID = "spiffe://example.org/node/server"
 CLIENT_ID = "spiffe://example.org/node/client"
@@ -70,7 +72,11 @@ async def echo_server(source: ManualSource) -> AsyncIterator[tuple[int, Echo, Se
         creds.close()
 
 
+@pytest.mark.slow
 async def test_client_and_server_rotate_under_load_without_a_failed_call() -> None:
+    """Ten client+server rotations, one across a CA rotation, under unary and stream load on one
+    stub: every client rotation swaps the channel once, the next handshakes carry the new client
+    certificate, calls of both kinds run on every generation, and none fails."""
     ca = DevCA("example.org")
     server_src = ManualSource(ca, SERVER_ID)
     client_src = ManualSource(ca, CLIENT_ID)
@@ -79,57 +85,59 @@ async def test_client_and_server_rotate_under_load_without_a_failed_call() -> No
         client_src.subscribe(channel.update)
         stub = demo_pb2_grpc.EchoStub(channel)  # made once, used across every swap
         failures: list[BaseException] = []
-        calls = 0
+        done = {"unary": 0, "stream": 0}
         stop = asyncio.Event()
 
         async def unary_worker() -> None:
-            nonlocal calls
             while not stop.is_set():
                 try:
                     reply = await stub.Say(demo_pb2.SayRequest(text="x"), timeout=5)
                     assert reply.caller == CLIENT_ID
-                    calls += 1
+                    done["unary"] += 1
                 except Exception as exc:
                     failures.append(exc)
 
         async def stream_worker() -> None:
-            nonlocal calls
             while not stop.is_set():
                 try:
-                    got = [r.text async for r in stub.SayStream(demo_pb2.SayRequest(text="30"), timeout=10)]
-                    assert got == [str(i) for i in range(30)]
-                    calls += 1
+                    got = [r.text async for r in stub.SayStream(demo_pb2.SayRequest(text="10"), timeout=10)]
+                    assert got == [str(i) for i in range(10)]
+                    done["stream"] += 1
                 except Exception as exc:
                     failures.append(exc)
 
+        async def load_ran() -> None:
+            since = dict(done)
+            await eventually_async(lambda: all(done[k] > since[k] for k in done), "unary and stream calls")
+
+        async def client_rotated(why: str) -> IdentitySnapshot:
+            """Rotate the client SVID; wait for the one swap it causes and a handshake that presents it."""
+            swaps = channel.swaps
+            new = client_src.rotate()
+            await eventually_async(lambda: channel.swaps == swaps + 1, f"{why}: the channel to swap")
+            await eventually_async(lambda: new.leaf.serial_number in servicer.client_serials,
+                                   f"{why}: the server to see the new client certificate")
+            return new
+
         workers = [asyncio.ensure_future(unary_worker()) for _ in range(4)]
         workers.append(asyncio.ensure_future(stream_worker()))
-        rotations = 0
-        serials_seen_after: list[int] = []
-        for i in range(12):
-            await asyncio.sleep(0.15)
-            if i == 5:  # CA rotation: new CA in every bundle before it signs anything
-                ca.prepare_rotation()
+        try:
+            await load_ran()
+            for i in range(10):
+                if i == 5:  # CA rotation: the new CA in every bundle before it signs anything
+                    ca.prepare_rotation()
+                    server_src.rotate()
+                    await client_rotated("next CA in the bundle")
+                    ca.activate_next()
                 server_src.rotate()
-                client_src.rotate()
-                await asyncio.sleep(0.2)
-                ca.activate_next()
-            new = client_src.rotate()
-            server_src.rotate()
-            rotations += 1
-            serials_seen_after.append(new.leaf.serial_number)
-        await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*workers)
+                await client_rotated(f"rotation {i}")
+                await load_ran()
+            assert channel.generation == channel.swaps + 1  # one generation per swap, no other
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+            await channel.close()
         assert failures == []
-        assert rotations >= 10
-        assert calls > 50
-        assert channel.swaps >= 10
-        # new handshakes carried the new client certificates
-        seen = set(servicer.client_serials)
-        assert serials_seen_after[-1] in seen
-        assert sum(1 for s in serials_seen_after if s in seen) >= 8
-        await channel.close()
 
 
 async def test_server_credentials_fetcher_picks_up_a_new_svid_on_the_next_handshake() -> None:
@@ -149,8 +157,6 @@ async def test_server_credentials_fetcher_picks_up_a_new_svid_on_the_next_handsh
             assert reply.caller == CLIENT_ID
 
 
-
-
 class RotatesDuringRead(ManualSource):
     """Publishes a rotation right after handing out the snapshot it was asked for (once, when armed):
     the race of a rotation landing between a reader's current() and what it does with the result."""
@@ -167,21 +173,22 @@ class RotatesDuringRead(ManualSource):
 
 async def test_a_rotation_while_a_peer_channel_is_being_created_is_not_lost() -> None:
     from meshnode.peers import PeerChannels
-    from tests.nodes import node_config, peer
+    from tests.support.nodes import node_config, peer
 
     ca = DevCA("example.org")
     source = RotatesDuringRead(ca, CLIENT_ID)
-    config = node_config("client", peers={"server": peer(1, SERVER_ID)})
-    channels = PeerChannels(source, config.peers, node_name="client")
-    await channels.start()
-    try:
-        source.armed = True
-        channel = channels.channel("server")  # built on the snapshot read before the rotation
-        assert not source.armed
-        deadline = asyncio.get_running_loop().time() + 10
-        while channel.generation == 1:  # the swap to the rotated SVID's channel happens on the loop
-            assert asyncio.get_running_loop().time() < deadline, "the rotation never reached the channel"
-            await asyncio.sleep(0.01)
-        assert channel.generation > 1
-    finally:
-        await channels.close()
+    async with echo_server(ManualSource(ca, SERVER_ID)) as (port, servicer, _creds):
+        config = node_config("client", peers={"server": peer(port, SERVER_ID)})
+        channels = PeerChannels(source, config.peers, node_name="client")
+        await channels.start()
+        try:
+            source.armed = True
+            channel = channels.channel("server")  # built on the snapshot read before the rotation
+            assert not source.armed
+            # the swap to the rotated SVID's channel happens on the loop
+            await eventually_async(lambda: channel.generation > 1, "the rotation to reach the channel")
+            reply = await demo_pb2_grpc.EchoStub(channel).Say(demo_pb2.SayRequest(text="x"), timeout=10)
+            assert reply.caller == CLIENT_ID
+            assert servicer.client_serials == [source.current().leaf.serial_number]  # the rotated SVID
+        finally:
+            await channels.close()

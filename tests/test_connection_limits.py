@@ -24,8 +24,8 @@ from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot, short_tmpdir
-from tests.nodes import node_config
 from tests.support.meshnode_run import ALPHA, BETA, NodeProcess, closed_by_peer, idle_connections, wait_closed
+from tests.support.nodes import node_config
 
 # -- [node] handshake_timeout and max_connections -----------------------------------------------
 

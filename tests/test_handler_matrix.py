@@ -27,7 +27,7 @@ from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot
-from tests.nodes import node_config
+from tests.support.nodes import node_config
 
 SERVER = "spiffe://example.org/node/server"
 CALLER = "spiffe://example.org/node/caller"

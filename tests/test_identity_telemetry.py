@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio, datetime as dt, json, logging
@@ -25,27 +27,38 @@ SCRIPT = textwrap.dedent(
     from meshnode.identity.devca import DevCA
     from meshnode.testing import ManualSource
     from meshnode.node import Node
-    from tests.nodes import node_config
+    from tests.support.nodes import node_config
+
+    def points(data):
+        found = {}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    found[m.name] = [p.value for p in m.data.data_points]
+        return found
+
+    def rotations(data):
+        return points(data).get("meshnode.identity.rotations")
 
     async def main():
         ca = DevCA("example.org")
         src = ManualSource(ca, "spiffe://example.org/node/beta", ttl=dt.timedelta(seconds=3))
         async with Node(node_config("beta", allow=["spiffe://example.org/x"]), source=src) as node:
             first = node.identity
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30  # a safety net: each wait ends on what it waits for
+            while not node.serving:  # health has been decided once (it starts undecided)
+                assert loop.time() < deadline, "the node never reported SERVING"
+                await asyncio.sleep(0.02)
             src.rotate(); src.rotate()
-            await asyncio.sleep(0.2)
-            data = reader.get_metrics_data()
-            deadline = asyncio.get_running_loop().time() + 8
-            while node.serving and asyncio.get_running_loop().time() < deadline:
+            while (data := reader.get_metrics_data()) is None or sum(rotations(data) or [0]) < 2:
+                assert loop.time() < deadline, "the node never counted two rotations"
+                await asyncio.sleep(0.02)
+            while node.serving and loop.time() < deadline:
                 await asyncio.sleep(0.1)
             out = {"serving_after_expiry": node.serving, "first_serial": first.serial,
                    "key": node.identity.key_pem.decode()}
-        points = {}
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    points[m.name] = [p.value for p in m.data.data_points]
-        out["metrics"] = points
+        out["metrics"] = points(data)
         out["records"] = records
         print(json.dumps(out))
 
@@ -54,6 +67,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_rotations_expiry_gauge_and_events() -> None:
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -3,6 +3,9 @@
 The Relay flow crosses all three; cutting one host's link gives the caller a
 clear UNAVAILABLE within its deadline; restoring the link lets calls succeed
 again without restarting anything.
+
+Every node listens on the fixed PORT: each host is a network namespace with
+a port space of its own, so nothing else can hold it (no pick-then-bind race).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.node import Node
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import short_tmpdir
-from tests import netns
+from tests.support import netns
 
 WHY_NOT = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.slow,
@@ -98,13 +101,11 @@ async def test_relay_across_three_hosts_survives_a_cut_link(verify: str) -> None
                     ("alpha", CLIENT), ("beta", sid("alpha")), ("gamma", sid("beta"))]
 
                 hosts.cut("gamma")
-                deadline_s = 8.0
-                start = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await relay(stub, deadline_s)
-                elapsed = time.monotonic() - start
+                    await relay(stub, 8.0)
+                # UNAVAILABLE naming the cut hop, not DEADLINE_EXCEEDED: the failure reached the
+                # caller before its deadline (gRPC reports an expired deadline as DEADLINE_EXCEEDED)
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
-                assert elapsed < deadline_s
                 assert "beta -> gamma" in info.value.details()
 
                 hosts.restore("gamma")

@@ -17,7 +17,7 @@ from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, as_caller, issue_snapshot
-from tests.nodes import node_config, peer
+from tests.support.nodes import node_config, peer
 
 SERVER = "spiffe://example.org/node/server"
 ALPHA = "spiffe://example.org/node/alpha"

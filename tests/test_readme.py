@@ -1,4 +1,8 @@
-"""The README's service example runs as written (only paths and the port are changed)."""
+"""The README's service example runs as written (only paths and the port are changed).
+
+The greeter listens on port 0; the test reads the port it got from /proc and
+writes it into caller.toml, which is only read once the greeter listens.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from meshnode.testing import free_port, short_tmpdir
+from meshnode.testing import short_tmpdir
+from tests.support.procs import listening_ports
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -28,35 +32,21 @@ def block(after: str, lang: str) -> str:
     return match.group(1)
 
 
-def wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError("the greeter never listened")
-
-
 @pytest.mark.slow
 def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Path) -> None:
     sockets = short_tmpdir()
-    port = free_port()  # the README's greeter listens on a fixed port its caller.toml names
 
-    def adapt(text: str) -> str:
+    def adapt(text: str, port: int) -> str:
         return text.replace("/tmp/meshnode-agent", str(sockets)).replace("127.0.0.1:7002", f"127.0.0.1:{port}")
 
     (tmp_path / "greeter.py").write_text(block("`greeter.py`:", "python"))
-    (tmp_path / "greeter.toml").write_text(adapt(block("`greeter.toml`", "toml")))
+    (tmp_path / "greeter.toml").write_text(adapt(block("`greeter.toml`", "toml"), 0))
     (tmp_path / "caller.py").write_text(block("A caller reaches it", "python"))
     caller_toml = README[README.index("```toml\n# caller.toml") + len("```toml\n") :].split("```")[0]
-    (tmp_path / "caller.toml").write_text(adapt(caller_toml))
-    agent_toml = adapt((ROOT / "examples" / "agent.toml").read_text())
-    (tmp_path / "agent.toml").write_text(agent_toml)
+    (tmp_path / "agent.toml").write_text(adapt((ROOT / "examples" / "agent.toml").read_text(), 0))
     production = {k: v for k, v in os.environ.items() if not k.startswith(("MESHNODE_", "SPIFFE_"))}
     production["MESHNODE_MODE"] = "production"
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
     try:
         agent = subprocess.Popen([sys.executable, "-m", "meshnode.cli", "agent", "--config", "agent.toml"],
                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,7 +55,14 @@ def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Pa
         greeter = subprocess.Popen([sys.executable, "greeter.py"], cwd=tmp_path, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=production)
         procs.append(greeter)
-        wait_port(port, greeter)
+
+        def greeter_listens() -> bool:
+            assert greeter.poll() is None, greeter.communicate()[1]
+            return bool(listening_ports(greeter.pid))
+
+        eventually(greeter_listens, "the greeter to listen")
+        (port,) = listening_ports(greeter.pid)
+        (tmp_path / "caller.toml").write_text(adapt(caller_toml, port))
         caller = subprocess.run([sys.executable, "caller.py"], cwd=tmp_path, capture_output=True, text=True,
                                 timeout=60, env=production)
         assert caller.returncode == 0, caller.stderr
@@ -79,10 +76,10 @@ def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Pa
         assert check.returncode == 0, check.stdout + check.stderr
         assert "result: ready for production" in check.stdout
         greeter.send_signal(signal.SIGTERM)
-        assert greeter.wait(timeout=15) == 0
+        assert greeter.wait(timeout=60) == 0
     finally:
-        for p in procs:
+        for p in procs:  # cleanup that cannot raise, so it never hides the failure that got here
             if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=10)
+                p.kill()
+            p.wait()
         shutil.rmtree(sockets, ignore_errors=True)

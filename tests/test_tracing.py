@@ -22,7 +22,7 @@ from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.service import NodeService
 from meshnode.testing import ManualSource
-from tests.nodes import node_config, peer
+from tests.support.nodes import node_config, peer
 
 TD = "spiffe://example.org/node/"
 ALPHA, BETA, GAMMA, CLIENT = TD + "alpha", TD + "beta", TD + "gamma", "spiffe://example.org/demo/client"

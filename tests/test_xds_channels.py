@@ -1,7 +1,7 @@
 """spiffe-id channels through meshnode's xDS control plane, one scenario per subprocess.
 
 gRPC reads the xDS bootstrap from the process environment, so nothing here
-sets it in the pytest process: each scenario (tests/xds_scenarios.py) runs
+sets it in the pytest process: each scenario (tests/support/xds_scenarios.py) runs
 in a fresh interpreter and reports JSON.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
-from tests.xds_support import pem_key, run_scenario
+from tests.support.xds import pem_key, run_scenario
 
 SERVER_ID = "spiffe://example.org/server"
 SAN_MISMATCH = "SANs from certificate did not match SANs from xDS control plane"
@@ -157,26 +157,32 @@ def test_two_nodes_in_two_processes_call_each_other(tmp_path: Path) -> None:
             Path(paths[kind]).write_bytes(data)
         args = {"name": name, "files": paths, "peer_id": f"spiffe://example.org/{other}"}
         procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "tests.xds_scenarios", "node", json.dumps(args)],
+            [sys.executable, "-m", "tests.support.xds_scenarios", "node", json.dumps(args)],
             cwd=Path(__file__).resolve().parent.parent, env={**env, "GRPC_VERBOSITY": "NONE"},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-    addresses = {}
-    for name, proc in procs.items():
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("ADDRESS "), line + (proc.stderr.read() if proc.stderr else "")
-        addresses[name] = line.split()[1]
-    for name, proc in procs.items():  # both nodes learn the other's address before either waits
-        assert proc.stdin is not None
-        proc.stdin.write(addresses["beta" if name == "alpha" else "alpha"] + "\n")
-        proc.stdin.flush()
-    results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=60)
-        [result] = [json.loads(x[7:]) for x in stdout.splitlines() if x.startswith("RESULT ")] or [None]
-        assert result is not None, stderr[-3000:]
-        results[name] = result
+    try:
+        addresses = {}
+        for name, proc in procs.items():
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("ADDRESS "), line + (proc.stderr.read() if proc.stderr else "")
+            addresses[name] = line.split()[1]
+        for name, proc in procs.items():  # both nodes learn the other's address before either waits
+            assert proc.stdin is not None
+            proc.stdin.write(addresses["beta" if name == "alpha" else "alpha"] + "\n")
+            proc.stdin.flush()
+        results = {}
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=60)
+            [result] = [json.loads(x[7:]) for x in stdout.splitlines() if x.startswith("RESULT ")] or [None]
+            assert result is not None, stderr[-3000:]
+            results[name] = result
+    finally:
+        for proc in procs.values():  # cleanup that cannot raise: it never hides the first failure
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     for name, other in (("alpha", "beta"), ("beta", "alpha")):
         assert results[name]["reached"] and results[name]["reply"].get("server") == other, results[name]
         assert results[name]["was_called"]

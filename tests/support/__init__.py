@@ -1,1 +1,12 @@
-"""Shared test helpers (no tests here)."""
+"""Shared test helpers (no tests here); test modules import from here, never from each other.
+
+authz          CAs (DevCA, RawCA for certificates no good CA issues), an mTLS grpc.aio server
+probe          handlers of every arity and kind behind an authorizer, and a client for them
+nodes          node configs built in code
+procs          a `meshnode` subprocess whose lines a test waits for; ports from ready lines
+wait           eventually(): wait for what a test caused, with a safety-net timeout
+services       services that `meshnode run` subprocesses load
+netns          Linux network namespaces as test hosts
+xds            the xDS scenario runner and its who-called-me server
+xds_scenarios  xDS scenarios, one per process (`python -m tests.support.xds_scenarios`)
+"""

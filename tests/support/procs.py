@@ -1,7 +1,15 @@
-"""A `meshnode` subprocess whose output lines the test can wait for."""
+"""A `meshnode` subprocess whose output lines the test can wait for.
+
+A node listens on port 0 and the test reads the port it got from its ready
+line (:meth:`Meshnode.ready`): no port is picked before the process binds.
+Use it as a context manager (or call :meth:`Meshnode.stop` in ``finally``):
+cleanup kills what is left and never raises, so it cannot mask the failure
+that ended the test.
+"""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
@@ -59,6 +67,11 @@ class Meshnode:
             if (found := regex.search(line)) is not None:
                 return found
 
+    def ready(self, name: str, timeout: float = 60.0) -> int:
+        """Wait for ``meshnode: node NAME ready on HOST:PORT as ...`` (`meshnode run`); the port."""
+        found = self.wait_line(rf"^meshnode: node {re.escape(name)} ready on [^ ]+:(\d+) as ", timeout)
+        return int(found.group(1))
+
     def output(self) -> str:
         """Everything read so far plus what is left once the process has ended."""
         while True:
@@ -70,7 +83,43 @@ class Meshnode:
                 self.seen.append((stream, line))
         return "\n".join(line for _, line in self.seen)
 
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, as an operator stops a node; its exit status (fails the test if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {timeout} s after SIGTERM; seen: {self.seen[-20:]}") from None
+
     def stop(self) -> int:
+        """Cleanup: kill it if it still runs; never raises."""
         if self.proc.poll() is None:
             self.proc.kill()
         return self.proc.wait()
+
+    def __enter__(self) -> Meshnode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on, from /proc (Linux): for a program that binds
+    port 0 and prints nothing about it, such as the README's greeter."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -1,7 +1,7 @@
 """Support for the xDS tests: certificates, a who-called-me server, the scenario runner.
 
-Scenarios live in tests/xds_scenarios.py, one per process
-(``python -m tests.xds_scenarios NAME [JSON-ARGS]``): gRPC reads its xDS
+Scenarios live in tests/support/xds_scenarios.py, one per process
+(``python -m tests.support.xds_scenarios NAME [JSON-ARGS]``): gRPC reads its xDS
 bootstrap from the environment of the process, so every scenario that opens
 an ``xds:///`` channel runs in a fresh interpreter and prints one line
 ``RESULT <json>`` for the tests (tests/test_xds_*.py) to assert on.
@@ -35,6 +35,7 @@ from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem, utcnow
 from meshnode.testing import issue_snapshot
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 HOUR = dt.timedelta(hours=1)
 METHOD = "/meshnode.test.Who/Who"
 
@@ -45,8 +46,8 @@ def run_scenario(name: str, args: dict[str, Any] | None = None, *, timeout: floa
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_XDS", "GRPC_EXPERIMENTAL_XDS"))}
     clean.setdefault("GRPC_VERBOSITY", "NONE")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.xds_scenarios", name, json.dumps(args or {})],
-        cwd=Path(__file__).resolve().parent.parent, env={**clean, **(env or {})},
+        [sys.executable, "-m", "tests.support.xds_scenarios", name, json.dumps(args or {})],
+        cwd=ROOT, env={**clean, **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
     for line in proc.stdout.splitlines():

@@ -1,9 +1,9 @@
-"""xDS scenarios, one per process: ``python -m tests.xds_scenarios NAME [JSON-ARGS]``.
+"""xDS scenarios, one per process: ``python -m tests.support.xds_scenarios NAME [JSON-ARGS]``.
 
 Each scenario opens real ``xds:///`` channels through meshnode's control
 plane (or, for the pins of gRPC behaviour, through its public building
 blocks with hand-made resources) and returns a JSON-able dict; see
-tests/xds_support.py for the runner and tests/test_xds_*.py for what is
+tests/support/xds.py for the runner and tests/test_xds_*.py for what is
 asserted.
 """
 
@@ -38,7 +38,7 @@ from meshnode.xds import resources as xres
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir
-from tests.xds_support import (
+from tests.support.xds import (
     HOUR,
     METHOD,
     RawCA,
@@ -252,6 +252,7 @@ async def rotation(args: dict[str, Any]) -> dict[str, Any]:
     failures: list[str] = []
     calls = 0
     latencies: list[float] = []
+    loaded: list[bool] = []  # per rotation: the load made calls once the new SVID was in use
     async with WhoServer("server", key, chain, certs_pem(ca.bundle), options=options) as server:
         cp = XdsControlPlane("rotation")
         cp.update_identity(client)
@@ -289,6 +290,8 @@ async def rotation(args: dict[str, Any]) -> dict[str, Any]:
                 cp.update_identity(client)
                 server.set_identity(key, chain, certs_pem(ca.bundle))
                 latencies.append(await _first_handshake_with(cp, client.serial, pushed))
+                since = calls
+                loaded.append(await poll(lambda: _true(calls > since), 30))  # noqa: B023 (awaited here)
             new_ca = ca.ca_certificate.subject
             from_new_ca = _issuer(chain) == new_ca and _issuer(client.chain_pem) == new_ca
             ca.retire_previous()  # the old CA leaves every bundle; handshakes keep working
@@ -307,6 +310,7 @@ async def rotation(args: dict[str, Any]) -> dict[str, Any]:
         "failures": failures[:5],
         "failed": len(failures),
         "latencies": latencies,
+        "loaded": loaded,
         "serials_seen": len({serial for _, serial in server.calls}),
         "final_serial_is_latest": final["client_serial"] == client.serial,
         "svids_from_new_ca": from_new_ca,
@@ -323,7 +327,7 @@ def snapshot_of_same(snap: IdentitySnapshot, ca: DevCA) -> IdentitySnapshot:
     return IdentitySnapshot(snap.spiffe_id, snap.chain, snap.private_key, {ca.trust_domain: ca.bundle})
 
 
-async def _first_handshake_with(cp: XdsControlPlane, serial: str, pushed: float, timeout: float = 10.0) -> float:
+async def _first_handshake_with(cp: XdsControlPlane, serial: str, pushed: float, timeout: float = 30.0) -> float:
     """Seconds from the push until a fresh connection (own subchannel: a new handshake) presents ``serial``."""
     options = [("grpc.use_local_subchannel_pool", 1)]
     deadline = pushed + timeout
