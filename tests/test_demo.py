@@ -45,6 +45,10 @@ def test_keep_running_ends_on_ctrl_c_with_exit_0_and_no_leftovers() -> None:
         work = Path(demo.wait_line(r"work dir (\S+);", timeout=120).group(1))
         demo.wait_line(r"Ctrl-C here stops it", timeout=120)
         children = [int(pid) for pid in demo.wait_line(r"kill -USR1 (\d+)").groups()]
+        # the command it printed reaches the running mesh (its ports come from the mesh, not fixed in advance)
+        call = subprocess.run([sys.executable, "-m", "meshnode.cli", "demo", "call", "--workdir", str(work)],
+                              capture_output=True, text=True, timeout=60)
+        assert call.returncode == 0, call.stdout + call.stderr
         # a terminal's Ctrl-C: SIGINT to the whole foreground process group
         os.killpg(os.getpgid(demo.proc.pid), signal.SIGINT)
         assert demo.proc.wait(timeout=60) == 0, demo.output()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshnode.errors import MeshnodeError
-from meshnode.testing import free_port
 
 __all__ = ["CLIENT_ID", "NODES", "LocalMesh", "node_id"]
 
@@ -71,7 +71,7 @@ class LocalMesh:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("sockets", "state", "logs", "traces"):
             (self.root / sub).mkdir(exist_ok=True)
-        self.ports = self.ports or {name: free_port() for name in NODES}
+        # nodes listen on port 0 and report their port in their ready line (see start())
 
     # -- layout -------------------------------------------------------------
 
@@ -87,7 +87,12 @@ class LocalMesh:
     def trace_files(self) -> list[Path]:
         return sorted((self.root / "traces").glob("*.jsonl"))
 
+    def ports_file(self) -> Path:
+        """Where the ports of a running mesh are written (for `meshnode demo call`)."""
+        return self.root / "ports.json"
+
     def write_configs(self) -> None:
+        """The agent's config and gamma's policy; node configs are written as each node starts."""
         map_dns = "true" if self.verify == "dns" else "false"  # spiffe-id mode needs no DNS SAN at all
         entries = [(n, node_id(n)) for n in NODES] + [("client", CLIENT_ID)]
         agent = [
@@ -101,25 +106,27 @@ class LocalMesh:
             agent += ["", "[[entries]]", f'name = "{name}"', f'spiffe_id = "{sid}"', f"map_dns = {map_dns}"]
         (self.root / "agent.toml").write_text("\n".join(agent) + "\n")
         (self.root / "gamma-policy.json").write_text(json.dumps(GAMMA_POLICY, indent=2) + "\n")
+
+    def write_node_config(self, name: str) -> None:
+        """``name``'s node.toml: it listens on port 0; its peer must be up already (its port known)."""
         authz = {
             "alpha": f'allow = ["{CLIENT_ID}"]',
             "beta": f'allow = ["{node_id("alpha")}"]',
             "gamma": 'policy = "gamma-policy.json"',
         }
         next_peer = {"alpha": "beta", "beta": "gamma", "gamma": None}
-        for name in NODES:
-            text = [
-                "[node]", f'name = "{name}"', f'listen = "{self.address(name)}"', 'mode = "development"',
-                f"services = {SERVICES}", "shutdown_grace = 2.0", f'peer_verify = "{self.verify}"', "",
-                "[identity]", 'source = "workload-api"', f'socket = "{self.socket(name)}"',
-                f'trust_domain = "{TRUST_DOMAIN}"', "timeout = 10", "",
-                "[authz]", authz[name], 'audit = "on_deny"', "",
-                "[telemetry]", 'exporter = "jsonl"', f'jsonl_path = "traces/{name}.jsonl"', "",
-            ]
-            peer = next_peer[name]
-            if peer:
-                text += [f"[peers.{peer}]", f'address = "{self.address(peer)}"', f'spiffe_id = "{node_id(peer)}"']
-            self.config_path(name).write_text("\n".join(text) + "\n")
+        text = [
+            "[node]", f'name = "{name}"', 'listen = "127.0.0.1:0"', 'mode = "development"',
+            f"services = {SERVICES}", "shutdown_grace = 2.0", f'peer_verify = "{self.verify}"', "",
+            "[identity]", 'source = "workload-api"', f'socket = "{self.socket(name)}"',
+            f'trust_domain = "{TRUST_DOMAIN}"', "timeout = 10", "",
+            "[authz]", authz[name], 'audit = "on_deny"', "",
+            "[telemetry]", 'exporter = "jsonl"', f'jsonl_path = "traces/{name}.jsonl"', "",
+        ]
+        peer = next_peer[name]
+        if peer:
+            text += [f"[peers.{peer}]", f'address = "{self.address(peer)}"', f'spiffe_id = "{node_id(peer)}"']
+        self.config_path(name).write_text("\n".join(text) + "\n")
 
     # -- processes ----------------------------------------------------------
 
@@ -154,10 +161,15 @@ class LocalMesh:
         ready = {}
         self._spawn("agent", ["agent", "--config", str(self.root / "agent.toml")])
         ready["agent"] = self._wait_ready("agent", "meshnode agent: ready", timeout)
-        for name in NODES:
+        for name in reversed(NODES):  # each node's peer is up before it: gamma, beta, alpha
+            self.write_node_config(name)
             self._spawn(name, ["run", str(self.config_path(name))])
-        for name in NODES:
             ready[name] = self._wait_ready(name, f"node {name} ready", timeout)
+            found = re.search(r" ready on [^ ]+:(\d+) ", ready[name])
+            if found is None:
+                raise MeshError(f"demo: {name}'s ready line names no port: {ready[name]!r}")
+            self.ports[name] = int(found.group(1))
+        self.ports_file().write_text(json.dumps(self.ports) + "\n")
         return ready
 
     def signal_agent(self, sig: signal.Signals) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -26,8 +27,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from meshnode.config.node import load_node_config, node_config_from_dict
-from meshnode.demo.mesh import CLIENT_ID, NODES, LocalMesh, node_id
+from meshnode.config.node import node_config_from_dict
+from meshnode.demo.mesh import CLIENT_ID, NODES, LocalMesh, MeshError, node_id
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.errors import MeshnodeError
 from meshnode.identity.workload_api import WorkloadApiSource
@@ -279,7 +280,11 @@ def _print_commands(mesh: LocalMesh, out: Callable[[str], None]) -> None:
 
 async def call_once(workdir: Path, route: list[str], verify: str) -> int:
     """``meshnode demo call``: one relay call through a running demo mesh."""
-    ports = {name: load_node_config(workdir / f"{name}.toml", environ={}).host_port[1] for name in NODES}
+    try:
+        ports = {name: int(port) for name, port in json.loads((workdir / "ports.json").read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise MeshError(f"demo: {workdir} holds no running mesh (ports.json: {exc}); start one with "
+                        "`meshnode demo --keep-running`") from None
     mesh = LocalMesh(verify=verify, workdir=workdir, keep=True, ports=ports)
     source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=5)
     try:
