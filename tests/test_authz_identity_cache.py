@@ -43,6 +43,7 @@ NON_SVIDS: dict[str, Callable[[RawCA], ClientCert]] = {
     "two-uri-sans": lambda ca: ca.issue([ALPHA, BETA]),
     "same-uri-twice": lambda ca: ca.issue([ALPHA, ALPHA]),
     "uri-and-dns-spelled-the-same": lambda ca: ca.issue([ALPHA], dns=[ALPHA]),
+    "trust-domain-id-without-path": lambda ca: ca.issue(["spiffe://example.org"]),
 }
 
 POLICY = Policy((allow(ALPHA, service=SERVICE, name="alpha"),), name="cache")

@@ -70,9 +70,15 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
             f"identity: certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
         )
     try:
-        return parse_spiffe_id(uris[0])
+        spiffe_id = parse_spiffe_id(uris[0])
     except InvalidSpiffeIdError as exc:
         raise InvalidIdentityError(f"identity: certificate URI SAN is not a SPIFFE ID: {exc}") from None
+    if not spiffe_id.path:  # X509-SVID 3.1 and 5.2: a leaf's ID names a workload, not the trust domain
+        raise InvalidIdentityError(
+            f"identity: certificate URI SAN {spiffe_id} has no path; a leaf X.509-SVID names a workload "
+            "(spiffe://trust-domain/path), never the trust domain itself"
+        )
+    return spiffe_id
 
 
 #: What a DNS SAN may hold: host-name characters (and ``*`` for wildcards), never a scheme or a path.
