@@ -66,7 +66,15 @@ class ConfigError(MeshnodeError, ValueError):
 
 
 class InvalidSpiffeIdError(ConfigError):
-    """A string is not a valid SPIFFE ID or trust domain name."""
+    """A string is not a valid SPIFFE ID or trust domain name.
+
+    ``reason`` says what is wrong (without the value); ``value`` is the text given.
+    """
+
+    def __init__(self, message: str, *, reason: str = "", value: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.value = value
 
 
 class PolicyError(ConfigError):

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cryptography import x509
+
 from meshnode.authz.context import CURRENT_PEER
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
@@ -41,7 +43,7 @@ def issue_snapshot(
 ) -> IdentitySnapshot:
     """An SVID from ``ca`` with ``ca``'s bundle, plus the bundles of ``federated`` CAs."""
     issued = ca.issue(spiffe_id, ttl, dns_names=dns_names, map_dns=map_dns)
-    bundles = {ca.trust_domain: ca.bundle}
+    bundles: dict[str, tuple[x509.Certificate, ...]] = {ca.trust_domain: ca.bundle}
     for other in federated:
         bundles[other.trust_domain] = other.bundle
     return build_snapshot(issued.chain, issued.private_key, bundles)

@@ -216,8 +216,7 @@ class _Reader:
         try:
             parse_spiffe_id(text)
         except InvalidSpiffeIdError as exc:
-            reason = str(exc).rsplit(": ", 1)[-1]
-            raise self.error(path, f"{shown!r} is not a valid SPIFFE ID: {reason}") from None
+            raise self.error(path, f"{shown!r} is not a valid SPIFFE ID: {exc.reason}") from None
 
     def spiffe_prefix(self, fixed: str, path: Path, shown: str) -> None:
         rest = fixed[len(_SCHEME):]

@@ -28,7 +28,7 @@ from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot, load_pem_certs, load_pem_key, spiffe_id_of, uri_sans
-from meshnode.spiffeid import parse_trust_domain
+from meshnode.spiffeid import parse_spiffe_id, parse_trust_domain
 
 __all__ = ["FileSource", "SvidFiles"]
 
@@ -79,11 +79,15 @@ def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
     # A bundle file may also hold federated CAs (spiffe-helper's include_federated_domains):
     # a CA whose URI SAN names another trust domain must never vouch for this one.
     for cert in bundle:
-        td = own_td
+        named: str | None = own_td
         for uri in uri_sans(cert):
             if uri.startswith("spiffe://"):
-                td = uri[len("spiffe://") :].split("/", 1)[0]
-        bundles[td] = (*bundles.get(td, ()), cert)
+                try:
+                    named = parse_spiffe_id(uri).trust_domain
+                except InvalidSpiffeIdError:
+                    named = None  # names no valid trust domain: it vouches for none
+        if named is not None:
+            bundles[named] = (*bundles.get(named, ()), cert)
     if own_td not in bundles:
         raise InvalidIdentityError(
             f"identity: trust bundle {files.bundle} holds no CA of the SVID's trust domain '{own_td}'"
