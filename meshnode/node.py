@@ -31,7 +31,7 @@ from meshnode.identity_state import IdentityState
 from meshnode.peers import PeerChannels
 from meshnode.preflight import enforce, identity_checks, missing_bundles, open_identity, static_checks
 from meshnode.server import MeshServer
-from meshnode.service import NodeService, load_service_class, registration_of
+from meshnode.service import NodeService, make_services, registration_of
 from meshnode.spiffeid import SpiffeID
 from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME
 
@@ -118,10 +118,8 @@ class Node:
     # -- lifecycle ---------------------------------------------------------
 
     def _load_services(self) -> list[object]:
-        services = list(self._services)
-        for spec in self.config.services:
-            services.append(load_service_class(spec)())
-        return services
+        where = str(self.config.source_path or "node.toml")
+        return [*self._services, *make_services(self.config.services, where)]
 
     async def start(self) -> None:
         """Obtain the identity, pass the checks, bind and serve. Raises MeshnodeError."""

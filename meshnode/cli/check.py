@@ -19,7 +19,7 @@ from meshnode.cli._logging import setup_logging
 from meshnode.config.node import NodeConfig, load_node_config
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.preflight import Check, identity_checks, open_identity, static_checks
-from meshnode.service import load_service_class
+from meshnode.service import load_service_classes
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
-    services = [load_service_class(spec) for spec in config.services]
+    services = load_service_classes(config.services, str(args.config))
     declares = any(getattr(k, "allow", ()) for k in services)
     print(f"meshnode check: node {config.name} (mode {config.mode}, config {args.config})")
     checks = static_checks(config, service_policies=declares) + _policy_check(config)

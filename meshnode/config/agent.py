@@ -44,6 +44,12 @@ __all__ = ["DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"
 
 DEFAULT_SVID_TTL = 3600
 MIN_SVID_TTL = 2
+#: a year: the dev CA itself lives 365 days, and every date must stay within what datetime can add
+MAX_SVID_TTL = 31_536_000
+#: a day: how long a prepared CA may wait in the bundles before it signs (SIGUSR2)
+MAX_CA_OVERLAP = 86_400.0
+#: uid_t is 32 bits and (uid_t)-1 means "no uid" to the kernel
+MAX_UID = 2**32 - 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
@@ -82,8 +88,8 @@ class EntryConfig:
                     f"agent: entry '{self.name}': {self.spiffe_id} has no DNS name (too long for DNS); "
                     "set map_dns = false for this entry, or shorten the ID"
                 ) from None
-        if self.uid is not None and self.uid < 0:
-            raise ConfigError(f"agent: entry '{self.name}': uid must be 0 or more, not {self.uid}")
+        if self.uid is not None and not 0 <= self.uid <= MAX_UID:
+            raise ConfigError(f"agent: entry '{self.name}': uid must be from 0 to {MAX_UID}, not {self.uid}")
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,20 @@ class AgentConfig:
         if self.state_dir is not None:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "entries", tuple(self.entries))
-        if isinstance(self.svid_ttl, bool) or not isinstance(self.svid_ttl, int) or self.svid_ttl < MIN_SVID_TTL:
-            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds >= {MIN_SVID_TTL}, "
-                              f"not {self.svid_ttl!r}")
+        if (
+            isinstance(self.svid_ttl, bool)
+            or not isinstance(self.svid_ttl, int)
+            or not MIN_SVID_TTL <= self.svid_ttl <= MAX_SVID_TTL
+        ):
+            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds from {MIN_SVID_TTL} to "
+                              f"{MAX_SVID_TTL}, not {self.svid_ttl!r}")
+        if (
+            isinstance(self.ca_overlap, bool)
+            or not isinstance(self.ca_overlap, (int, float))
+            or not 0 <= self.ca_overlap <= MAX_CA_OVERLAP  # also refuses nan
+        ):
+            raise ConfigError(f"agent: ca_overlap must be from 0 to {MAX_CA_OVERLAP:.0f} seconds, "
+                              f"not {self.ca_overlap!r}")
         if not self.entries:
             raise ConfigError("agent: no entries; add one [[entries]] table (name, spiffe_id) per workload")
         seen: dict[str, str] = {}
@@ -174,7 +191,7 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
         raise InvalidSpiffeIdError(str(sec.error("spiffe_id", f"is not a valid SPIFFE ID: {reason}"))) from None
     dns_names = sec.strings("dns_names", ())
     map_dns = sec.boolean("map_dns", True)
-    uid = sec.integer("uid", None, minimum=0)
+    uid = sec.integer("uid", None, minimum=0, maximum=MAX_UID)
     sec.done()
     try:
         return EntryConfig(name=name, spiffe_id=spiffe_id, dns_names=dns_names, map_dns=map_dns, uid=uid)
@@ -204,9 +221,9 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
     socket_dir = _path(root.string("socket_dir"), base)
-    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
+    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL)
     state_dir = root.string("state_dir", None)
-    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0)
+    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)
     entries = [_entry(sec, source) for sec in root.section_list("entries")]
     federation_table = root.section("federation")  # refuses a non-table, so data[...] is a table below
     federation = _federation(federation_table, list(data.get("federation", {})), base)

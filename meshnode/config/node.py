@@ -38,6 +38,9 @@ exporter = "jsonl"              # otlp | console | jsonl | none
 jsonl_path = "alpha-spans.jsonl"
 ```
 
+Every number has a documented range (:data:`LIMITS`, docs/configuration.md):
+``nan``, ``inf`` and values gRPC could not take are refused with the key.
+
 Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
 (listen). This module and :mod:`meshnode.config.agent` are the only places
 that read configuration files and the environment.
@@ -48,18 +51,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from meshnode.config._reader import Section, load_toml
+from meshnode.config._reader import Section, load_toml, number_text, show
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
 __all__ = [
+    "LIMITS",
     "MODES",
     "AuthzSettings",
     "IdentityConfig",
@@ -79,11 +85,44 @@ MODE_ENV = "MESHNODE_MODE"
 LISTEN_ENV = "MESHNODE_LISTEN"
 DEFAULT_DEV_TRUST_DOMAIN = "example.org"
 
+#: (minimum, maximum) of every number in node.toml, as docs/configuration.md lists them. The maxima keep
+#: each value within what gRPC takes (milliseconds as a 32-bit integer) and what a clock can add.
+LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "node.shutdown_grace": (0.0, 3600.0),
+    "node.keepalive": (0.0, 86400.0),
+    "node.connect_timeout": (0.1, 3600.0),
+    "node.max_connection_age": (0.0, 2_000_000.0),
+    "identity.timeout": (0.1, 3600.0),
+    "identity.svid_ttl": (2, 31_536_000),
+})
+_SERVICE_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _limits(key: str) -> dict[str, Any]:
+    low, high = LIMITS[key]
+    return {"minimum": low, "maximum": high}
+
+
+def check_limit(key: str, value: object) -> None:
+    """Refuse a value of ``key`` outside :data:`LIMITS` (configs built in code get the file's checks)."""
+    low, high = LIMITS[key]
+    number = value.total_seconds() if isinstance(value, dt.timedelta) else value
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or (isinstance(number, float) and not math.isfinite(number))
+        or not low <= number <= high
+    ):
+        raise ConfigError(
+            f"config: '{key}' must be a number from {number_text(low)} to {number_text(high)}, not {show(value)}"
+        )
+
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
     """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port); raises ConfigError."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    # isdigit() alone accepts '²' and other digits int() refuses; five ASCII digits at most
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
         raise ConfigError(f"config: {what} {value!r} is not host:port (e.g. 127.0.0.1:7001)")
     port = int(port_text)
     if not 0 <= port <= 65535:
@@ -97,7 +136,7 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
             raise ConfigError(f"config: {what} {value!r}: {host} is not an IPv6 address") from None
     elif ":" in host:
         raise ConfigError(f"config: {what} {value!r}: write IPv6 addresses as [addr]:port")
-    elif not all(c.isalnum() or c in ".-_" for c in host):
+    elif not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
         raise ConfigError(f"config: {what} {value!r}: {host!r} is not a host name or IP address")
     return host, port
 
@@ -116,6 +155,10 @@ class IdentityConfig:
     spiffe_id: SpiffeID | None = None
     state_dir: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        check_limit("identity.timeout", self.timeout)
+        check_limit("identity.svid_ttl", self.svid_ttl)
 
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
@@ -167,6 +210,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
         parse_address(self.listen, "[node] listen")
+        for key in ("shutdown_grace", "keepalive", "connect_timeout", "max_connection_age"):
+            check_limit(f"node.{key}", getattr(self, key))
         if self.mode not in MODES:
             raise ConfigError(f"config: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
 
@@ -209,7 +254,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         source=source,
         socket=s.string("socket", None),
         trust_domain=trust_domain,
-        timeout=s.number("timeout", 10.0, minimum=0.1),
+        timeout=s.number("timeout", 10.0, **_limits("identity.timeout")),
         federates_with=federates,
         cert=_path(s, "cert", base),
         key=_path(s, "key", base),
@@ -217,7 +262,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         federated_bundles_dir=_path(s, "federated_bundles_dir", base),
         spiffe_id=_spiffe_id(s, "spiffe_id"),
         state_dir=_path(s, "state_dir", base),
-        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, minimum=2)),
+        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
     )
     if source == "files":
         for key in ("cert", "key", "bundle"):
@@ -300,15 +345,15 @@ def node_config_from_dict(
             raise ConfigError(f"config: {MODE_ENV}={mode!r} must be one of {', '.join(MODES)}")
     services = node.strings("services", ())
     for i, spec in enumerate(services):
-        if spec.count(":") != 1 or not all(spec.split(":")):
-            raise node.error("services", f"item {i} {spec!r} must look like 'package.module:ClassName'")
-    shutdown_grace = node.number("shutdown_grace", 5.0, minimum=0.0)
+        if not _SERVICE_SPEC.fullmatch(spec):
+            raise node.error("services", f"item {i} {show(spec)} must look like 'package.module:ClassName'")
+    shutdown_grace = node.number("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
     peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
-    keepalive = node.number("keepalive", 10.0, minimum=0.0)
+    keepalive = node.number("keepalive", 10.0, **_limits("node.keepalive"))
     if 0 < keepalive < 1:
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
-    connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
-    max_connection_age = node.number("max_connection_age", 600.0, minimum=0.0)
+    connect_timeout = node.number("connect_timeout", 5.0, **_limits("node.connect_timeout"))
+    max_connection_age = node.number("max_connection_age", 600.0, **_limits("node.max_connection_age"))
     node.done()
     identity = _identity(root.section("identity"), base)
     authz = _authz(root.section("authz"), base)

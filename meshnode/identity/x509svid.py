@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
+from meshnode.identity.rejects import describe_error
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
@@ -161,7 +162,31 @@ def build_snapshot(
     generation: int = 1,
     now: dt.datetime | None = None,
 ) -> IdentitySnapshot:
-    """Validate an SVID with its key and bundles and wrap it in a snapshot."""
+    """Validate an SVID with its key and bundles and wrap it in a snapshot.
+
+    Raises InvalidIdentityError for every problem, also for a certificate
+    that parsed but whose extensions do not (cryptography parses those
+    lazily and raises ValueError).
+    """
+    try:
+        return _build_snapshot(chain, private_key, bundles, generation, now)
+    except InvalidIdentityError:
+        raise
+    except Exception as exc:  # malformed DER inside a certificate that loaded: outside input, not a bug
+        raise InvalidIdentityError(
+            f"identity: the SVID or its bundle cannot be parsed: {describe_error(exc)}"
+        ) from None
+
+
+def _build_snapshot(
+    chain: Sequence[x509.Certificate],
+    private_key: CertificateIssuerPrivateKeyTypes,
+    bundles: Bundles,
+    generation: int,
+    now: dt.datetime | None,
+) -> IdentitySnapshot:
+    if not chain:
+        raise InvalidIdentityError("identity: the SVID has no certificate")
     leaf = chain[0]
     spiffe_id = spiffe_id_of(leaf)
     check_leaf(leaf)
