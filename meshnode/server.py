@@ -5,10 +5,17 @@ server when a generated ``add_XServicer_to_server`` runs, so meshnode sees
 each method handler and wraps it with the authorizer once, at registration
 (no per-call interceptor). Health (``grpc.health.v1``) and server
 reflection are registered the same way, on the same port.
+
+Stopping: calls still running when the grace period ends are cancelled
+by gRPC, which is expected at shutdown. :meth:`MeshServer.stop` waits
+until their tasks have ended (else ``asyncio.run`` cancels gRPC's
+per-call tasks itself and gRPC logs two ``CancelledError`` tracebacks per
+call) and returns how many there were, for one summary line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +30,12 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from meshnode.asyncify import asyncify_handler
 from meshnode.errors import ServeError
 
-__all__ = ["HandlerWrapper", "MeshServer", "Registrar"]
+__all__ = ["HANDLER_THREAD_PREFIX", "HandlerWrapper", "MeshServer", "Registrar"]
 
 log = logging.getLogger("meshnode.server")
+
+#: The names of the threads that run plain ``def`` methods start with this.
+HANDLER_THREAD_PREFIX = "meshnode-handler"
 
 #: (full method name "/pkg.Svc/M", handler) -> handler that authorizes first
 HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
@@ -80,7 +90,7 @@ class MeshServer:
         max_workers: int = 16,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=HANDLER_THREAD_PREFIX)
         if interceptors:  # interceptors like OpenTelemetry's only await: run sync handlers as async ones
             self._wrap: HandlerWrapper = lambda method, h: asyncify_handler(wrap(method, h), self._pool)
         else:
@@ -154,10 +164,44 @@ class MeshServer:
     async def start(self) -> None:
         await self.server.start()
 
-    async def stop(self, grace: float | None) -> None:
+    async def stop(self, grace: float | None) -> int:
+        """Stop serving; in-flight calls get ``grace`` seconds. Returns how many calls were cancelled."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        calls = self._running_calls()
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        cancelled = len(calls)
+        if calls and grace is not None and grace > 0:
+            _, still_running = await asyncio.wait(calls, timeout=grace)
+            cancelled = len(still_running)
+        await stopping
+        await _settle(calls)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return cancelled
+
+    def _running_calls(self) -> set[asyncio.Task[object]]:
+        """The tasks of this server's calls that have not ended (gRPC names them after the method)."""
+        prefixes = tuple(f"{_CALL_TASK}[/{service}/" for service in self.registrar.services)
+        return {
+            task for task in asyncio.all_tasks()
+            if not task.done() and task.get_name().startswith(prefixes)
+        }
+
+
+#: grpc.aio runs each call in a task named "HandleExceptions[/pkg.Service/Method]", inside an outer task
+#: named "rpc_task" that logs a traceback if it is cancelled itself (which asyncio.run does to leftover tasks)
+_CALL_TASK = "HandleExceptions"
+_OUTER_TASK = "rpc_task"
+_SETTLE_SECONDS = 2.0
+
+
+async def _settle(calls: set[asyncio.Task[object]]) -> None:
+    """Wait (bounded) until cancelled calls and gRPC's outer per-call tasks have ended."""
+    pending = {task for task in calls if not task.done()}
+    if pending:
+        await asyncio.wait(pending, timeout=_SETTLE_SECONDS)
+    outer = {task for task in asyncio.all_tasks() if task.get_name() == _OUTER_TASK and not task.done()}
+    if outer:
+        await asyncio.wait(outer, timeout=_SETTLE_SECONDS)
 
 
 class _Probe(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc ships no type hints

@@ -2,16 +2,25 @@
 
 Exit status: 0 after a clean stop; 2 invalid configuration or policy;
 3 identity unavailable or unusable (production); 4 cannot serve (port in use).
+
+On SIGTERM/SIGINT, calls still running after [node] shutdown_grace are
+cancelled (one summary line). A plain ``def`` method cannot be interrupted:
+if one still runs on a handler thread, the process exits without waiting
+for it, so a stuck method never holds a stopping node.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
 
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import load_node_config
+from meshnode.server import HANDLER_THREAD_PREFIX
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,4 +54,19 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(main())
     finally:
         handle.shutdown()
+    _exit_if_handlers_are_stuck()
     return 0
+
+
+def _exit_if_handlers_are_stuck() -> None:
+    """Exit now if sync handlers still run: the interpreter would wait for them at exit, maybe forever."""
+    stuck = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX) and t.is_alive()]
+    if not stuck:
+        return
+    logging.getLogger("meshnode.node").warning(
+        "node: %d handler thread(s) still running a cancelled call; exiting without waiting for them", len(stuck)
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -10,7 +10,7 @@ stream gets every response pushed after that.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,12 @@ class _Servicer(pb_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
     def __init__(self, api: ScriptedWorkloadApi) -> None:
         self._api = api
 
-    def FetchX509SVID(self, request: Any, context: Any) -> Iterator[pb.X509SVIDResponse]:  # noqa: N802
+    def FetchX509SVID(self, request: Any, context: Any) -> Iterator[pb.X509SVIDResponse]:
         with self._api.changed:
             sent = len(self._api.responses) - 1  # a new stream starts at the current state, as SPIRE's does
         while context.is_active():
             with self._api.changed:
-                self._api.changed.wait_for(
-                    lambda: self._api.closed or len(self._api.responses) > sent, timeout=0.5
-                )
+                self._api.changed.wait_for(self._api.has_after(sent), timeout=0.5)
                 if self._api.closed:
                     return
                 pending = self._api.responses[sent:]
@@ -70,6 +68,10 @@ class ScriptedWorkloadApi:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(_Servicer(self), self._server)  # type: ignore[no-untyped-call]
         self._server.add_insecure_port(f"unix:{path}")
+
+    def has_after(self, sent: int) -> Callable[[], bool]:
+        """A predicate for ``changed.wait_for``: closed, or more than ``sent`` responses pushed."""
+        return lambda: self.closed or len(self.responses) > sent
 
     @property
     def address(self) -> str:
