@@ -34,7 +34,7 @@ from cryptography import x509
 from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.errors import ClosedError, ConfigError, ServeError
 from meshnode.identity.agent_server import AgentState, StateFeed, WorkloadAPIServicer
-from meshnode.identity.agent_sockets import AgentSockets
+from meshnode.identity.agent_sockets import AgentSockets, remove_stale_private_dirs
 from meshnode.identity.devca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import utcnow
 
@@ -77,6 +77,8 @@ class DevAgent:
         if self._state is not _State.NEW:
             raise ClosedError(f"agent: start() on an agent that is {self._state.value}; make a new DevAgent")
         self._state = _State.STARTING
+        for stale in remove_stale_private_dirs():
+            log.info("agent: removed %s, left behind by an agent that was killed", stale)
         try:
             self._sockets.claim([self.socket_path(entry.name) for entry in self.config.entries])
             self._issue(self.config.entries)
