@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from meshnode.errors import ConfigError
 
-__all__ = ["MISSING", "Section", "load_toml", "number_text", "show"]
+__all__ = ["MISSING", "Section", "load_toml", "number_text", "printable", "resolve_path", "show"]
 
 T = TypeVar("T")
 
@@ -39,6 +40,13 @@ def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Read a TOML file; errors name the file and, for syntax errors, the line."""
     p = Path(path)
     try:
+        return _load_toml(p, what)
+    except ConfigError as exc:
+        raise ConfigError(printable(str(exc))) from None
+
+
+def _load_toml(p: Path, what: str) -> dict[str, Any]:
+    try:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what}: config file {p} does not exist") from None
@@ -54,6 +62,13 @@ def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}: {p} is not valid TOML: {exc}") from None
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x00``...): messages stay one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def show(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted values."""
     try:
@@ -63,9 +78,21 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def number_text(value: float) -> str:
     """``2`` and ``2.0`` as "2", ``0.1`` as "0.1": limits read as the documentation writes them."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """``value`` as a path, ``~`` expanded, relative to ``base``; ValueError if ``~user`` names nobody."""
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": pathlib cannot find that home directory
+        raise ValueError(f"cannot expand {show(value.split('/', 1)[0])}: no such user's home directory") from None
+    return p if p.is_absolute() else base / p
 
 
 class Section:
@@ -81,10 +108,11 @@ class Section:
         self._seen: set[str] = set()
 
     def path(self, key: str) -> str:
-        return f"{self._where}.{key}" if self._where else key
+        shown = key if _PLAIN_KEY.fullmatch(key) else show(key)  # never a control character in a message
+        return f"{self._where}.{shown}" if self._where else shown
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self._what}: {self._source}: '{self.path(key)}' {message}")
+        return ConfigError(printable(f"{self._what}: {self._source}: '{self.path(key)}' {message}"))
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -138,6 +166,16 @@ class Section:
             raise self.error(key, f"must be at least {number_text(minimum)}, not {show(value)}")
         if maximum is not None and value > maximum:
             raise self.error(key, f"must be at most {number_text(maximum)}, not {show(value)}")
+
+    def file_path(self, key: str, base: Path, default: Any = MISSING) -> Any:
+        """A path, relative to ``base`` unless absolute; ``default`` (e.g. None) when the key is absent."""
+        value = self.string(key, default)
+        if not isinstance(value, str):
+            return value
+        try:
+            return resolve_path(value, base)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
 
     def boolean(self, key: str, default: Any = MISSING) -> Any:
         return self._get(key, bool, "true or false", default)

@@ -171,11 +171,6 @@ class AgentConfig:
         raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(e.name for e in self.entries)})")
 
 
-def _path(value: str, base: Path) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
-
-
 def _in_file(exc: ConfigError, source: Path) -> ConfigError:
     """The same error, with the config file named after the component."""
     return type(exc)(f"agent: {source}: {str(exc).removeprefix('agent: ')}")
@@ -202,7 +197,7 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
 def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x509.Certificate, ...]]:
     out: dict[str, tuple[x509.Certificate, ...]] = {}
     for td in names:
-        path = _path(sec.string(td), base)
+        path = sec.file_path(td, base)
         try:
             out[td] = tuple(load_pem_certs(path.read_bytes(), f"federated bundle {path}"))
         except OSError as exc:
@@ -220,9 +215,9 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     data = load_toml(source, "agent")
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
-    socket_dir = _path(root.string("socket_dir"), base)
+    socket_dir = root.file_path("socket_dir", base)
     svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL)
-    state_dir = root.string("state_dir", None)
+    state_dir = root.file_path("state_dir", base, None)
     ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)
     entries = [_entry(sec, source) for sec in root.section_list("entries")]
     federation_table = root.section("federation")  # refuses a non-table, so data[...] is a table below
@@ -235,7 +230,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
             entries=tuple(entries),
             svid_ttl=svid_ttl,
             ca_overlap=ca_overlap,
-            state_dir=_path(state_dir, base) if state_dir is not None else None,
+            state_dir=state_dir,
             federation=federation,
         )
     except ConfigError as exc:

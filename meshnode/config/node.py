@@ -123,21 +123,21 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     # isdigit() alone accepts '²' and other digits int() refuses; five ASCII digits at most
     if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
-        raise ConfigError(f"config: {what} {value!r} is not host:port (e.g. 127.0.0.1:7001)")
+        raise ConfigError(f"config: {what} {show(value)} is not host:port (e.g. 127.0.0.1:7001)")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ConfigError(f"config: {what} {value!r}: port {port} is out of range")
+        raise ConfigError(f"config: {what} {show(value)}: port {port} is out of range")
     if host.startswith("["):
         if not host.endswith("]"):
-            raise ConfigError(f"config: {what} {value!r}: unbalanced '[' in the IPv6 address")
+            raise ConfigError(f"config: {what} {show(value)}: unbalanced '[' in the IPv6 address")
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ConfigError(f"config: {what} {value!r}: {host} is not an IPv6 address") from None
+            raise ConfigError(f"config: {what} {show(value)}: {host} is not an IPv6 address") from None
     elif ":" in host:
-        raise ConfigError(f"config: {what} {value!r}: write IPv6 addresses as [addr]:port")
+        raise ConfigError(f"config: {what} {show(value)}: write IPv6 addresses as [addr]:port")
     elif not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
-        raise ConfigError(f"config: {what} {value!r}: {host!r} is not a host name or IP address")
+        raise ConfigError(f"config: {what} {show(value)}: {host!r} is not a host name or IP address")
     return host, port
 
 
@@ -221,11 +221,8 @@ class NodeConfig:
 
 
 def _path(section: Section, key: str, base: Path) -> Path | None:
-    value = section.string(key, None)
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+    path: Path | None = section.file_path(key, base, None)
+    return path
 
 
 def _spiffe_id(section: Section, key: str, default: Any = None) -> SpiffeID | None:
@@ -299,9 +296,9 @@ def _authz(s: Section, base: Path) -> AuthzSettings:
 def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
     address = s.string("address")
     try:
-        parse_address(address, f"[peers.{name}] address")
+        parse_address(address, "address")
     except ConfigError as exc:
-        raise s.error("address", str(exc).split(": ", 2)[-1]) from None
+        raise s.error("address", str(exc).removeprefix("config: address ")) from None
     spiffe_id = _spiffe_id(s, "spiffe_id")
     assert spiffe_id is not None
     peer = PeerConfig(
@@ -356,6 +353,16 @@ def node_config_from_dict(
     max_connection_age = node.number("max_connection_age", 600.0, **_limits("node.max_connection_age"))
     node.done()
     identity = _identity(root.section("identity"), base)
+    if identity.spiffe_id is None:  # the dev identity (and the development fallback) is .../node/<name>
+        dev_id = f"spiffe://{identity.trust_domain or DEFAULT_DEV_TRUST_DOMAIN}/node/{name}"
+        try:
+            parse_spiffe_id(dev_id)
+        except InvalidSpiffeIdError as exc:
+            reason = str(exc).rpartition(": ")[2]
+            raise node.error(
+                "name", f"{show(name)} cannot name the dev identity {show(dev_id, 120)} ({reason}): use letters, "
+                "digits, '.', '-' and '_', or set [identity] spiffe_id"
+            ) from None
     authz = _authz(root.section("authz"), base)
     peers = {n: _peer(n, s, peer_verify) for n, s in root.sections("peers").items()}
     for peer_name in peers:
