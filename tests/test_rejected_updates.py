@@ -100,11 +100,11 @@ def svid_files(d: Path) -> SvidFiles:
 def test_a_malformed_san_is_an_invalid_identity_not_a_value_error() -> None:
     ca = RawCA("example.org")
     leaf, key = ca.leaf(ALPHA, malformed_san=True)
-    with pytest.raises(InvalidIdentityError, match="cannot be parsed: ValueError: error parsing asn1 value"):
+    with pytest.raises(InvalidIdentityError, match="certificate 0 has malformed extensions: ValueError: error parsing"):
         build_snapshot([leaf], key, {"example.org": (ca.certificate,)})
     broken_ca = RawCA("example.org", malformed_san=True)
     good, good_key = broken_ca.leaf(ALPHA)
-    with pytest.raises(InvalidIdentityError, match="cannot be parsed: ValueError"):  # the bundle CA's SAN
+    with pytest.raises(InvalidIdentityError, match=r"bundle of 'example\.org', certificate 0 has malformed extensions"):
         build_snapshot([good], good_key, {"example.org": (broken_ca.certificate,)})
 
 
@@ -144,6 +144,24 @@ def test_a_malformed_svid_file_set_is_reported_once_and_the_good_svid_kept(tmp_p
         assert fresh is not None and fresh.generation == 2
     assert len(logs.matching("ignoring the SVID files")) == 2
     assert logs.tracebacks() == []
+
+
+def test_a_federated_ca_with_malformed_der_is_left_out_not_a_reason_to_refuse_the_svid(
+    tmp_path: Path, logs: Captured
+) -> None:
+    """A partner's broken bundle must never stop this node's own rotations, nor verify anyone."""
+    ca = RawCA("example.org")
+    fed = tmp_path / "federated"
+    fed.mkdir()
+    (fed / "partner.org.pem").write_bytes(
+        RawCA("partner.org", malformed_san=True).certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    files = SvidFiles(tmp_path / "svid.pem", tmp_path / "key.pem", tmp_path / "bundle.pem", fed)
+    write_files(files, ca, *ca.leaf(ALPHA))
+    with FileSource(files, poll_interval=3600) as source:
+        assert sorted(source.current().bundles) == ["example.org"]
+    (left_out,) = logs.matching("leaving it out of the bundle")
+    assert "trust bundle of 'partner.org', certificate 0 has malformed extensions" in left_out
 
 
 def test_the_file_poller_thread_reports_a_malformed_set_once(tmp_path: Path, logs: Captured) -> None:

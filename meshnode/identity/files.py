@@ -110,7 +110,8 @@ def _build(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
             raise InvalidIdentityError(
                 f"identity: federated bundle {path}: the file name must be '<trust-domain>.pem' ({exc})"
             ) from None
-        bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}"))
+        # parsed by build_snapshot, which leaves a malformed federated CA out instead of refusing the set
+        bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}", check_extensions=False))
     own_td = spiffe_id_of(chain[0]).trust_domain
     # A bundle file may also hold federated CAs (spiffe-helper's include_federated_domains):
     # a CA whose URI SAN names another trust domain must never vouch for this one.
