@@ -187,21 +187,23 @@ class MeshServer:
         }
 
 
-#: grpc.aio runs each call in a task named "HandleExceptions[/pkg.Service/Method]", inside an outer task
-#: named "rpc_task" that logs a traceback if it is cancelled itself (which asyncio.run does to leftover tasks)
+#: grpc.aio runs each call in a task named "HandleExceptions[/pkg.Service/Method]", awaited by an outer task
+#: that logs two tracebacks if it is cancelled itself (which asyncio.run does to tasks left at its end)
 _CALL_TASK = "HandleExceptions"
-_OUTER_TASK = "rpc_task"
 _SETTLE_SECONDS = 2.0
 
 
 async def _settle(calls: set[asyncio.Task[object]]) -> None:
-    """Wait (bounded) until cancelled calls and gRPC's outer per-call tasks have ended."""
+    """Wait (bounded) until this server's calls have ended, then let gRPC's outer tasks finish.
+
+    An outer task resumes on the loop iteration after its call's task ended
+    and finishes without awaiting again; a few iterations are enough.
+    """
     pending = {task for task in calls if not task.done()}
     if pending:
         await asyncio.wait(pending, timeout=_SETTLE_SECONDS)
-    outer = {task for task in asyncio.all_tasks() if task.get_name() == _OUTER_TASK and not task.done()}
-    if outer:
-        await asyncio.wait(outer, timeout=_SETTLE_SECONDS)
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 class _Probe(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc ships no type hints
