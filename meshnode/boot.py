@@ -50,7 +50,7 @@ from meshnode.node_policy import allows_only_builtins, node_policy_source, produ
 from meshnode.peers import Liveness
 from meshnode.pipeline import ServiceMethods, discover
 from meshnode.preflight import Check, identity_checks, missing_bundles, open_identity, refusal, static_checks
-from meshnode.service import load_service_class
+from meshnode.service import make_services
 
 __all__ = ["Boot", "PeerPlan", "ServerPlan", "boot"]
 
@@ -232,7 +232,7 @@ def _services(
     found: list[ServiceMethods] = []
     generic: list[grpc.GenericRpcHandler] = []
     try:
-        b.services = given + [load_service_class(spec)() for spec in b.config.services]
+        b.services = given + make_services(b.config.services, str(b.config.source_path or "node.toml"))
         for service in b.services:
             services, only_generic = discover(service)
             found += services

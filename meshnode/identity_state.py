@@ -4,7 +4,13 @@ Health is SERVING only while the node holds an unexpired SVID and a bundle.
 When the SVID expires without renewal (agent gone too long) it turns
 NOT_SERVING, and back to SERVING when a new SVID arrives. A warning is
 logged once the SVID is past 75% of its lifetime without renewal (SPIRE
-renews at 50%).
+renews at 50%). The lifetime counts from when the SVID was issued, not
+from its not-before: issuers backdate not-before (the dev CA by 30 s), and
+with a short TTL 75% of the backdated lifetime falls before the issuer's
+half-life renewal, which made the warning fire on every rotation of an
+SVID renewed on time. The issue time is taken as the SVID's arrival here,
+but at most :data:`MAX_BACKDATE` after not-before, so an SVID that arrives
+already old (a node started late in its life) is still warned about.
 
 Telemetry (OpenTelemetry API only, so a no-op until the application turns
 it on): every new SVID counts in ``meshnode.identity.rotations`` and is an
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
@@ -37,6 +44,21 @@ __all__ = ["IdentityState"]
 log = logging.getLogger("meshnode.identity")
 
 WARN_AT = 0.75
+#: seconds issuers put not-before earlier than the issue time, at most (the dev CA: 30, SPIRE: less)
+MAX_BACKDATE = 60.0
+
+
+def renewal_overdue_at(snapshot: IdentitySnapshot, received: float) -> float:
+    """When ``snapshot``'s SVID counts as not renewed (epoch seconds), if it arrived at ``received``.
+
+    An issuer renews at half of the lifetime it gave the SVID, counted from
+    when it issued it: after not-before (backdated by up to MAX_BACKDATE)
+    and no later than its arrival. 75% of the time from there to expiry
+    is past that renewal.
+    """
+    not_before = snapshot.not_before.timestamp()
+    issued = max(not_before, min(received, not_before + MAX_BACKDATE))
+    return issued + (snapshot.not_after.timestamp() - issued) * WARN_AT
 
 
 class IdentityState:
@@ -50,6 +72,8 @@ class IdentityState:
         self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
         self._last = source.current()
+        #: (SVID fingerprint, when it arrived): the renewal warning counts from the arrival
+        self._received = (self._last.svid_fingerprint, time.time())
         self._unsubscribe = source.subscribe(self._on_snapshot)
         self._expiry_watch = instruments().watch_expiry(source.current)
 
@@ -57,6 +81,7 @@ class IdentityState:
         """On the source's thread: count and report the change, wake the expiry watch."""
         previous, self._last = self._last, snapshot
         if snapshot.svid_fingerprint != previous.svid_fingerprint:
+            self._received = (snapshot.svid_fingerprint, time.time())
             instruments().rotation()
             identity_event(IDENTITY_ROTATED, snapshot)
         else:
@@ -94,9 +119,9 @@ class IdentityState:
                 log.warning("identity: new SVID serial=%s; health is SERVING again", snap.serial)
                 identity_event(IDENTITY_RECOVERED, snap)
             await self._set(valid)
-            lifetime = (snap.not_after - snap.not_before).total_seconds()
-            warn_at = snap.not_before.timestamp() + lifetime * WARN_AT
             now_ts = now.timestamp()
+            fingerprint, received = self._received
+            warn_at = renewal_overdue_at(snap, received if fingerprint == snap.svid_fingerprint else now_ts)
             if valid and now_ts >= warn_at and warned_serial != snap.serial:
                 warned_serial = snap.serial
                 log.warning(

@@ -211,7 +211,12 @@ class Node:
             if self._state is not None:
                 await self._state.close()
             if self._server is not None:
-                await self._server.stop(grace)
+                cancelled = await self._server.stop(grace)
+                if cancelled:  # expected when calls outlive shutdown_grace: one line, no traceback per call
+                    log.warning(
+                        "node: %s: %d call(s) still running after the %.1f s shutdown grace were cancelled "
+                        "(their callers see UNAVAILABLE)", self.name, cancelled, grace,
+                    )
             if self._peers is not None:
                 await self._peers.close()
             if self._authorizer is not None:

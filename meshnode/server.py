@@ -7,10 +7,17 @@ Services are collected by :func:`meshnode.pipeline.discover` (or the
 puts the gate in front of it once, at registration (no per-call
 interceptor). Health (``grpc.health.v1``) and server reflection are
 registered the same way, on the same port.
+
+Stopping: calls still running when the grace period ends are cancelled
+by gRPC, which is expected at shutdown. :meth:`MeshServer.stop` waits
+until their tasks have ended (else ``asyncio.run`` cancels gRPC's
+per-call tasks itself and gRPC logs two ``CancelledError`` tracebacks per
+call) and returns how many there were, for one summary line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +32,12 @@ from meshnode.boot import ServerPlan
 from meshnode.errors import ServeError
 from meshnode.pipeline import AuthzInterceptor, Gate, Pipeline, discover
 
-__all__ = ["MeshServer"]
+__all__ = ["HANDLER_THREAD_PREFIX", "MeshServer"]
 
 log = logging.getLogger("meshnode.server")
+
+#: The names of the threads that run plain ``def`` methods start with this.
+HANDLER_THREAD_PREFIX = "meshnode-handler"
 
 
 class MeshServer:
@@ -48,7 +58,7 @@ class MeshServer:
         max_workers: int = 16,
     ) -> None:
         self._plan = plan
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="meshnode-handler")
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=HANDLER_THREAD_PREFIX)
         chain = list(tracing)
         if interceptors:
             chain += [AuthzInterceptor(gate, self._pool), *interceptors]
@@ -68,7 +78,7 @@ class MeshServer:
             ],
         )
         self.health = HealthServicer()
-        self._registered = False
+        self._registered: list[str] = []
         self.port = 0
 
     def _register_all(self) -> None:
@@ -76,8 +86,8 @@ class MeshServer:
         health, _ = discover(self.health)
         reflection_services, _ = discover(ReflectionServicer([*names, reflection.SERVICE_NAME]))
         services = [*self._plan.services, *health, *reflection_services]
+        self._registered = [s.name for s in services]
         self._pipeline.register(self.server, services, self._plan.generic)
-        self._registered = True
 
     def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
         if not self._registered:
@@ -109,7 +119,43 @@ class MeshServer:
     async def start(self) -> None:
         await self.server.start()
 
-    async def stop(self, grace: float | None) -> None:
+    async def stop(self, grace: float | None) -> int:
+        """Stop serving; in-flight calls get ``grace`` seconds. Returns how many calls were cancelled."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        calls = self._running_calls()
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        cancelled = len(calls)
+        if calls and grace is not None and grace > 0:
+            _, still_running = await asyncio.wait(calls, timeout=grace)
+            cancelled = len(still_running)
+        await stopping
+        await _settle(calls)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return cancelled
+
+    def _running_calls(self) -> set[asyncio.Task[object]]:
+        """The tasks of this server's calls that have not ended (gRPC names them after the method)."""
+        prefixes = tuple(f"{_CALL_TASK}[/{service}/" for service in self._registered)
+        return {
+            task for task in asyncio.all_tasks()
+            if not task.done() and task.get_name().startswith(prefixes)
+        }
+
+
+#: grpc.aio runs each call in a task named "HandleExceptions[/pkg.Service/Method]", awaited by an outer task
+#: that logs two tracebacks if it is cancelled itself (which asyncio.run does to tasks left at its end)
+_CALL_TASK = "HandleExceptions"
+_SETTLE_SECONDS = 2.0
+
+
+async def _settle(calls: set[asyncio.Task[object]]) -> None:
+    """Wait (bounded) until this server's calls have ended, then let gRPC's outer tasks finish.
+
+    An outer task resumes on the loop iteration after its call's task ended
+    and finishes without awaiting again; a few iterations are enough.
+    """
+    pending = {task for task in calls if not task.done()}
+    if pending:
+        await asyncio.wait(pending, timeout=_SETTLE_SECONDS)
+    for _ in range(3):
+        await asyncio.sleep(0)

@@ -36,7 +36,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from meshnode.errors import ConfigError, ServeError
 from meshnode.spiffeid import SpiffeID
 
-__all__ = ["NodeService", "NodeView", "load_service_class", "method_allow", "only"]
+__all__ = [
+    "NodeService",
+    "NodeView",
+    "load_service_class",
+    "load_service_classes",
+    "make_services",
+    "method_allow",
+    "only",
+]
 
 T = TypeVar("T")
 
@@ -99,11 +107,18 @@ def method_allow(service: object, method_name: str) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_service_class(spec: str) -> type[Any]:
     """``package.module:ClassName`` -> the class.
 
     The module is imported from the Python path, then from the current directory (appended
     to the path, so a local file never shadows an installed package), as ``python -m`` would.
+    Whatever importing the module raises (ImportError, an error in the module's own code, a
+    relative name) becomes one ConfigError line.
     """
     module_name, _, class_name = spec.partition(":")
     here = os.getcwd()
@@ -113,7 +128,44 @@ def load_service_class(spec: str) -> type[Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"service: cannot import module {module_name!r} for {spec!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed while importing: one line, no traceback
+        raise ConfigError(
+            f"service: importing module {module_name!r} for {spec!r} failed: {_one_line(exc)}"
+        ) from None
     klass = getattr(module, class_name, None)
     if not isinstance(klass, type):
         raise ConfigError(f"service: module {module_name!r} has no class {class_name!r} (from {spec!r})")
     return klass
+
+
+def _in_config(exc: ConfigError, where: str, index: int) -> ConfigError:
+    return ConfigError(f"config: {where}: 'node.services' item {index}: {str(exc).removeprefix('service: ')}")
+
+
+def load_service_classes(specs: Sequence[str], where: str = "node.toml") -> list[type[Any]]:
+    """The classes ``[node] services`` names; a ConfigError names ``where`` (the file), the key and the item."""
+    classes = []
+    for i, spec in enumerate(specs):
+        try:
+            classes.append(load_service_class(spec))
+        except ConfigError as exc:
+            raise _in_config(exc, where, i) from None
+    return classes
+
+
+def make_services(specs: Sequence[str], where: str = "node.toml") -> list[object]:
+    """One instance of each class ``[node] services`` names, made without arguments."""
+    services = []
+    for i, klass in enumerate(load_service_classes(specs, where)):
+        try:
+            services.append(klass())
+        except Exception as exc:  # needs arguments, or its constructor failed: a config error, in one line
+            raise _in_config(
+                ConfigError(
+                    f"service: {specs[i]!r} could not be made with {klass.__name__}() (services are made "
+                    f"without arguments): {_one_line(exc)}"
+                ),
+                where,
+                i,
+            ) from None
+    return services

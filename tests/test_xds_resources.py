@@ -148,7 +148,7 @@ def test_identity_files_are_private_atomic_and_removed() -> None:
                                       placeholder=verify_nothing_roots())
         assert missing == ["third.org"]
         names = sorted(p.name for p in rdir.path.iterdir())
-        assert names == ["bundle.example.org.pem", "bundle.other.org.pem", "bundle.third.org.pem", "svid.pem"]
+        assert names == ["bundle.example.org.pem", "bundle.other.org.pem", "bundle.third.org.pem", "owner", "svid.pem"]
         assert all(mode(rdir.path / n) == 0o600 for n in names)
         svid = rdir.identity_path.read_bytes()
         assert svid == snap.key_pem + snap.chain_pem  # one file: key and chain change together

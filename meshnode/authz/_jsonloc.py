@@ -18,6 +18,7 @@ __all__ = ["Path", "json_locations", "render_path"]
 
 Path = tuple[str | int, ...]
 
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"]+))')
 
 
@@ -82,5 +83,10 @@ def render_path(path: Path) -> str:
     """``("allow_rules", 1, "source")`` -> ``allow_rules[1].source``."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _PLAIN.fullmatch(part):  # a key with spaces, control characters...: quoted, one line
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out or "(top level)"

@@ -86,6 +86,10 @@ def parse_a43(text: str, source: str = "<policy>", warnings: list[str] | None = 
         raise PolicyError(
             f"authz: {source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise PolicyError(f"authz: {source}: JSON nested too deeply to be a policy") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise PolicyError(f"authz: {source}: not a usable JSON document: {exc}") from None
     locations, duplicates = json_locations(text)
     reader = _Reader(source, locations, warnings if warnings is not None else [])
     if duplicates:

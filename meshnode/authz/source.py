@@ -14,7 +14,9 @@ at start raises :class:`~meshnode.errors.PolicyError`. An invalid file
 later keeps the last good policy, logs the error (with file, line and
 column) once it has been seen on two polls in a row - a writer that
 truncates and rewrites in place is not an error - and adds one to the
-counter ``meshnode.authz.policy_reload_failures``.
+counter ``meshnode.authz.policy_reload_failures``. Any exception while
+parsing a file (a JSON document nested 100,000 deep, a bug in a check)
+is such a refused reload, never a traceback on every poll.
 """
 
 from __future__ import annotations
@@ -115,6 +117,17 @@ class PolicyFile:
             return self._poll()
 
     def _parse(self, data: bytes, *, reload: bool = True) -> Policy:
+        """Parse and check one file content; every failure is a PolicyError."""
+        try:
+            return self._parse_checked(data, reload)
+        except PolicyError:
+            raise
+        except Exception as exc:  # outside input must never escape as a traceback (RecursionError, ...)
+            raise PolicyError(
+                f"authz: policy file {self.path} cannot be used: {type(exc).__name__}: {_one_line(exc)}"
+            ) from None
+
+    def _parse_checked(self, data: bytes, reload: bool) -> Policy:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -174,11 +187,15 @@ class PolicyFile:
         return True
 
     def _run(self) -> None:
+        failure = ""
         while not self._stop.wait(self._interval):
             try:
                 self.poll()
-            except Exception:  # a bug here must not stop reloads for good
-                log.exception("authz: unexpected error while checking policy file %s", self.path)
+                failure = ""
+            except Exception as exc:  # a bug here must neither stop reloads for good nor log every poll
+                if _one_line(exc) != failure:
+                    failure = _one_line(exc)
+                    log.exception("authz: unexpected error while checking policy file %s", self.path)
 
     def close(self) -> None:
         self._stop.set()
@@ -191,6 +208,11 @@ class PolicyFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

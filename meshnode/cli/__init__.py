@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from meshnode.config._reader import printable
 from meshnode.errors import MeshnodeError
 
 __all__ = ["COMMANDS", "main"]
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except MeshnodeError as exc:
-        print(f"meshnode: {exc}", file=sys.stderr)
+        print(f"meshnode: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a file name holds
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -14,3 +14,6 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # grpc and py-spiffe are chatty at INFO about their own retries
     logging.getLogger("spiffe").setLevel(logging.WARNING)
+    # py-spiffe's X509Source logs every failed (re)connection attempt, every few seconds while a
+    # Workload API keeps sending something unusable; meshnode's source reports each cause once itself
+    logging.getLogger("spiffe.workloadapi.x509_source").setLevel(logging.CRITICAL)

@@ -7,17 +7,26 @@ At start the soft open-file limit is raised to the hard limit, and gRPC
 core's stderr is routed through a relay that turns its per-connection
 lines (a failed TLS handshake each) into a counter and one summary line
 per 10 s; GRPC_VERBOSITY or GRPC_TRACE, when set, bring every line back.
+
+On SIGTERM/SIGINT, calls still running after [node] shutdown_grace are
+cancelled (one summary line). A plain ``def`` method cannot be interrupted:
+if one still runs on a handler thread, the process exits without waiting
+for it, so a stuck method never holds a stopping node.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
 
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import load_node_config
 from meshnode.fdlimit import raise_soft_limit
+from meshnode.server import HANDLER_THREAD_PREFIX
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,4 +66,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         core_log.close()  # before telemetry: its last counts reach the exporters
         handle.shutdown()
+    _exit_if_handlers_are_stuck()
     return 0
+
+
+def _exit_if_handlers_are_stuck() -> None:
+    """Exit now if sync handlers still run: the interpreter would wait for them at exit, maybe forever."""
+    stuck = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX) and t.is_alive()]
+    if not stuck:
+        return
+    logging.getLogger("meshnode.node").warning(
+        "node: %d handler thread(s) still running a cancelled call; exiting without waiting for them", len(stuck)
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

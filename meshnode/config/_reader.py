@@ -3,12 +3,19 @@
 Every key is read through a :class:`Section`, which knows where it is
 (``peers.beta.address`` in ``node.toml``) so errors can name the exact key,
 and which refuses keys nobody read (typos fail loudly, with a suggestion).
+
+Every number must be finite (TOML allows ``nan`` and ``inf``) and, where the
+reader gives one, within ``minimum``..``maximum``; no string may hold a NUL
+character. A file nested too deeply to parse is an error like any other:
+whatever the file holds, reading it ends in a value or a ConfigError.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +23,7 @@ from typing import Any, TypeVar
 
 from meshnode.errors import ConfigError
 
-__all__ = ["MISSING", "Section", "load_toml"]
+__all__ = ["MISSING", "Section", "load_toml", "number_text", "printable", "resolve_path", "show"]
 
 T = TypeVar("T")
 
@@ -33,6 +40,13 @@ def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Read a TOML file; errors name the file and, for syntax errors, the line."""
     p = Path(path)
     try:
+        return _load_toml(p, what)
+    except ConfigError as exc:
+        raise ConfigError(printable(str(exc))) from None
+
+
+def _load_toml(p: Path, what: str) -> dict[str, Any]:
+    try:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what}: config file {p} does not exist") from None
@@ -42,8 +56,43 @@ def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{what}: config file {p} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except RecursionError:
+        raise ConfigError(f"{what}: {p} is nested too deeply to be a configuration file") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
         raise ConfigError(f"{what}: {p} is not valid TOML: {exc}") from None
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x00``...): messages stay one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted values."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for repr()
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def number_text(value: float) -> str:
+    """``2`` and ``2.0`` as "2", ``0.1`` as "0.1": limits read as the documentation writes them."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """``value`` as a path, ``~`` expanded, relative to ``base``; ValueError if ``~user`` names nobody."""
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": pathlib cannot find that home directory
+        raise ValueError(f"cannot expand {show(value.split('/', 1)[0])}: no such user's home directory") from None
+    return p if p.is_absolute() else base / p
 
 
 class Section:
@@ -59,10 +108,11 @@ class Section:
         self._seen: set[str] = set()
 
     def path(self, key: str) -> str:
-        return f"{self._where}.{key}" if self._where else key
+        shown = key if _PLAIN_KEY.fullmatch(key) else show(key)  # never a control character in a message
+        return f"{self._where}.{shown}" if self._where else shown
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self._what}: {self._source}: '{self.path(key)}' {message}")
+        return ConfigError(printable(f"{self._what}: {self._source}: '{self.path(key)}' {message}"))
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -77,26 +127,55 @@ class Section:
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise self.error(key, f"must be {kind_name}, not a boolean")
         if not isinstance(value, kind):
-            raise self.error(key, f"must be {kind_name}, not {type(value).__name__} {value!r}")
+            raise self.error(key, f"must be {kind_name}, not {type(value).__name__} {show(value)}")
         return value
 
     def string(self, key: str, default: Any = MISSING) -> Any:
         value = self._get(key, str, "a string", default)
         if isinstance(value, str) and not value.strip() and default is MISSING:
             raise self.error(key, "must not be empty")
+        if isinstance(value, str) and "\0" in value:
+            raise self.error(key, "must not contain a NUL character (\\u0000)")
         return value
 
-    def integer(self, key: str, default: Any = MISSING, *, minimum: int | None = None) -> Any:
+    def integer(
+        self, key: str, default: Any = MISSING, *, minimum: int | None = None, maximum: int | None = None
+    ) -> Any:
         value = self._get(key, int, "an integer", default)
-        if isinstance(value, int) and minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, not {value}")
+        if isinstance(value, int) and key in self._data:
+            self._check_range(key, value, minimum, maximum)
         return value
 
-    def number(self, key: str, default: Any = MISSING, *, minimum: float | None = None) -> Any:
+    def number(
+        self, key: str, default: Any = MISSING, *, minimum: float | None = None, maximum: float | None = None
+    ) -> Any:
         value = self._get(key, (int, float), "a number", default)
-        if isinstance(value, (int, float)) and minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, not {value}")
-        return float(value) if isinstance(value, (int, float)) else value
+        if not isinstance(value, (int, float)):
+            return value
+        if key in self._data:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.error(key, f"must be a finite number, not {value}")
+            self._check_range(key, value, minimum, maximum)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range, where no maximum was given
+            raise self.error(key, f"is too large: {show(value)}") from None
+
+    def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {number_text(minimum)}, not {show(value)}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {number_text(maximum)}, not {show(value)}")
+
+    def file_path(self, key: str, base: Path, default: Any = MISSING) -> Any:
+        """A path, relative to ``base`` unless absolute; ``default`` (e.g. None) when the key is absent."""
+        value = self.string(key, default)
+        if not isinstance(value, str):
+            return value
+        try:
+            return resolve_path(value, base)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
 
     def boolean(self, key: str, default: Any = MISSING) -> Any:
         return self._get(key, bool, "true or false", default)
@@ -106,14 +185,16 @@ class Section:
         if isinstance(value, list):
             for i, item in enumerate(value):
                 if not isinstance(item, str):
-                    raise self.error(key, f"item {i} must be a string, not {item!r}")
+                    raise self.error(key, f"item {i} must be a string, not {show(item)}")
+                if "\0" in item:
+                    raise self.error(key, f"item {i} must not contain a NUL character (\\u0000)")
             return tuple(value)
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = MISSING) -> Any:
         value = self.string(key, default)
         if value is not default and value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
+            raise self.error(key, f"must be one of {', '.join(choices)}; got {show(value)}")
         return value
 
     def section(self, key: str, *, required: bool = False) -> Section:

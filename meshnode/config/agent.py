@@ -48,6 +48,12 @@ __all__ = ["CONNECTION_LIMIT_RANGES", "DEFAULT_SVID_TTL", "AgentConfig", "EntryC
 
 DEFAULT_SVID_TTL = 3600
 MIN_SVID_TTL = 2
+#: a year: the dev CA itself lives 365 days, and every date must stay within what datetime can add
+MAX_SVID_TTL = 31_536_000
+#: a day: how long a prepared CA may wait in the bundles before it signs (SIGUSR2)
+MAX_CA_OVERLAP = 86_400.0
+#: uid_t is 32 bits and (uid_t)-1 means "no uid" to the kernel
+MAX_UID = 2**32 - 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 #: the connection bounds of agent.toml: key -> (lowest, highest, whole number?)
@@ -103,8 +109,8 @@ class EntryConfig:
                     f"agent: entry '{self.name}': {self.spiffe_id} has no DNS name (too long for DNS); "
                     "set map_dns = false for this entry, or shorten the ID"
                 ) from None
-        if self.uid is not None and self.uid < 0:
-            raise ConfigError(f"agent: entry '{self.name}': uid must be 0 or more, not {self.uid}")
+        if self.uid is not None and not 0 <= self.uid <= MAX_UID:
+            raise ConfigError(f"agent: entry '{self.name}': uid must be from 0 to {MAX_UID}, not {self.uid}")
 
 
 @dataclass(frozen=True)
@@ -137,9 +143,20 @@ class AgentConfig:
         if self.state_dir is not None:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "entries", tuple(self.entries))
-        if isinstance(self.svid_ttl, bool) or not isinstance(self.svid_ttl, int) or self.svid_ttl < MIN_SVID_TTL:
-            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds >= {MIN_SVID_TTL}, "
-                              f"not {self.svid_ttl!r}")
+        if (
+            isinstance(self.svid_ttl, bool)
+            or not isinstance(self.svid_ttl, int)
+            or not MIN_SVID_TTL <= self.svid_ttl <= MAX_SVID_TTL
+        ):
+            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds from {MIN_SVID_TTL} to "
+                              f"{MAX_SVID_TTL}, not {self.svid_ttl!r}")
+        if (
+            isinstance(self.ca_overlap, bool)
+            or not isinstance(self.ca_overlap, (int, float))
+            or not 0 <= self.ca_overlap <= MAX_CA_OVERLAP  # also refuses nan
+        ):
+            raise ConfigError(f"agent: ca_overlap must be from 0 to {MAX_CA_OVERLAP:.0f} seconds, "
+                              f"not {self.ca_overlap!r}")
         if not self.entries:
             raise ConfigError("agent: no entries; add one [[entries]] table (name, spiffe_id) per workload")
         seen: dict[str, str] = {}
@@ -185,11 +202,6 @@ class AgentConfig:
         raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(e.name for e in self.entries)})")
 
 
-def _path(value: str, base: Path) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
-
-
 def _in_file(exc: ConfigError, source: Path) -> ConfigError:
     """The same error, with the config file named after the component."""
     return type(exc)(f"agent: {source}: {str(exc).removeprefix('agent: ')}")
@@ -205,7 +217,7 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
         raise InvalidSpiffeIdError(str(sec.error("spiffe_id", f"is not a valid SPIFFE ID: {reason}"))) from None
     dns_names = sec.strings("dns_names", ())
     map_dns = sec.boolean("map_dns", True)
-    uid = sec.integer("uid", None, minimum=0)
+    uid = sec.integer("uid", None, minimum=0, maximum=MAX_UID)
     sec.done()
     try:
         return EntryConfig(name=name, spiffe_id=spiffe_id, dns_names=dns_names, map_dns=map_dns, uid=uid)
@@ -216,7 +228,7 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
 def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x509.Certificate, ...]]:
     out: dict[str, tuple[x509.Certificate, ...]] = {}
     for td in names:
-        path = _path(sec.string(td), base)
+        path = sec.file_path(td, base)
         try:
             out[td] = tuple(load_pem_certs(path.read_bytes(), f"federated bundle {path}"))
         except OSError as exc:
@@ -234,10 +246,10 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     data = load_toml(source, "agent")
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
-    socket_dir = _path(root.string("socket_dir"), base)
-    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
-    state_dir = root.string("state_dir", None)
-    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0)
+    socket_dir = root.file_path("socket_dir", base)
+    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL)
+    state_dir = root.file_path("state_dir", base, None)
+    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)
     limits = {
         key: (root.integer if whole else root.number)(key, getattr(AgentConfig, key))
         for key, (_, _, whole) in CONNECTION_LIMIT_RANGES.items()
@@ -257,7 +269,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
             entries=tuple(entries),
             svid_ttl=svid_ttl,
             ca_overlap=ca_overlap,
-            state_dir=_path(state_dir, base) if state_dir is not None else None,
+            state_dir=state_dir,
             federation=federation,
             **limits,
         )

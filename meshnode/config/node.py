@@ -40,6 +40,9 @@ exporter = "jsonl"              # otlp | console | jsonl | none
 jsonl_path = "alpha-spans.jsonl"
 ```
 
+Every number has a documented range (:data:`LIMITS`, docs/configuration.md):
+``nan``, ``inf`` and values gRPC could not take are refused with the key.
+
 Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
 (listen). This module and :mod:`meshnode.config.agent` are the only places
 that read configuration files and the environment.
@@ -50,19 +53,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from meshnode.config._reader import Section, load_toml
+from meshnode.config._reader import Section, load_toml, number_text, show
 from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
 __all__ = [
+    "LIMITS",
     "MODES",
     "AuthzSettings",
     "IdentityConfig",
@@ -94,26 +100,59 @@ HANDSHAKE_TIMEOUT_RANGE = (0.1, 300.0)
 #: [node] max_connections: allowed range
 MAX_CONNECTIONS_RANGE = (1, 1 << 20)
 
+#: (minimum, maximum) of every number in node.toml, as docs/configuration.md lists them. The maxima keep
+#: each value within what gRPC takes (milliseconds as a 32-bit integer) and what a clock can add.
+LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "node.shutdown_grace": (0.0, 3600.0),
+    "node.keepalive": (0.0, 86400.0),
+    "node.connect_timeout": (0.1, 3600.0),
+    "node.max_connection_age": (0.0, 2_000_000.0),
+    "identity.timeout": (0.1, 3600.0),
+    "identity.svid_ttl": (2, 31_536_000),
+})
+_SERVICE_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _limits(key: str) -> dict[str, Any]:
+    low, high = LIMITS[key]
+    return {"minimum": low, "maximum": high}
+
+
+def check_limit(key: str, value: object) -> None:
+    """Refuse a value of ``key`` outside :data:`LIMITS` (configs built in code get the file's checks)."""
+    low, high = LIMITS[key]
+    number = value.total_seconds() if isinstance(value, dt.timedelta) else value
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or (isinstance(number, float) and not math.isfinite(number))
+        or not low <= number <= high
+    ):
+        raise ConfigError(
+            f"config: '{key}' must be a number from {number_text(low)} to {number_text(high)}, not {show(value)}"
+        )
+
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
     """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port); raises ConfigError."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ConfigError(f"config: {what} {value!r} is not host:port (e.g. 127.0.0.1:7001)")
+    # isdigit() alone accepts '²' and other digits int() refuses; five ASCII digits at most
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ConfigError(f"config: {what} {show(value)} is not host:port (e.g. 127.0.0.1:7001)")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ConfigError(f"config: {what} {value!r}: port {port} is out of range")
+        raise ConfigError(f"config: {what} {show(value)}: port {port} is out of range")
     if host.startswith("["):
         if not host.endswith("]"):
-            raise ConfigError(f"config: {what} {value!r}: unbalanced '[' in the IPv6 address")
+            raise ConfigError(f"config: {what} {show(value)}: unbalanced '[' in the IPv6 address")
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ConfigError(f"config: {what} {value!r}: {host} is not an IPv6 address") from None
+            raise ConfigError(f"config: {what} {show(value)}: {host} is not an IPv6 address") from None
     elif ":" in host:
-        raise ConfigError(f"config: {what} {value!r}: write IPv6 addresses as [addr]:port")
-    elif not all(c.isalnum() or c in ".-_" for c in host):
-        raise ConfigError(f"config: {what} {value!r}: {host!r} is not a host name or IP address")
+        raise ConfigError(f"config: {what} {show(value)}: write IPv6 addresses as [addr]:port")
+    elif not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
+        raise ConfigError(f"config: {what} {show(value)}: {host!r} is not a host name or IP address")
     return host, port
 
 
@@ -134,6 +173,8 @@ class IdentityConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.source, SOURCES, "[identity] source")
+        check_limit("identity.timeout", self.timeout)
+        check_limit("identity.svid_ttl", self.svid_ttl)
 
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
@@ -194,6 +235,8 @@ class NodeConfig:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
         if self.listen is not None:
             parse_address(self.listen, "[node] listen")
+        for key in ("shutdown_grace", "keepalive", "connect_timeout", "max_connection_age"):
+            check_limit(f"node.{key}", getattr(self, key))
         _one_of(self.mode, MODES, "[node] mode")
         _one_of(self.peer_verify, VERIFY_MODES, "[node] peer_verify")
         problem = _limit_problem(self.handshake_timeout, self.max_connections)
@@ -219,11 +262,8 @@ def _limit_problem(handshake_timeout: float, max_connections: int) -> tuple[str,
 
 
 def _path(section: Section, key: str, base: Path) -> Path | None:
-    value = section.string(key, None)
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+    path: Path | None = section.file_path(key, base, None)
+    return path
 
 
 def _spiffe_id(section: Section, key: str, default: Any = None) -> SpiffeID | None:
@@ -252,7 +292,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         source=source,
         socket=s.string("socket", None),
         trust_domain=trust_domain,
-        timeout=s.number("timeout", 10.0, minimum=0.1),
+        timeout=s.number("timeout", 10.0, **_limits("identity.timeout")),
         federates_with=federates,
         cert=_path(s, "cert", base),
         key=_path(s, "key", base),
@@ -260,7 +300,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         federated_bundles_dir=_path(s, "federated_bundles_dir", base),
         spiffe_id=_spiffe_id(s, "spiffe_id"),
         state_dir=_path(s, "state_dir", base),
-        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, minimum=2)),
+        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
     )
     if source == "files":
         for key in ("cert", "key", "bundle"):
@@ -297,9 +337,9 @@ def _authz(s: Section, base: Path) -> AuthzSettings:
 def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
     address = s.string("address")
     try:
-        parse_address(address, f"[peers.{name}] address")
+        parse_address(address, "address")
     except ConfigError as exc:
-        raise s.error("address", str(exc).split(": ", 2)[-1]) from None
+        raise s.error("address", str(exc).removeprefix("config: address ")) from None
     spiffe_id = _spiffe_id(s, "spiffe_id")
     assert spiffe_id is not None
     peer = PeerConfig(
@@ -343,15 +383,15 @@ def node_config_from_dict(
             raise ConfigError(f"config: {MODE_ENV}={mode!r} must be one of {', '.join(MODES)}")
     services = node.strings("services", ())
     for i, spec in enumerate(services):
-        if spec.count(":") != 1 or not all(spec.split(":")):
-            raise node.error("services", f"item {i} {spec!r} must look like 'package.module:ClassName'")
-    shutdown_grace = node.number("shutdown_grace", 5.0, minimum=0.0)
+        if not _SERVICE_SPEC.fullmatch(spec):
+            raise node.error("services", f"item {i} {show(spec)} must look like 'package.module:ClassName'")
+    shutdown_grace = node.number("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
     peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
-    keepalive = node.number("keepalive", 10.0, minimum=0.0)
+    keepalive = node.number("keepalive", 10.0, **_limits("node.keepalive"))
     if 0 < keepalive < 1:
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
-    connect_timeout = node.number("connect_timeout", 5.0, minimum=0.1)
-    max_connection_age = node.number("max_connection_age", 600.0, minimum=0.0)
+    connect_timeout = node.number("connect_timeout", 5.0, **_limits("node.connect_timeout"))
+    max_connection_age = node.number("max_connection_age", 600.0, **_limits("node.max_connection_age"))
     handshake_timeout = node.number("handshake_timeout", 5.0)
     max_connections = node.integer("max_connections", 2048)
     problem = _limit_problem(handshake_timeout, max_connections)
@@ -359,6 +399,16 @@ def node_config_from_dict(
         raise node.error(*problem)
     node.done()
     identity = _identity(root.section("identity"), base)
+    if identity.spiffe_id is None:  # the dev identity (and the development fallback) is .../node/<name>
+        dev_id = f"spiffe://{identity.trust_domain or DEFAULT_DEV_TRUST_DOMAIN}/node/{name}"
+        try:
+            parse_spiffe_id(dev_id)
+        except InvalidSpiffeIdError as exc:
+            reason = str(exc).rpartition(": ")[2]
+            raise node.error(
+                "name", f"{show(name)} cannot name the dev identity {show(dev_id, 120)} ({reason}): use letters, "
+                "digits, '.', '-' and '_', or set [identity] spiffe_id"
+            ) from None
     authz = _authz(root.section("authz"), base)
     peers = {n: _peer(n, s, peer_verify) for n, s in root.sections("peers").items()}
     for peer_name in peers:

@@ -38,7 +38,7 @@ from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.errors import ClosedError, ConfigError, ServeError
 from meshnode.identity.agent_limits import ConnectionLimits, LoopErrors
 from meshnode.identity.agent_server import AgentState, StateFeed, WorkloadAPIServicer
-from meshnode.identity.agent_sockets import AgentSockets
+from meshnode.identity.agent_sockets import AgentSockets, remove_stale_private_dirs
 from meshnode.identity.devca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import utcnow
 
@@ -86,6 +86,8 @@ class DevAgent:
             raise ClosedError(f"agent: start() on an agent that is {self._state.value}; make a new DevAgent")
         self._state = _State.STARTING
         self._install_loop_errors()
+        for stale in remove_stale_private_dirs():
+            log.info("agent: removed %s, left behind by an agent that was killed", stale)
         try:
             self._sockets.ledger.check_budget(len(self.config.entries))
             self._sockets.claim([self.socket_path(entry.name) for entry in self.config.entries])

@@ -11,15 +11,17 @@ servers close connections that do not start HTTP/2 within
 
 Public sockets are made mode 0777, as SPIRE's agent socket is: anyone on
 the host may connect, and the entry's ``uid`` decides who gets an identity.
-:meth:`AgentSockets.close` removes exactly the sockets it bound.
+:meth:`AgentSockets.close` removes exactly the sockets it bound. The private
+directory names its owner process; :func:`remove_stale_private_dirs` (run at
+agent start) removes the ones agents that were killed left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,10 +32,19 @@ from meshnode.errors import ClosedError, ConfigError, ServeError
 from meshnode.identity.agent_limits import ConnectionLedger, ConnectionLimits
 from meshnode.identity.agent_server import DenyHandler, WorkloadAPIServicer
 from meshnode.identity.peercred import PeerCredentials, UidGate, claim_socket_path
+from meshnode.private_dirs import make_private_dir, remove_stale
 
-__all__ = ["AgentSockets"]
+__all__ = ["AgentSockets", "remove_stale_private_dirs"]
 
 _STOP_GRACE = 1.0  # seconds in-flight unary calls get at shutdown; streams have ended by then
+_PRIVATE_BASE = Path("/tmp")  # short: socket paths are limited to 107 bytes
+_PRIVATE_PREFIX = "meshnode-agent-"
+_PRIVATE_NAMES = re.compile(r"(entry|deny)-[0-9]{1,10}\.sock")
+
+
+def remove_stale_private_dirs() -> list[Path]:
+    """Remove the private socket directories of agents that were killed (their owner process is dead)."""
+    return remove_stale(_PRIVATE_PREFIX, _PRIVATE_BASE, lambda name: bool(_PRIVATE_NAMES.fullmatch(name)))
 
 
 class AgentSockets:
@@ -105,7 +116,7 @@ class AgentSockets:
         """A 0700 directory for the grpc sockets behind uid gates (short: socket paths max 107 bytes)."""
         if self._private_dir is None:
             try:
-                self._private_dir = Path(tempfile.mkdtemp(prefix="meshnode-agent-", dir="/tmp"))
+                self._private_dir = make_private_dir(_PRIVATE_PREFIX, _PRIVATE_BASE)
             except OSError as exc:
                 raise ServeError(f"agent: cannot create a private socket directory in /tmp: {exc.strerror}") from None
         return self._private_dir

@@ -14,6 +14,7 @@ import os
 import threading
 
 from meshnode.identity.devca import DevCA
+from meshnode.identity.rejects import describe_error
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
@@ -60,6 +61,7 @@ class DevSource(Publisher):
             )
 
     def _run(self) -> None:
+        failure = ""
         while not self.closed:
             current = self._current
             wait = current.seconds_left() / 2 if current is not None else 1.0
@@ -68,8 +70,11 @@ class DevSource(Publisher):
             if not self.closed:
                 try:
                     self.rotate()
-                except Exception:  # keep serving the current SVID, try again soon
-                    log.exception("identity: dev SVID rotation failed; retrying")
+                    failure = ""
+                except Exception as exc:  # keep serving the current SVID, try again soon; log each cause once
+                    if describe_error(exc) != failure:
+                        failure = describe_error(exc)
+                        log.exception("identity: dev SVID rotation failed; retrying every second")
                     self._wake.wait(1.0)
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ federated trust domain). This source polls them and publishes a new snapshot
 only when the whole set on disk is consistent: the chain parses, the key
 matches the leaf, and the chain verifies against the bundle of its own trust
 domain. A half-written or mismatched set never replaces a good identity.
+Any exception while reading or parsing a set (also a ``ValueError`` from
+malformed DER inside a certificate) is a rejected update: the current
+identity stays, and the set is reported once (see :class:`FileSource`).
 
 Federated bundles: every ``<trust-domain>.pem`` file in ``federated_bundles_dir``.
 A CA in the main bundle file whose URI SAN names another trust domain is
@@ -25,6 +28,7 @@ from pathlib import Path
 from cryptography import x509
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
+from meshnode.identity.rejects import Rejections, describe_error
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot, load_pem_certs, load_pem_key, spiffe_id_of, uri_sans
@@ -52,29 +56,62 @@ def _read(path: Path, what: str) -> bytes:
         raise InvalidIdentityError(f"identity: cannot read {what} file {path}: {exc.strerror}") from None
 
 
-def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
-    """Read and validate one consistent set; returns the snapshot and a content digest."""
+@dataclass(frozen=True)
+class _Contents:
+    """The bytes of one file set as read, and a digest over all of them."""
+
+    cert: bytes
+    key: bytes
+    bundle: bytes
+    federated: tuple[tuple[Path, bytes], ...]
+    digest: str
+
+
+def _read_set(files: SvidFiles) -> _Contents:
     cert_pem = _read(files.cert, "SVID certificate")
     key_pem = _read(files.key, "SVID key")
     bundle_pem = _read(files.bundle, "trust bundle")
     digest = hashlib.sha256()
     for part in (cert_pem, key_pem, bundle_pem):
         digest.update(hashlib.sha256(part).digest())
-    chain = load_pem_certs(cert_pem, f"SVID certificate {files.cert}")
-    key = load_pem_key(key_pem, f"SVID key {files.key}")
-    bundle = load_pem_certs(bundle_pem, f"trust bundle {files.bundle}")
-    bundles: dict[str, tuple[x509.Certificate, ...]] = {}
+    federated: list[tuple[Path, bytes]] = []
     if files.federated_bundles_dir is not None:
         for path in sorted(files.federated_bundles_dir.glob("*.pem")):
-            try:
-                td = parse_trust_domain(path.stem)
-            except InvalidSpiffeIdError as exc:
-                raise InvalidIdentityError(
-                    f"identity: federated bundle {path}: the file name must be '<trust-domain>.pem' ({exc})"
-                ) from None
             data = _read(path, "federated bundle")
             digest.update(path.name.encode() + hashlib.sha256(data).digest())
-            bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}"))
+            federated.append((path, data))
+    return _Contents(cert_pem, key_pem, bundle_pem, tuple(federated), digest.hexdigest())
+
+
+def _parse_set(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
+    """Validate one file set; every problem, expected or not, is an InvalidIdentityError."""
+    where = f"(files: cert={files.cert}, key={files.key}, bundle={files.bundle})"
+    try:
+        return _build(files, contents)
+    except InvalidIdentityError as exc:
+        if str(files.cert) in str(exc) or str(files.key) in str(exc) or str(files.bundle) in str(exc):
+            raise
+        raise InvalidIdentityError(f"{exc} {where}") from None
+    except Exception as exc:  # malformed DER that loaded lazily (ValueError...): outside input, not a bug
+        raise InvalidIdentityError(
+            f"identity: the SVID files cannot be parsed: {describe_error(exc)} {where}"
+        ) from None
+
+
+def _build(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
+    chain = load_pem_certs(contents.cert, f"SVID certificate {files.cert}")
+    key = load_pem_key(contents.key, f"SVID key {files.key}")
+    bundle = load_pem_certs(contents.bundle, f"trust bundle {files.bundle}")
+    bundles: dict[str, tuple[x509.Certificate, ...]] = {}
+    for path, data in contents.federated:
+        try:
+            td = parse_trust_domain(path.stem)
+        except InvalidSpiffeIdError as exc:
+            raise InvalidIdentityError(
+                f"identity: federated bundle {path}: the file name must be '<trust-domain>.pem' ({exc})"
+            ) from None
+        # parsed by build_snapshot, which leaves a malformed federated CA out instead of refusing the set
+        bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}", check_extensions=False))
     own_td = spiffe_id_of(chain[0]).trust_domain
     # A bundle file may also hold federated CAs (spiffe-helper's include_federated_domains):
     # a CA whose URI SAN names another trust domain must never vouch for this one.
@@ -92,35 +129,50 @@ def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
         raise InvalidIdentityError(
             f"identity: trust bundle {files.bundle} holds no CA of the SVID's trust domain '{own_td}'"
         )
-    try:
-        snapshot = build_snapshot(chain, key, bundles)
-    except InvalidIdentityError as exc:
-        raise InvalidIdentityError(
-            f"{exc} (files: cert={files.cert}, key={files.key}, bundle={files.bundle})"
-        ) from None
-    return snapshot, digest.hexdigest()
+    return build_snapshot(chain, key, bundles)
+
+
+def load_svid_files(files: SvidFiles) -> tuple[IdentitySnapshot, str]:
+    """Read and validate one consistent set; returns the snapshot and a content digest.
+
+    Raises InvalidIdentityError for every problem (missing file, bad PEM,
+    malformed DER, mismatched key, chain that does not verify).
+    """
+    contents = _read_set(files)
+    return _parse_set(files, contents), contents.digest
 
 
 class FileSource(Publisher):
-    """Polls SVID files and publishes each new consistent set."""
+    """Polls SVID files and publishes each new consistent set.
+
+    A set that cannot be used (any exception while reading or parsing it)
+    keeps the current identity. It is reported - one WARNING line and one
+    ``on_error`` call - once it has been seen on two polls in a row (a
+    writer half-way through a rotation is not an error), and then never
+    again while the content stays the same; it is not parsed again either.
+    """
 
     def __init__(
         self, files: SvidFiles, *, poll_interval: float = 0.5, on_error: Callable[[str], None] | None = None
     ) -> None:
         super().__init__()
-        self._on_error = on_error
         self.files = files
         self.description = f"files cert={files.cert} key={files.key} bundle={files.bundle}"
         self._interval = poll_interval
         self._stop = threading.Event()
         self._last_digest = ""
-        self._last_error = ""
-        self.errors = 0
+        self._rejections = Rejections(on_error)
+        self._pending: object = None  # a rejected content seen once: reported if the next poll sees it again
         snapshot, self._last_digest = load_svid_files(files)  # raises: refuse to start
         self._publish(snapshot)
         self._stamp = self._stat()
         self._thread = threading.Thread(target=self._run, name="meshnode-file-source", daemon=True)
         self._thread.start()
+
+    @property
+    def errors(self) -> int:
+        """How many rejected file sets were reported (each distinct content once)."""
+        return self._rejections.count
 
     def _paths(self) -> list[Path]:
         paths = [self.files.cert, self.files.key, self.files.bundle]
@@ -145,21 +197,24 @@ class FileSource(Publisher):
         if stamp == self._stamp:
             return None
         try:
-            snapshot, digest = load_svid_files(self.files)
+            contents = _read_set(self.files)
+        except Exception as exc:  # a file that cannot be read (or vanished mid-read) is a rejected update
+            self._reject(("unreadable", describe_error(exc)), describe_error(exc))
+            return None
+        if contents.digest == self._last_digest:
+            self._stamp, self._pending = stamp, None
+            self._rejections.accepted()
+            return None
+        if self._rejections.is_last(contents.digest):
+            return None  # the same bad set as before: reported already, not parsed again
+        try:
+            snapshot = _parse_set(self.files, contents)
         except InvalidIdentityError as exc:
             # a writer may be half-way: keep the current identity, look again next poll
-            if str(exc) != self._last_error:
-                self.errors += 1
-                log.warning("identity: ignoring the SVID files for now, keeping the current SVID: %s", exc)
-                self._last_error = str(exc)
-                if self._on_error is not None:
-                    self._on_error(str(exc))
+            self._reject(contents.digest, str(exc))
             return None
-        self._stamp = stamp
-        self._last_error = ""
-        if digest == self._last_digest:
-            return None
-        self._last_digest = digest
+        self._stamp, self._pending, self._last_digest = stamp, None, contents.digest
+        self._rejections.accepted()
         published = self._publish(snapshot)
         if published is not None:
             log.info(
@@ -168,12 +223,27 @@ class FileSource(Publisher):
             )
         return published
 
+    def _reject(self, key: object, message: str) -> None:
+        """Report a rejected set once it is seen on two polls in a row."""
+        if key != self._pending:
+            self._pending = key
+            return
+        self._rejections.reject(
+            key,
+            "identity: ignoring the SVID files, keeping the current SVID until they change: "
+            + message.removeprefix("identity: "),
+        )
+
     def _run(self) -> None:
+        failure = ""
         while not self._stop.wait(self._interval):
             try:
                 self.poll()
-            except Exception:
-                log.exception("identity: file source poll failed; keeping the current SVID")
+                failure = ""
+            except Exception as exc:  # a bug here must neither stop polling nor log every 0.5 s
+                if describe_error(exc) != failure:
+                    failure = describe_error(exc)
+                    log.exception("identity: file source poll failed; keeping the current SVID")
 
     def close(self) -> None:
         if self._mark_closed():

@@ -8,6 +8,8 @@ Workload API server) through py-spiffe's ``X509Source``.
   registration entry, silent agent) so the error can say what to fix.
 * Updates stream in (SVID and bundle rotation, federated bundles). Each one
   is validated before it is published; a bad push keeps the last good SVID.
+  Any exception from a push (also ``ValueError`` from malformed DER) is a
+  rejected update, logged and counted once per distinct content.
 * When the agent goes away, ``X509Source`` keeps the last SVID and
   reconnects by itself. When it closes itself for good (a fatal error), a
   supervisor thread opens a new one with backoff: the node keeps serving on
@@ -16,6 +18,7 @@ Workload API server) through py-spiffe's ``X509Source``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket as pysocket
@@ -24,11 +27,14 @@ import time
 from collections.abc import Callable
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 from spiffe import X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.errors import PySpiffeError
+from spiffe.workloadapi.x509_context import X509Context
 
 from meshnode.errors import IdentityUnavailableError, InvalidIdentityError
+from meshnode.identity.rejects import Rejections, describe_error
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot
@@ -107,10 +113,25 @@ def diagnose_socket(address: str, timeout: float = 0.5) -> str:
 
 
 def _snapshot_from(source: X509Source) -> IdentitySnapshot:
-    context = source.get_x509_context()
+    return _snapshot_of(source.get_x509_context())
+
+
+def _snapshot_of(context: X509Context) -> IdentitySnapshot:
     svid = context.default_svid
     bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in context.x509_bundle_set.bundles}
     return build_snapshot(svid.cert_chain, svid.private_key, bundles)  # type: ignore[arg-type]
+
+
+def _content_key(context: X509Context) -> str:
+    """A digest of a push's certificates: the same bad push is reported once, however often it comes."""
+    digest = hashlib.sha256()
+    for cert in context.default_svid.cert_chain:
+        digest.update(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    for bundle in sorted(context.x509_bundle_set.bundles, key=lambda b: b.trust_domain.name):
+        digest.update(bundle.trust_domain.name.encode())
+        for ca in sorted(c.public_bytes(serialization.Encoding.DER) for c in bundle.x509_authorities):
+            digest.update(hashlib.sha256(ca).digest())
+    return digest.hexdigest()
 
 
 class WorkloadApiSource(Publisher):
@@ -128,6 +149,7 @@ class WorkloadApiSource(Publisher):
         self.description = f"workload-api {self.address}"
         self._timeout = timeout
         self._on_error = on_error
+        self._rejections = Rejections(on_error)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._x509 = self._open(timeout)
@@ -148,23 +170,38 @@ class WorkloadApiSource(Publisher):
             ) from exc
         try:
             self._publish(_snapshot_from(source))
-        except (InvalidIdentityError, PySpiffeError) as exc:
+        except Exception as exc:  # any unusable first SVID refuses the start, in one line
             source.close()
             raise InvalidIdentityError(
-                f"identity: the Workload API at {self.address} gave an unusable SVID: {exc}"
-            ) from exc
+                f"identity: the Workload API at {self.address} gave an unusable SVID: {describe_error(exc)}"
+            ) from None
         source.subscribe_for_updates(self._updated)
         return source
 
     def _updated(self) -> None:
-        """Runs on py-spiffe's watcher thread for every push: validate and publish."""
+        """Runs on py-spiffe's watcher thread for every push: validate and publish.
+
+        Never raises: a push that cannot be used is a rejected update,
+        reported once per distinct content (py-spiffe would log a traceback
+        for every push that makes a subscriber raise).
+        """
         with self._lock:
             source = self._x509
+        key: str | None = None
         try:
-            published = self._publish(_snapshot_from(source))
-        except (InvalidIdentityError, PySpiffeError) as exc:
-            self._report(f"identity: ignoring an update from {self.address}, keeping the current SVID: {exc}")
+            context = source.get_x509_context()
+            key = _content_key(context)
+            if self._rejections.is_last(key):
+                return
+            published = self._publish(_snapshot_of(context))
+        except Exception as exc:
+            message = describe_error(exc).removeprefix("identity: ")
+            self._rejections.reject(
+                key or message,
+                f"identity: ignoring an update from {self.address}, keeping the current SVID: {message}",
+            )
             return
+        self._rejections.accepted()
         if published is not None:
             log.info(
                 "identity: SVID update from the Workload API serial=%s not_after=%s generation=%d",
@@ -189,7 +226,12 @@ class WorkloadApiSource(Publisher):
             while not self._stop.is_set():
                 try:
                     replacement = X509Source(socket_path=self.address, timeout_in_seconds=5.0)
-                except PySpiffeError:
+                except Exception as exc:  # each distinct reason once, not once per retry
+                    self._rejections.reject(
+                        describe_error(exc),
+                        f"identity: reconnecting to the Workload API at {self.address} failed, keeping the "
+                        f"current SVID and retrying: {describe_error(exc)}",
+                    )
                     if self._stop.wait(backoff):
                         return
                     backoff = min(backoff * 2, 5.0)

@@ -9,6 +9,7 @@ flags, validity) up to a root of the SVID's own trust domain.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Sequence
 
@@ -18,12 +19,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
+from meshnode.identity.rejects import describe_error
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
+
+log = logging.getLogger("meshnode.identity")
 
 __all__ = [
     "build_snapshot",
     "check_leaf",
+    "check_parses",
     "load_pem_certs",
     "load_pem_key",
     "spiffe_id_of",
@@ -32,15 +37,30 @@ __all__ = [
 ]
 
 
-def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
-    """All certificates in PEM ``data``; raises InvalidIdentityError naming ``what``."""
+def load_pem_certs(data: bytes, what: str, *, check_extensions: bool = True) -> list[x509.Certificate]:
+    """All certificates in PEM ``data``; raises InvalidIdentityError naming ``what``.
+
+    With ``check_extensions`` (the default) every certificate's extensions
+    are parsed too (see :func:`check_parses`).
+    """
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise InvalidIdentityError(f"identity: {what}: not a PEM certificate list ({exc})") from None
     if not certs:
         raise InvalidIdentityError(f"identity: {what}: holds no certificate")
+    for i, cert in enumerate(certs if check_extensions else ()):
+        check_parses(cert, f"{what}: certificate {i}")
     return certs
+
+
+def check_parses(cert: x509.Certificate, what: str) -> None:
+    """Parse ``cert``'s extensions now: cryptography parses them lazily and raises ValueError on
+    malformed DER only when they are read - at the boundary, not later in a handshake or a check."""
+    try:
+        cert.extensions  # noqa: B018
+    except ValueError as exc:
+        raise InvalidIdentityError(f"identity: {what} has malformed extensions: {describe_error(exc)}") from None
 
 
 def load_pem_key(data: bytes, what: str) -> CertificateIssuerPrivateKeyTypes:
@@ -189,9 +209,57 @@ def build_snapshot(
     generation: int = 1,
     now: dt.datetime | None = None,
 ) -> IdentitySnapshot:
-    """Validate an SVID with its key and bundles and wrap it in a snapshot."""
+    """Validate an SVID with its key and bundles and wrap it in a snapshot.
+
+    Raises InvalidIdentityError for every problem, also for a certificate
+    that parsed but whose extensions do not (cryptography parses those
+    lazily and raises ValueError).
+    """
+    try:
+        return _build_snapshot(chain, private_key, bundles, generation, now)
+    except InvalidIdentityError:
+        raise
+    except Exception as exc:  # malformed DER inside a certificate that loaded: outside input, not a bug
+        raise InvalidIdentityError(
+            f"identity: the SVID or its bundle cannot be parsed: {describe_error(exc)}"
+        ) from None
+
+
+def _parsable_bundles(bundles: Bundles, own: str) -> dict[str, tuple[x509.Certificate, ...]]:
+    """``bundles`` with every certificate parsed once: a malformed CA of the node's own trust domain
+    rejects the update; a malformed CA of a federated trust domain is left out (with a warning), so
+    a partner's broken bundle never stops this node's own rotations and never verifies anyone."""
+    out: dict[str, tuple[x509.Certificate, ...]] = {}
+    for td, certs in bundles.items():
+        kept = []
+        for i, cert in enumerate(certs):
+            try:
+                check_parses(cert, f"trust bundle of '{td}', certificate {i}")
+            except InvalidIdentityError as exc:
+                if td == own:
+                    raise
+                log.warning("identity: %s; leaving it out of the bundle", str(exc).removeprefix("identity: "))
+                continue
+            kept.append(cert)
+        if kept:
+            out[td] = tuple(kept)
+    return out
+
+
+def _build_snapshot(
+    chain: Sequence[x509.Certificate],
+    private_key: CertificateIssuerPrivateKeyTypes,
+    bundles: Bundles,
+    generation: int,
+    now: dt.datetime | None,
+) -> IdentitySnapshot:
+    if not chain:
+        raise InvalidIdentityError("identity: the SVID has no certificate")
+    for i, cert in enumerate(chain):
+        check_parses(cert, f"SVID chain certificate {i}")
     leaf = chain[0]
     spiffe_id = spiffe_id_of(leaf)
+    bundles = _parsable_bundles(bundles, spiffe_id.trust_domain)
     check_leaf(leaf)
     if not _key_matches(leaf, private_key):
         raise InvalidIdentityError("identity: the private key does not match the SVID certificate")

@@ -16,6 +16,9 @@ from files, so the control plane keeps them in one private directory:
 * ``ads.sock``: the control plane's unix socket lives here too.
 
 :meth:`RuntimeDir.close` removes the files, and the directory when it made it.
+A directory it makes names its owner process, so one left by a node that
+was killed (its private key still inside) is removed when the next node
+makes its own (:func:`meshnode.private_dirs.remove_stale`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -37,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshnode.errors import ConfigError, IdentityError
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.private_dirs import OWNER_FILE, make_private_dir, remove_stale
 
 __all__ = ["MAX_SOCKET_PATH", "RuntimeDir", "default_runtime_base", "spiffe_bundle_map"]
 
@@ -48,6 +53,7 @@ MAX_SOCKET_PATH = 100
 IDENTITY_FILE = "svid.pem"
 BUNDLE_MAP_FILE = "bundles.json"
 SOCKET_FILE = "ads.sock"
+_OWN_NAMES = re.compile(r"svid\.pem|bundles\.json|ads\.sock|bundle\.[a-z0-9._-]+\.pem|\.[A-Za-z0-9._-]+\.tmp")
 
 
 def default_runtime_base() -> Path:
@@ -91,7 +97,10 @@ class RuntimeDir:
 
     def __init__(self, node_name: str, path: Path | None = None) -> None:
         if path is None:
-            path = Path(tempfile.mkdtemp(prefix=f"meshnode-{_safe(node_name)}-", dir=default_runtime_base()))
+            base = default_runtime_base()
+            for stale in remove_stale("meshnode-", base, lambda name: bool(_OWN_NAMES.fullmatch(name))):
+                log.info("xds: removed %s, left behind by a node that was killed", stale)
+            path = make_private_dir(f"meshnode-{_safe(node_name)}-", base)
             self._owned = True
         else:
             self._owned = _make_private(path)
@@ -165,7 +174,8 @@ class RuntimeDir:
         if self._closed:
             return
         self._closed = True
-        for pattern in (IDENTITY_FILE, BUNDLE_MAP_FILE, SOCKET_FILE, "bundle.*.pem", ".*.tmp"):
+        patterns = [IDENTITY_FILE, BUNDLE_MAP_FILE, SOCKET_FILE, "bundle.*.pem", ".*.tmp"]
+        for pattern in patterns + ([OWNER_FILE] if self._owned else []):
             for path in self.path.glob(pattern):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
