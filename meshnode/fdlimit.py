@@ -32,7 +32,8 @@ class FdLimit:
 
     def describe(self) -> str:
         hard = "unlimited" if self.hard == resource.RLIM_INFINITY else str(self.hard)
-        return f"soft {self.soft}, hard {hard}"
+        raised = f" (raised from {self.raised_from})" if self.raised_from is not None else ""
+        return f"soft {self.soft}{raised}, hard {hard}"
 
 
 def current_limit() -> FdLimit:
@@ -40,8 +41,9 @@ def current_limit() -> FdLimit:
     return FdLimit(soft, hard)
 
 
-def raise_soft_limit(what: str) -> FdLimit:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; log what was done. Never raises.
+def raise_soft_limit(what: str, *, quiet: bool = False) -> FdLimit:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; log what was done (``quiet``: only a
+    failure; the caller reports the returned limit, e.g. once the process is up). Never raises.
 
     An unlimited hard limit is not a usable soft limit on Linux (``nr_open``
     caps it): then the soft limit goes to 1048576, the kernel's default
@@ -57,10 +59,12 @@ def raise_soft_limit(what: str) -> FdLimit:
                         what, before.soft, target, exc, before.describe())
             return before
         after = FdLimit(target, before.hard, raised_from=before.soft)
-        log.info("%s: raised the open-file limit (RLIMIT_NOFILE) from %d to %d, the hard limit",
-                 what, before.soft, target)
+        if not quiet:
+            log.info("%s: raised the open-file limit (RLIMIT_NOFILE) from %d to %d, the hard limit",
+                     what, before.soft, target)
         return after
-    log.info("%s: open-file limit (RLIMIT_NOFILE) %s", what, before.describe())
+    if not quiet:
+        log.info("%s: open-file limit (RLIMIT_NOFILE) %s", what, before.describe())
     return before
 
 

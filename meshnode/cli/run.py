@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     core_log = CoreLogCapture().start()  # first: the log set up next writes to the real stderr, not the relay
     setup_logging(args.verbose)
-    raise_soft_limit("node")
+    fd_limit = raise_soft_limit("node", quiet=True)  # reported once up: a config error stays one line
     try:
         handle = configure_telemetry(config.telemetry, default_service_name=config.name)
     except BaseException:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise
 
     def ready(node: Node) -> None:
+        logging.getLogger("meshnode.fdlimit").info("node: open-file limit (RLIMIT_NOFILE) %s", fd_limit.describe())
         for note in node.notes:
             print(f"meshnode: NOTE: {note}", file=sys.stderr, flush=True)
         where = f"on {node.address}" if node.address is not None else "(client only, no port)"
