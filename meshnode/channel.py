@@ -278,6 +278,8 @@ class PeerChannel:
                       self._warm_timeout)
         if self._active is None or gen.number != self._latest:
             gen.close()  # closed meanwhile, or a newer generation superseded this one
+            log.debug("channel: '%s' generation %d dropped before use (superseded or closed)", self.peer_name,
+                      gen.number)
             return
         old, self._active = self._active, gen
         self._pending_key = None

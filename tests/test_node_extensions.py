@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from meshnode import AlreadyStartedError, NotStartedError
+from meshnode import AlreadyStartedError, ConfigError, NodeService, NotStartedError
 from meshnode.authz import peer_id
 from meshnode.config.node import node_config_from_dict
 from meshnode.credentials import channel_credentials
@@ -18,6 +18,8 @@ from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, as_caller, issue_snapshot
 from tests.support.nodes import node_config, peer
+from tests.support.old_generated import SERVICE as OLD_SERVICE
+from tests.support.old_generated import OldGreeterServicer
 
 SERVER = "spiffe://example.org/node/server"
 ALPHA = "spiffe://example.org/node/alpha"
@@ -116,3 +118,36 @@ async def test_as_caller_lets_a_unit_test_call_a_handler_as_a_peer() -> None:
     assert str(who) == ALPHA and reply.caller == ALPHA
     with pytest.raises(LookupError):
         peer_id()
+
+
+class OldGreeter(OldGreeterServicer):
+    def Hello(self, request: bytes, context: Any) -> bytes:
+        return str(peer_id()).encode()
+
+
+class GuardedOldGreeter(NodeService, OldGreeter):
+    allow = [ALPHA]
+
+
+async def test_a_servicer_registered_only_through_a_generic_handler_is_served_and_authorized() -> None:
+    ca = DevCA("example.org")
+    async with Node(node_config("server", allow=[ALPHA]), services=[OldGreeter()],
+                    source=ManualSource(ca, SERVER)) as node:
+        options = [("grpc.ssl_target_name_override", dns_name_for(SERVER))]
+        outcomes = {}
+        for who in (ALPHA, GAMMA):
+            creds = channel_credentials(issue_snapshot(ca, who), "example.org")
+            async with grpc.aio.secure_channel(f"127.0.0.1:{node.port}", creds, options=options) as channel:
+                try:
+                    outcomes[who] = (await channel.unary_unary(f"/{OLD_SERVICE}/Hello")(b"", timeout=10)).decode()
+                except grpc.aio.AioRpcError as exc:
+                    outcomes[who] = exc.code().name
+    assert outcomes == {ALPHA: ALPHA, GAMMA: "PERMISSION_DENIED"}
+
+
+async def test_class_rules_on_a_servicer_whose_methods_cannot_be_listed_are_refused() -> None:
+    """Its allow list could not be applied to methods meshnode cannot see: fail closed, at start."""
+    node = Node(node_config("server", allow=[ALPHA, GAMMA]), services=[GuardedOldGreeter()],
+                source=ManualSource(DevCA("example.org"), SERVER))
+    with pytest.raises(ConfigError, match="cannot apply its class 'allow' or @only rules"):
+        await node.start()
