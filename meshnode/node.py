@@ -25,11 +25,19 @@ from meshnode.authz.node import build_node_authorizer
 from meshnode.config.node import NodeConfig, PeerConfig
 from meshnode.credentials import ServerCredentials
 from meshnode.errors import ClosedError, PeerError
+from meshnode.identity.guard import GuardedSource
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
 from meshnode.peers import PeerChannels
-from meshnode.preflight import enforce, identity_checks, missing_bundles, open_identity, static_checks
+from meshnode.preflight import (
+    enforce,
+    identity_checks,
+    identity_rules,
+    missing_bundles,
+    open_identity,
+    static_checks,
+)
 from meshnode.server import MeshServer
 from meshnode.service import NodeService, load_service_class, registration_of
 from meshnode.spiffeid import SpiffeID
@@ -148,6 +156,10 @@ class Node:
         self._source = source
         snapshot = source.current()
         enforce(config, identity_checks(config, snapshot))
+        # From here on every consumer sees only updates that keep the node's trust domain (and ID)
+        source = self._source = GuardedSource(
+            source, identity_rules(config, snapshot), snapshot, owns_inner=self._owns_source
+        )
         for td in missing_bundles(config, snapshot):
             log.warning(
                 "node: no trust bundle for trust domain '%s' (federates_with or a peer): its workloads cannot "
@@ -181,7 +193,7 @@ class Node:
         self._peers = PeerChannels(self, config.peers, tracing=tracing, tracer_provider=self._tracer_provider)
         await self._peers.start()
         await self._server.start()
-        self._state = IdentityState(source, self._server.set_serving)
+        self._state = IdentityState(source, self._server.set_serving, served=self._creds)
         self._state.start()
         log.info(
             "node: %s serving %s on %s as %s (mode %s)",
@@ -211,7 +223,9 @@ class Node:
                 self._authorizer.close()
             if self._creds is not None:
                 self._creds.close()
-            if self._source is not None and self._owns_source:
+            if isinstance(self._source, GuardedSource):
+                self._source.close()  # closes the source it wraps if the node opened it
+            elif self._source is not None and self._owns_source:
                 self._source.close()
         finally:
             self._closed.set()

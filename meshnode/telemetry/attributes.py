@@ -50,6 +50,9 @@ meshnode.identity.rotations            counter           SVID rotations taken in
 meshnode.identity.seconds_to_expiry    observable gauge  seconds until the SVID expires, by
                                                          meshnode.local.spiffe_id
 meshnode.identity.source_errors        counter           errors from the identity source
+meshnode.identity.updates_refused      counter           identity updates the node refused
+                                                         (another trust domain or SPIFFE ID),
+                                                         by error.type
 meshnode.authz.policy_reload_failures  counter           policy reloads refused
 ====================================== ================= =====================================
 """
@@ -73,6 +76,7 @@ __all__ = [
     "IDENTITY_ROTATIONS",
     "IDENTITY_SECONDS_TO_EXPIRY",
     "IDENTITY_SOURCE_ERRORS",
+    "IDENTITY_UPDATES_REFUSED",
     "LOCAL_SPIFFE_ID",
     "NODE_NAME",
     "PEER_NAME",
@@ -122,3 +126,4 @@ AUTHZ_POLICY_RELOAD_FAILURES: Final = "meshnode.authz.policy_reload_failures"
 IDENTITY_ROTATIONS: Final = "meshnode.identity.rotations"
 IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
+IDENTITY_UPDATES_REFUSED: Final = "meshnode.identity.updates_refused"
