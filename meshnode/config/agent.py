@@ -3,7 +3,9 @@
 ::
 
     trust_domain = "example.org"
-    socket_dir = "/tmp/meshnode-agent"   # one socket per entry: <socket_dir>/<name>.sock
+    socket_dir = "/run/user/1000/meshnode-agent"  # <socket_dir>/<name>.sock per entry; default:
+                                         # $XDG_RUNTIME_DIR/meshnode-agent, else /tmp/meshnode-agent-<uid>;
+                                         # refused when another user could write it
     svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
     state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
     ca_overlap = 2.0                     # seconds a new CA sits in every bundle before it signs (SIGUSR2)
@@ -40,7 +42,7 @@ from meshnode.identity.devca import validate_dns_name
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
-__all__ = ["DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"]
+__all__ = ["DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "default_socket_dir", "load_agent_config"]
 
 DEFAULT_SVID_TTL = 3600
 MIN_SVID_TTL = 2
@@ -196,6 +198,18 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
     return out
 
 
+def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-agent-<uid>``.
+
+    The agent refuses either when another user could write it (see :mod:`meshnode.identity.safe_dir`).
+    """
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "meshnode-agent"
+    return Path(f"/tmp/meshnode-agent-{os.geteuid()}")
+
+
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and validate ``agent.toml``; raises ConfigError naming the file and key."""
     source = Path(path)
@@ -203,7 +217,8 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     data = load_toml(source, "agent")
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
-    socket_dir = _path(root.string("socket_dir"), base)
+    socket_dir_value = root.string("socket_dir", None)
+    socket_dir = _path(socket_dir_value, base) if socket_dir_value is not None else default_socket_dir()
     svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL)
     state_dir = root.string("state_dir", None)
     ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0)
