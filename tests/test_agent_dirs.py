@@ -155,8 +155,8 @@ def test_a_ca_key_readable_by_others_is_refused(base: Path) -> None:
 
 def test_the_default_socket_dir_is_private_to_the_user(tmp_path: Path) -> None:
     assert default_socket_dir({"XDG_RUNTIME_DIR": "/run/user/1000"}) == Path("/run/user/1000/meshnode-agent")
-    assert default_socket_dir({}) == Path(f"/tmp/meshnode-agent-{ME}")
-    assert default_socket_dir({"XDG_RUNTIME_DIR": "relative"}) == Path(f"/tmp/meshnode-agent-{ME}")
+    assert default_socket_dir({}) == Path(f"/tmp/meshnode-sockets-{ME}")
+    assert default_socket_dir({"XDG_RUNTIME_DIR": "relative"}) == Path(f"/tmp/meshnode-sockets-{ME}")
     path = tmp_path / "agent.toml"
     path.write_text(f'trust_domain = "example.org"\n[[entries]]\nname = "alpha"\nspiffe_id = "{ALPHA}"\n')
     assert load_agent_config(path).socket_dir == default_socket_dir()

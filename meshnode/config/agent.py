@@ -4,7 +4,7 @@
 
     trust_domain = "example.org"
     socket_dir = "/run/user/1000/meshnode-agent"  # <socket_dir>/<name>.sock per entry; default:
-                                         # $XDG_RUNTIME_DIR/meshnode-agent, else /tmp/meshnode-agent-<uid>;
+                                         # $XDG_RUNTIME_DIR/meshnode-agent, else /tmp/meshnode-sockets-<uid>;
                                          # refused when another user could write it
     svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
     state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
@@ -199,7 +199,7 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
 
 
 def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-agent-<uid>``.
+    """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-sockets-<uid>``.
 
     The agent refuses either when another user could write it (see :mod:`meshnode.identity.safe_dir`).
     """
@@ -207,7 +207,7 @@ def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
     runtime = env.get("XDG_RUNTIME_DIR", "")
     if runtime and os.path.isabs(runtime):
         return Path(runtime) / "meshnode-agent"
-    return Path(f"/tmp/meshnode-agent-{os.geteuid()}")
+    return Path(f"/tmp/meshnode-sockets-{os.geteuid()}")
 
 
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
