@@ -44,12 +44,21 @@ from meshnode.authz.source import PolicySource
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig
 from meshnode.errors import ConfigError, IdentityError, MeshnodeError, PolicyError
 from meshnode.fdlimit import connection_budget, current_limit
+from meshnode.identity.guard import GuardedSource
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.node_policy import allows_only_builtins, node_policy_source, production_check, reload_check
 from meshnode.peers import Liveness
 from meshnode.pipeline import ServiceMethods, discover
-from meshnode.preflight import Check, identity_checks, missing_bundles, open_identity, refusal, static_checks
+from meshnode.preflight import (
+    Check,
+    identity_checks,
+    identity_rules,
+    missing_bundles,
+    open_identity,
+    refusal,
+    static_checks,
+)
 from meshnode.service import make_services, method_allow
 
 __all__ = ["Boot", "PeerPlan", "ServerPlan", "boot"]
@@ -273,7 +282,6 @@ def _identity(
             return None
         b.owns_source = True
         b.notes += notes
-    b.source = source
     snapshot = b.snapshot = source.current()
     fallback = bool(b.notes) and config.identity.source != "dev"
     b.checks.append(Check(
@@ -282,6 +290,10 @@ def _identity(
         "start the agent / fix [identity] socket (see the note above)", IdentityError,
     ))
     b.checks += identity_checks(config, snapshot)
+    # From here on every consumer (authorizer, server credentials, peers, health) sees only updates
+    # that keep the trust domain the node boots in (and [identity] spiffe_id): identity/guard.py
+    b.source = GuardedSource(source, identity_rules(config, snapshot), snapshot, owns_inner=b.owns_source)
+    b.owns_source = True  # the guard: closing it closes what boot opened, and only that
     return snapshot
 
 

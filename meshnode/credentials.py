@@ -41,17 +41,24 @@ def _server_config(snapshot: IdentitySnapshot, trust_domains: Iterable[str]) -> 
 
 
 class ServerCredentials:
-    """Server credentials that follow an identity source, handshake by handshake."""
+    """Server credentials that follow an identity source, handshake by handshake.
+
+    :attr:`served` is the identity new handshakes present: what health must
+    be computed from. A snapshot this class cannot use (no roots for the
+    accepted trust domains) leaves it unchanged. :meth:`subscribe` reports
+    every change of :attr:`served` (on the source's thread).
+    """
 
     def __init__(self, source: IdentitySource, accepted_trust_domains: Iterable[str]) -> None:
         self._trust_domains = frozenset(accepted_trust_domains)
         snapshot = source.current()
-        self._pending: tuple[int, grpc.ServerCertificateConfiguration] = (
-            snapshot.generation,
+        self._pending: tuple[IdentitySnapshot, grpc.ServerCertificateConfiguration] = (
+            snapshot,
             _server_config(snapshot, self._trust_domains),
         )
         self._served_generation = snapshot.generation
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[IdentitySnapshot], None]] = []
         self.credentials = grpc.dynamic_ssl_server_credentials(
             self._pending[1], self._fetch, require_client_authentication=True
         )
@@ -60,26 +67,52 @@ class ServerCredentials:
     @property
     def generation(self) -> int:
         """The identity generation new handshakes present."""
+        return self._pending[0].generation
+
+    @property
+    def served(self) -> IdentitySnapshot:
+        """The identity (certificate, chain, roots) new handshakes present."""
         return self._pending[0]
+
+    def subscribe(self, callback: Callable[[IdentitySnapshot], None]) -> Callable[[], None]:
+        """Call ``callback(served)`` whenever :attr:`served` changes; returns an unsubscribe function."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return unsubscribe
 
     def _on_snapshot(self, snapshot: IdentitySnapshot) -> None:
         try:
             config = _server_config(snapshot, self._trust_domains)
         except InvalidIdentityError as exc:
-            log.warning("credentials: keeping the previous server certificate: %s", exc)
+            log.warning(
+                "credentials: keeping the server certificate serial=%s (not after %s): %s",
+                self._pending[0].serial, self._pending[0].not_after.isoformat(), exc,
+            )
             return
-        self._pending = (snapshot.generation, config)
+        self._pending = (snapshot, config)
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            callback(snapshot)
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        generation, config = self._pending
-        if generation == self._served_generation:
+        snapshot, config = self._pending
+        if snapshot.generation == self._served_generation:
             return None
         with self._lock:
-            self._served_generation = generation
+            self._served_generation = snapshot.generation
         return config
 
     def close(self) -> None:
         self._unsubscribe()
+        with self._lock:
+            self._listeners.clear()
 
 
 def channel_credentials(snapshot: IdentitySnapshot, peer_trust_domain: str) -> grpc.ChannelCredentials:

@@ -35,6 +35,7 @@ from meshnode.channel import PeerChannel
 from meshnode.config.node import NodeConfig, PeerConfig
 from meshnode.credentials import ServerCredentials
 from meshnode.errors import AlreadyStartedError, NotStartedError, PeerError
+from meshnode.identity.guard import GuardedSource
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
@@ -185,7 +186,11 @@ class Node:
         await self._peers.start()
         if self._server is not None:
             await self._server.start()
-        self._state = IdentityState(source, self._server.set_serving if self._server else _no_health)
+        self._state = (
+            IdentityState(source, self._server.set_serving, served=self._creds)
+            if self._server is not None and self._creds is not None
+            else IdentityState(source, _no_health)
+        )
         self._state.start()
         if self._server is not None:
             log.info(
@@ -225,7 +230,9 @@ class Node:
                 self._boot.close()
             if self._creds is not None:
                 self._creds.close()
-            if self._source is not None and self._owns_source:
+            if isinstance(self._source, GuardedSource):
+                self._source.close()  # unsubscribes; closes the source it wraps if boot opened it
+            elif self._source is not None and self._owns_source:
                 self._source.close()
         finally:
             self._closed.set()

@@ -24,12 +24,13 @@ from meshnode.errors import (
 )
 from meshnode.identity.dev import DevSource
 from meshnode.identity.files import FileSource, SvidFiles
+from meshnode.identity.guard import IdentityRules
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
 from meshnode.identity.source import IdentitySource
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.spiffeid import parse_spiffe_id
 
-__all__ = ["Check", "identity_checks", "missing_bundles", "open_identity", "refusal", "static_checks"]
+__all__ = ["Check", "identity_checks", "identity_rules", "missing_bundles", "open_identity", "refusal", "static_checks"]
 
 log = logging.getLogger("meshnode.preflight")
 
@@ -177,6 +178,13 @@ def identity_checks(config: NodeConfig, snapshot: IdentitySnapshot | None) -> li
             InvalidIdentityError,
         ))
     return checks
+
+
+def identity_rules(config: NodeConfig, booted: IdentitySnapshot) -> IdentityRules:
+    """What every later identity update must keep: the trust domain the node booted in (production:
+    the configured one, checked above) and, when ``[identity] spiffe_id`` is set, the SPIFFE ID."""
+    pinned_id = booted.spiffe_id if config.identity.spiffe_id is not None else None
+    return IdentityRules(trust_domain=booted.trust_domain, spiffe_id=pinned_id)
 
 
 def missing_bundles(config: NodeConfig, snapshot: IdentitySnapshot) -> list[str]:

@@ -473,7 +473,6 @@ def test_socket_dir_not_writable(tmp_path: Path, processes: list[AgentProcess]) 
         if os.geteuid() == 0:  # root writes anywhere unless it drops the capabilities that allow it
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
-            os.chown(locked, 65534, 65534)
             wrapper = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")
         locked.chmod(0o555)
         agent = AgentProcess(write_config(tmp_path, locked), tmp_path / "agent.log", wrapper)

@@ -211,7 +211,7 @@ NODE_SCRIPT = textwrap.dedent(
             serial = node.identity.serial
             write(*ca.leaf("spiffe://example.org/node/alpha", malformed_san=True))
             for _ in range(5):
-                node.source.poll()
+                node.source.inner.poll()  # the files source, behind the node's trust-domain guard
             kept = node.identity.serial == serial
         points = {m.name: [p.value for p in m.data.data_points] for rm in reader.get_metrics_data().resource_metrics
                   for sm in rm.scope_metrics for m in sm.metrics}

@@ -3,7 +3,9 @@
 ::
 
     trust_domain = "example.org"
-    socket_dir = "/tmp/meshnode-agent"   # one socket per entry: <socket_dir>/<name>.sock
+    socket_dir = "/run/user/1000/meshnode-agent"  # <socket_dir>/<name>.sock per entry; default:
+                                         # $XDG_RUNTIME_DIR/meshnode-agent, else /tmp/meshnode-sockets-<uid>;
+                                         # refused when another user could write it
     svid_ttl = 3600                      # seconds; X509-SVIDs are re-issued at half life; JWT-SVIDs live as long
     state_dir = "/var/lib/meshnode-agent" # optional: the CA persists here (keys 0600)
     ca_overlap = 2.0                     # seconds a new CA sits in every bundle before it signs (SIGUSR2)
@@ -44,7 +46,14 @@ from meshnode.identity.devca import validate_dns_name
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
-__all__ = ["CONNECTION_LIMIT_RANGES", "DEFAULT_SVID_TTL", "AgentConfig", "EntryConfig", "load_agent_config"]
+__all__ = [
+    "CONNECTION_LIMIT_RANGES",
+    "DEFAULT_SVID_TTL",
+    "AgentConfig",
+    "EntryConfig",
+    "default_socket_dir",
+    "load_agent_config",
+]
 
 DEFAULT_SVID_TTL = 3600
 MIN_SVID_TTL = 2
@@ -239,6 +248,18 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
     return out
 
 
+def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-sockets-<uid>``.
+
+    The agent refuses either when another user could write it (see :mod:`meshnode.identity.safe_dir`).
+    """
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "meshnode-agent"
+    return Path(f"/tmp/meshnode-sockets-{os.geteuid()}")
+
+
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and validate ``agent.toml``; raises ConfigError naming the file and key."""
     source = Path(path)
@@ -246,7 +267,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     data = load_toml(source, "agent")
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
-    socket_dir = root.file_path("socket_dir", base)
+    socket_dir = root.file_path("socket_dir", base, None) or default_socket_dir()
     svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL)
     state_dir = root.file_path("state_dir", base, None)
     ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)

@@ -32,6 +32,7 @@ from meshnode.errors import ClosedError, ConfigError, ServeError
 from meshnode.identity.agent_limits import ConnectionLedger, ConnectionLimits
 from meshnode.identity.agent_server import DenyHandler, WorkloadAPIServicer
 from meshnode.identity.peercred import PeerCredentials, UidGate, claim_socket_path
+from meshnode.identity.safe_dir import SOCKET_DIR, secure_dir
 from meshnode.private_dirs import make_private_dir, remove_stale
 
 __all__ = ["AgentSockets", "remove_stale_private_dirs"]
@@ -63,14 +64,8 @@ class AgentSockets:
         self._closed = False
 
     def claim(self, paths: Sequence[Path]) -> None:
-        """Check the directory is writable and every path free (stale sockets removed), binding nothing."""
-        try:
-            self.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"agent: cannot create socket_dir {self.socket_dir}: {exc.strerror}; "
-                "choose a directory you can write"
-            ) from None
+        """Check the directory is safe and writable and every path free (stale sockets removed), binding nothing."""
+        secure_dir(self.socket_dir, SOCKET_DIR)  # no other user may be able to swap a socket in it
         if not os.access(self.socket_dir, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             raise ConfigError(
                 f"agent: socket_dir {self.socket_dir} is not writable by uid {os.geteuid()}; "

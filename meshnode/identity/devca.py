@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshnode.errors import ConfigError, InvalidIdentityError
+from meshnode.identity.safe_dir import STATE_DIR, secure_dir
 from meshnode.identity.snapshot import utcnow
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
@@ -99,8 +101,10 @@ class DevCA:
         self._previous: list[_Authority] = []
         self._jwt_key: ec.EllipticCurvePrivateKey
         self._jwt_kid: str
-        if self._state_dir is not None and self._load():
-            return
+        if self._state_dir is not None:
+            secure_dir(self._state_dir, STATE_DIR)  # nobody else may plant or swap the CA key
+            if self._load():
+                return
         self._signer = self._new_authority()
         self._jwt_key = _new_key()
         self._jwt_kid = uuid.uuid4().hex
@@ -304,6 +308,17 @@ class DevCA:
         key_path, cert_path, jwt_path = self._paths()
         if not key_path.exists():
             return False
+        for path in (key_path, jwt_path):
+            try:
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+            except OSError:
+                continue  # the read below says what is wrong
+            if mode & 0o077:
+                raise ConfigError(
+                    f"devca: {path} is open to group or others (mode {mode:04o}): anyone who read it can sign "
+                    f"SVIDs; run chmod 600 {path} if it never left this user, else remove state_dir {self._state_dir} "
+                    "to start a new CA"
+                )
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

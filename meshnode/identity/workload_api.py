@@ -14,6 +14,11 @@ Workload API server) through py-spiffe's ``X509Source``.
   reconnects by itself. When it closes itself for good (a fatal error), a
   supervisor thread opens a new one with backoff: the node keeps serving on
   its current SVID meanwhile.
+* Reconnecting is bounded to about a second, however long the agent was
+  away: py-spiffe's stream retry waits up to 1 s (its default: 5 s) and the
+  gRPC channel's reconnect backoff is capped at 1 s (gRPC's default grows to
+  120 s, which left a node on an expiring SVID for up to a minute after the
+  agent came back). The socket is local, so frequent attempts cost nothing.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from collections.abc import Callable
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from spiffe import X509Source
+from spiffe import WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.errors import PySpiffeError
+from spiffe.workloadapi.grpc.header_manipulator_client_interceptor import header_adder_interceptor
+from spiffe.workloadapi.workload_api_client import RetryPolicy, StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context
 
 from meshnode.errors import IdentityUnavailableError, InvalidIdentityError
@@ -112,6 +119,51 @@ def diagnose_socket(address: str, timeout: float = 0.5) -> str:
     return f"the agent on {path} answers now; it was late (try a larger [identity] timeout)"
 
 
+#: Reconnect backoff of the Workload API channel (gRPC's default: 1 s growing to 120 s).
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+#: py-spiffe's stream retry after the agent went away (its default: 0.1 s doubling up to 5 s).
+_RETRY = RetryPolicy(base_backoff_in_seconds=0.1, backoff_factor=2, max_backoff=1.0)
+
+
+class _Client(WorkloadApiClient):
+    """py-spiffe's Workload API client on a channel that reconnects within about a second.
+
+    py-spiffe 0.3 takes no channel options, so this overrides the one method
+    that builds the channel (same target, same security header) and passes a
+    shorter retry policy to the stream. Pinned by spiffe<0.4 in pyproject.
+    """
+
+    def __init__(self, address: str) -> None:
+        self._meshnode_target = "unix:" + _path_of(address)
+        super().__init__(address)
+
+    def _get_spiffe_grpc_channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(self._meshnode_target, options=CHANNEL_OPTIONS)
+        return grpc.intercept_channel(channel, header_adder_interceptor("workload.spiffe.io", "true"))
+
+    def stream_x509_contexts(
+        self,
+        on_success: Callable[[X509Context], None],
+        on_error: Callable[[Exception], None],
+        retry_connect: bool = True,
+        retry_policy: RetryPolicy | None = None,
+    ) -> StreamCancelHandler:
+        return super().stream_x509_contexts(on_success, on_error, retry_connect, retry_policy or _RETRY)
+
+
+def _open_x509_source(address: str, timeout: float) -> tuple[X509Source, _Client]:
+    """An X509Source on a client we own (X509Source does not close a client it was given)."""
+    client = _Client(address)
+    try:
+        return X509Source(workload_api_client=client, timeout_in_seconds=timeout), client
+    except BaseException:
+        client.close()
+        raise
+
+
 def _snapshot_from(source: X509Source) -> IdentitySnapshot:
     return _snapshot_of(source.get_x509_context())
 
@@ -152,14 +204,14 @@ class WorkloadApiSource(Publisher):
         self._rejections = Rejections(on_error)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._x509 = self._open(timeout)
+        self._x509, self._client = self._open(timeout)
         self._thread = threading.Thread(target=self._supervise, name="meshnode-workload-api", daemon=True)
         self._thread.start()
 
-    def _open(self, timeout: float) -> X509Source:
+    def _open(self, timeout: float) -> tuple[X509Source, _Client]:
         started = time.monotonic()
         try:
-            source = X509Source(socket_path=self.address, timeout_in_seconds=timeout)
+            source, client = _open_x509_source(self.address, timeout)
         except PySpiffeError as exc:
             waited = time.monotonic() - started >= timeout * 0.9
             reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
@@ -172,11 +224,12 @@ class WorkloadApiSource(Publisher):
             self._publish(_snapshot_from(source))
         except Exception as exc:  # any unusable first SVID refuses the start, in one line
             source.close()
+            client.close()
             raise InvalidIdentityError(
                 f"identity: the Workload API at {self.address} gave an unusable SVID: {describe_error(exc)}"
             ) from None
         source.subscribe_for_updates(self._updated)
-        return source
+        return source, client
 
     def _updated(self) -> None:
         """Runs on py-spiffe's watcher thread for every push: validate and publish.
@@ -218,14 +271,15 @@ class WorkloadApiSource(Publisher):
         backoff = 0.5
         while not self._stop.wait(1.0):
             with self._lock:
-                source = self._x509
+                source, client = self._x509, self._client
             if not source.is_closed():
                 backoff = 0.5
                 continue
+            client.close()
             self._report(f"identity: the Workload API stream at {self.address} failed; reconnecting")
             while not self._stop.is_set():
                 try:
-                    replacement = X509Source(socket_path=self.address, timeout_in_seconds=5.0)
+                    replacement, replacement_client = _open_x509_source(self.address, 5.0)
                 except Exception as exc:  # each distinct reason once, not once per retry
                     self._rejections.reject(
                         describe_error(exc),
@@ -237,7 +291,11 @@ class WorkloadApiSource(Publisher):
                     backoff = min(backoff * 2, 5.0)
                     continue
                 with self._lock:
-                    self._x509 = replacement
+                    self._x509, self._client = replacement, replacement_client
+                if self._stop.is_set():  # close() ran meanwhile and closed the old one
+                    replacement.close()
+                    replacement_client.close()
+                    return
                 replacement.subscribe_for_updates(self._updated)
                 self._updated()
                 break
@@ -246,7 +304,8 @@ class WorkloadApiSource(Publisher):
         if self._mark_closed():
             self._stop.set()
             with self._lock:
-                source = self._x509
+                source, client = self._x509, self._client
             source.close()
+            client.close()
             if threading.current_thread() is not self._thread:
                 self._thread.join(timeout=5)

@@ -50,6 +50,9 @@ meshnode.identity.rotations            counter           SVID rotations taken in
 meshnode.identity.seconds_to_expiry    observable gauge  seconds until the SVID expires, by
                                                          meshnode.local.spiffe_id
 meshnode.identity.source_errors        counter           errors from the identity source
+meshnode.identity.updates_refused      counter           identity updates the node refused
+                                                         (another trust domain or SPIFFE ID),
+                                                         by error.type
 meshnode.authz.policy_reload_failures  counter           policy reloads refused
 meshnode.server.handshake_failures     counter           TLS handshakes the node's server failed
                                                          (``meshnode run``), by error.type: the
@@ -76,6 +79,7 @@ __all__ = [
     "IDENTITY_ROTATIONS",
     "IDENTITY_SECONDS_TO_EXPIRY",
     "IDENTITY_SOURCE_ERRORS",
+    "IDENTITY_UPDATES_REFUSED",
     "LOCAL_SPIFFE_ID",
     "NODE_NAME",
     "PEER_NAME",
@@ -127,3 +131,4 @@ IDENTITY_ROTATIONS: Final = "meshnode.identity.rotations"
 IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
 SERVER_HANDSHAKE_FAILURES: Final = "meshnode.server.handshake_failures"
+IDENTITY_UPDATES_REFUSED: Final = "meshnode.identity.updates_refused"

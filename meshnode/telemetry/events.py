@@ -28,6 +28,7 @@ __all__ = [
     "IDENTITY_LOST",
     "IDENTITY_RECOVERED",
     "IDENTITY_ROTATED",
+    "IDENTITY_UPDATE_REFUSED",
     "POLICY_RELOADED",
     "POLICY_RELOAD_FAILED",
     "identity_event",
@@ -38,6 +39,7 @@ IDENTITY_ROTATED: Final = "meshnode.identity.rotated"
 IDENTITY_BUNDLE_UPDATED: Final = "meshnode.identity.bundle_updated"
 IDENTITY_LOST: Final = "meshnode.identity.lost"
 IDENTITY_RECOVERED: Final = "meshnode.identity.recovered"
+IDENTITY_UPDATE_REFUSED: Final = "meshnode.identity.update_refused"
 POLICY_RELOADED: Final = "meshnode.authz.policy_reloaded"
 POLICY_RELOAD_FAILED: Final = "meshnode.authz.policy_reload_failed"
 
@@ -47,6 +49,7 @@ EVENTS: Final[Mapping[str, tuple[str, int]]] = {
     IDENTITY_BUNDLE_UPDATED: ("meshnode.identity", logging.INFO),
     IDENTITY_LOST: ("meshnode.identity", logging.WARNING),
     IDENTITY_RECOVERED: ("meshnode.identity", logging.INFO),
+    IDENTITY_UPDATE_REFUSED: ("meshnode.identity", logging.WARNING),
     POLICY_RELOADED: ("meshnode.authz", logging.INFO),
     POLICY_RELOAD_FAILED: ("meshnode.authz", logging.WARNING),
 }

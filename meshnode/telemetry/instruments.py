@@ -65,6 +65,11 @@ class Instruments:
         self._source_errors = self._meter.create_counter(
             attr.IDENTITY_SOURCE_ERRORS, unit="{error}", description="Errors reported by the identity source"
         )
+        self._updates_refused = self._meter.create_counter(
+            attr.IDENTITY_UPDATES_REFUSED,
+            unit="{update}",
+            description="Identity updates refused by the node's identity rules (the last good identity stays)",
+        )
         self._reload_failures = self._meter.create_counter(
             attr.AUTHZ_POLICY_RELOAD_FAILURES,
             unit="{failure}",
@@ -86,6 +91,10 @@ class Instruments:
     def source_error(self, error_type: str) -> None:
         """Count one identity source error; ``error_type`` is low-cardinality (a class name)."""
         self._source_errors.add(1, {_ERROR_TYPE: error_type})
+
+    def update_refused(self, error_type: str) -> None:
+        """Count one refused identity update; ``error_type`` is low-cardinality (``trust_domain``, ...)."""
+        self._updates_refused.add(1, {_ERROR_TYPE: error_type})
 
     def policy_reload_failure(self, error_type: str) -> None:
         """Count one refused policy reload."""
