@@ -62,7 +62,9 @@ class Captured(logging.Handler):
 @pytest.fixture
 def logs() -> Iterator[Captured]:
     handler = Captured()
-    loggers = [logging.getLogger(name) for name in ("meshnode", "spiffe", "grpc")]
+    # spiffe.workloadapi.x509_source too: `meshnode run` mutes it, and tests that call the CLI in
+    # this process leave it muted
+    loggers = [logging.getLogger(name) for name in ("meshnode", "spiffe", "grpc", "spiffe.workloadapi.x509_source")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
