@@ -1,22 +1,36 @@
 """X.509-SVID rules: parsing PEM, SPIFFE ID extraction, chain verification.
 
-One place for the checks every source and the authorization layer need:
-the leaf carries exactly one URI SAN that is a valid SPIFFE ID, it is not a
-CA, the private key matches it, and the chain verifies (signatures, CA
-flags, validity) up to a root of the SVID's own trust domain.
+One place for the checks every source and the authorization layer need.
+Two layers, each doing what it is good at:
+
+* the path: cryptography's RFC 5280 verifier (``cryptography.x509.verification``)
+  builds and validates the path from the leaf through any intermediates
+  (given in any order, extra certificates ignored) to a root of the bundle:
+  signatures, validity at an explicit time, basicConstraints cA and path
+  length, keyCertSign on every CA, name constraints, critical extensions it
+  does not know, key sizes and algorithms. Its extension policies are the
+  web PKI defaults adjusted to X509-SVIDs (:func:`_extension_policies`);
+* the SVID profile, which a path builder does not know: exactly one URI
+  SAN, a valid SPIFFE ID with a path, not a CA, no keyCertSign/cRLSign, a
+  critical SAN when the subject is empty, no DNS SAN spelled like a URI
+  (:func:`spiffe_id_of`, :func:`check_leaf`), and that the private key
+  matches. The bundle used is always the one of the leaf's own trust domain.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import verification as xv
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.rejects import describe_error
@@ -32,9 +46,14 @@ __all__ = [
     "load_pem_certs",
     "load_pem_key",
     "spiffe_id_of",
+    "trust_store",
     "uri_sans",
     "verify_chain",
 ]
+
+
+def _invalid(reason: str) -> InvalidIdentityError:
+    return InvalidIdentityError(f"identity: {reason}", reason=reason)
 
 
 def load_pem_certs(data: bytes, what: str, *, check_extensions: bool = True) -> list[x509.Certificate]:
@@ -60,7 +79,7 @@ def check_parses(cert: x509.Certificate, what: str) -> None:
     try:
         cert.extensions  # noqa: B018
     except ValueError as exc:
-        raise InvalidIdentityError(f"identity: {what} has malformed extensions: {describe_error(exc)}") from None
+        raise _invalid(f"{what} has malformed extensions: {describe_error(exc)}") from None
 
 
 def load_pem_key(data: bytes, what: str) -> CertificateIssuerPrivateKeyTypes:
@@ -86,16 +105,14 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
     """The SPIFFE ID of an SVID leaf: its one and only URI SAN."""
     uris = uri_sans(cert)
     if len(uris) != 1:
-        raise InvalidIdentityError(
-            f"identity: certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
-        )
+        raise _invalid(f"certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one")
     try:
         spiffe_id = parse_spiffe_id(uris[0])
     except InvalidSpiffeIdError as exc:
-        raise InvalidIdentityError(f"identity: certificate URI SAN is not a SPIFFE ID: {exc}") from None
+        raise _invalid(f"certificate URI SAN is not a SPIFFE ID: {exc}") from None
     if not spiffe_id.path:  # X509-SVID 3.1 and 5.2: a leaf's ID names a workload, not the trust domain
-        raise InvalidIdentityError(
-            f"identity: certificate URI SAN {spiffe_id} has no path; a leaf X.509-SVID names a workload "
+        raise _invalid(
+            f"certificate URI SAN {spiffe_id} has no path; a leaf X.509-SVID names a workload "
             "(spiffe://trust-domain/path), never the trust domain itself"
         )
     return spiffe_id
@@ -106,36 +123,43 @@ _DNS_SAN = re.compile(r"[A-Za-z0-9*_.-]{1,253}")
 
 
 def check_leaf(cert: x509.Certificate) -> None:
-    """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs,
-    and no DNS SAN spelled like a URI.
+    """X509-SVID leaf rules (5.2 and 3.1): not a CA, may not sign certificates or CRLs, a critical
+    SAN when the subject is empty, and no DNS SAN spelled like a URI.
 
     The X509-SVID spec allows DNS SANs beside the one URI SAN, but a DNS SAN
     such as ``spiffe://example.org/x`` is not a host name: gRPC's SAN
     matchers do not look at SAN types, so such a name would pass as a SPIFFE
     ID elsewhere in the mesh. A certificate carrying one is refused.
     """
+    exts = cert.extensions
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            raise InvalidIdentityError("identity: SVID leaf has CA=true; a leaf SVID must not be a CA")
+        if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise _invalid("SVID leaf has CA=true; a leaf SVID must not be a CA")
     except x509.ExtensionNotFound:
         pass
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san_ext: x509.Extension[x509.SubjectAlternativeName] | None = exts.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
     except x509.ExtensionNotFound:
-        san = None
-    for name in san.get_values_for_type(x509.DNSName) if san is not None else ():
+        san_ext = None
+    if san_ext is not None and not san_ext.critical and len(cert.subject) == 0:
+        raise _invalid(
+            "SVID leaf has an empty subject and a non-critical SAN extension; without a subject the SAN "
+            "must be critical (X509-SVID 3.1, RFC 5280 4.1.2.6)"
+        )
+    for name in san_ext.value.get_values_for_type(x509.DNSName) if san_ext is not None else ():
         if not _DNS_SAN.fullmatch(name):
-            raise InvalidIdentityError(
-                f"identity: certificate has a DNS SAN that is not a host name ({name[:80]!r}); "
+            raise _invalid(
+                f"certificate has a DNS SAN that is not a host name ({name[:80]!r}); "
                 "SPIFFE IDs belong in the URI SAN only"
             )
     try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku = exts.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ku.key_cert_sign or ku.crl_sign:
-        raise InvalidIdentityError("identity: SVID leaf has keyCertSign/cRLSign key usage")
+        raise _invalid("SVID leaf has keyCertSign/cRLSign key usage")
 
 
 def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
@@ -145,60 +169,150 @@ def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) 
     )
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+#: What a verified certificate is used for, and so which EKUs its chain must allow (when it lists any):
+#: ``"svid"`` a node's own SVID, served and presented as a client (X509-SVID 4.4: serverAuth and clientAuth);
+#: ``"client"`` a caller's certificate (clientAuth, what the TLS layer already asked of it).
+Usage = Literal["svid", "client"]
+_REQUIRED_EKUS: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
+    "svid": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    "client": (ExtendedKeyUsageOID.CLIENT_AUTH,),
+}
+_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+_MAX_REASON = 600
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _eku_check(
+    required: tuple[x509.ObjectIdentifier, ...], *, ca: bool
+) -> Callable[[xv.Policy, x509.Certificate, x509.ExtendedKeyUsage | None], None]:
+    """An extension validator: a listed EKU must include every ``required`` one (a CA may say anyEKU)."""
+
+    def check(_policy: xv.Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
+        if eku is None or (ca and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku):
+            return
+        missing = [_EKU_NAMES[oid] for oid in required if oid not in eku]
+        if missing:
+            raise ValueError(f"extendedKeyUsage lacks {' and '.join(missing)}")
+
+    return check
+
+
+@functools.cache
+def _extension_policies(usage: Usage) -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
+    """(CA policy, leaf policy): cryptography's web PKI defaults, adjusted to the X509-SVID profile.
+
+    Leaf: an authorityKeyIdentifier is optional (RFC 5280 wants it, the
+    X509-SVID spec does not); the EKU may be critical (X509-SVID 4.4) and
+    must list what ``usage`` needs. CA: the EKU, when listed, must allow the
+    same. Everything else - basicConstraints cA and path length, keyCertSign,
+    name constraints, validity, signatures, key sizes - is cryptography's.
+    """
+    required = _REQUIRED_EKUS[usage]
+    ca = xv.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _eku_check(required, ca=True)
+    )
+    leaf = (
+        xv.ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)
+        .may_be_present(x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _eku_check(required, ca=False))
+    )
+    return ca, leaf
+
+
+def trust_store(roots: Sequence[x509.Certificate]) -> xv.Store:
+    """The verifier's trust anchors; raises InvalidIdentityError when ``roots`` is empty."""
+    if not roots:
+        raise _invalid("no trust bundle to verify the chain against")
+    return xv.Store(list(roots))
 
 
 def verify_chain(
     chain: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: dt.datetime | None = None,
-) -> None:
-    """Verify ``chain`` (leaf first, then intermediates) up to one of ``roots``.
+    *,
+    usage: Usage = "svid",
+) -> tuple[x509.Certificate, ...]:
+    """Verify ``chain`` (the leaf, then any certificates that may help build a path, in any order)
+    up to one of ``roots`` at ``now`` (default: the current time); returns the path, leaf to root.
 
-    Checks signatures, that every issuer is a CA, and every validity window.
-    Raises InvalidIdentityError saying which link failed.
+    Path building and validation are cryptography's RFC 5280 verifier (see
+    :func:`_extension_policies` for what is adjusted to X509-SVIDs). The
+    SPIFFE rules it does not know (one URI SAN, an ID with a path, ...) are
+    :func:`spiffe_id_of` and :func:`check_leaf`. Raises InvalidIdentityError
+    whose ``reason`` is the verifier's own account (the certificate it was
+    processing, why), followed by the certificates presented after the leaf.
     """
-    now = now or utcnow()
-    if not roots:
-        raise InvalidIdentityError("identity: no trust bundle to verify the chain against")
-    for cert in list(chain):
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise InvalidIdentityError(
-                f"identity: certificate serial {cert.serial_number:x} is outside its validity "
-                f"({cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})"
-            )
-    current = chain[0]
-    rest = list(chain[1:])
-    for _ in range(len(chain) + 1):
-        for root in roots:
-            if _issued_by(current, root):
-                if not _is_ca(root):
-                    raise InvalidIdentityError("identity: the trust bundle entry that signed the chain is not a CA")
-                if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-                    raise InvalidIdentityError("identity: the bundle CA that signed the chain has expired")
-                return
-        nxt = next((c for c in rest if _issued_by(current, c)), None)
-        if nxt is None:
-            break
-        if not _is_ca(nxt):
-            raise InvalidIdentityError("identity: an intermediate in the chain is not a CA")
-        rest.remove(nxt)
-        current = nxt
-    raise InvalidIdentityError("identity: the certificate chain does not verify against the trust bundle")
+    if not chain:
+        raise _invalid("no certificate to verify")
+    at = now or utcnow()
+    ca_policy, leaf_policy = _extension_policies(usage)
+    verifier = (
+        xv.PolicyBuilder().store(trust_store(roots)).time(at)
+        .extension_policies(ca_policy=ca_policy, ee_policy=leaf_policy)
+        .build_client_verifier()
+    )
+    try:
+        verified = verifier.verify(chain[0], list(chain[1:]))
+    except xv.VerificationError as exc:  # its text names the certificate it was processing and why
+        reason = str(exc)
+    except (ValueError, x509.UnsupportedGeneralNameType) as exc:  # a path exists, but a name in it cannot be read
+        reason = f"a certificate on the path cannot be read: {describe_error(exc)}"
+    else:
+        return tuple(verified.chain)
+    reason = _failure_reason(reason, chain, roots, at)
+    raise InvalidIdentityError(
+        f"identity: the certificate chain (leaf serial {chain[0].serial_number:x}) does not verify against "
+        f"the trust bundle at {at.isoformat(timespec='seconds')}: {reason}",
+        reason=reason,
+    )
+
+
+def _failure_reason(said: str, chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
+                    at: dt.datetime) -> str:
+    """What the verifier ``said``, with facts that help find the link it means (failure path only:
+    none of this decides anything): certificates outside their validity at ``at``, a CA with URI name
+    constraints, and the subjects presented and trusted."""
+    notes = [said]
+    stale = [c for c in (*chain, *roots) if not c.not_valid_before_utc <= at <= c.not_valid_after_utc]
+    if stale:
+        notes.append("outside its validity at " + at.isoformat(timespec="seconds") + ": " + ", ".join(
+            f"certificate serial {c.serial_number:x} {c.subject.rfc4514_string()[:80]!r} "
+            f"({c.not_valid_before_utc.isoformat()} .. {c.not_valid_after_utc.isoformat()})"
+            for c in stale[:3]
+        ))
+    if _has_uri_name_constraints([*chain[1:], *roots]):
+        notes.append(
+            "a CA here has URI name constraints, which this verifier does not implement, so every chain "
+            "through it is refused (X509-SVID 4.2 allows that; issue SVIDs from a CA without them)"
+        )
+    return _one_line(f"{'; '.join(notes)} ({_presented(chain)}; bundle: {_names(roots)})")
+
+
+def _has_uri_name_constraints(certs: Sequence[x509.Certificate]) -> bool:
+    for cert in certs:
+        try:
+            nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except (x509.ExtensionNotFound, ValueError):
+            continue
+        subtrees = [*(nc.permitted_subtrees or ()), *(nc.excluded_subtrees or ())]
+        if any(isinstance(name, x509.UniformResourceIdentifier) for name in subtrees):
+            return True
+    return False
+
+
+def _presented(chain: Sequence[x509.Certificate]) -> str:
+    """The certificates presented after the leaf, by subject: the links the verifier's reason is about."""
+    return f"presented after the leaf: {_names(chain[1:])}" if len(chain) > 1 else "the leaf was presented alone"
+
+
+def _names(certs: Sequence[x509.Certificate], most: int = 4) -> str:
+    shown = ", ".join(repr(cert.subject.rfc4514_string()[:80]) for cert in certs[:most])
+    return shown + (f" and {len(certs) - most} more" if len(certs) > most else "")
 
 
 def build_snapshot(
@@ -238,7 +352,7 @@ def _parsable_bundles(bundles: Bundles, own: str) -> dict[str, tuple[x509.Certif
             except InvalidIdentityError as exc:
                 if td == own:
                     raise
-                log.warning("identity: %s; leaving it out of the bundle", str(exc).removeprefix("identity: "))
+                log.warning("identity: %s; leaving it out of the bundle", exc.reason)
                 continue
             kept.append(cert)
         if kept:
@@ -263,10 +377,16 @@ def _build_snapshot(
     check_leaf(leaf)
     if not _key_matches(leaf, private_key):
         raise InvalidIdentityError("identity: the private key does not match the SVID certificate")
-    roots = bundles.get(spiffe_id.trust_domain)
+    td = spiffe_id.trust_domain
+    roots = bundles.get(td)
     if not roots:
-        raise InvalidIdentityError(
-            f"identity: no trust bundle for the SVID's own trust domain '{spiffe_id.trust_domain}'"
-        )
-    verify_chain(chain, roots, now)
+        raise _invalid(f"no trust bundle for the SVID's own trust domain '{td}'")
+    at = now or utcnow()
+    try:
+        verify_chain(chain, roots, at, usage="svid")
+    except InvalidIdentityError as exc:
+        raise _invalid(
+            f"the SVID chain of {spiffe_id} does not verify against the trust bundle of '{td}' "
+            f"at {at.isoformat(timespec='seconds')}: {exc.reason}"
+        ) from None
     return IdentitySnapshot(spiffe_id, tuple(chain), private_key, bundles, generation)
