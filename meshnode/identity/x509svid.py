@@ -206,15 +206,18 @@ def _extension_policies(usage: Usage) -> tuple[xv.ExtensionPolicy, xv.ExtensionP
     """(CA policy, leaf policy): cryptography's web PKI defaults, adjusted to the X509-SVID profile.
 
     Leaf: an authorityKeyIdentifier is optional (RFC 5280 wants it, the
-    X509-SVID spec does not); the EKU may be critical (X509-SVID 4.4) and
-    must list what ``usage`` needs. CA: the EKU, when listed, must allow the
-    same. Everything else - basicConstraints cA and path length, keyCertSign,
-    name constraints, validity, signatures, key sizes - is cryptography's.
+    X509-SVID spec does not); the EKU may be critical (X509-SVID 4.4) and,
+    when listed, must include what ``usage`` needs. CA: an EKU, when listed,
+    must allow the same (cryptography's CA rule - non-critical, clientAuth
+    or anyEKU - is exactly that for ``"client"``). Everything else - basicConstraints cA
+    (critical) and path length, keyUsage keyCertSign on every CA, name
+    constraints, validity, signatures, algorithms and key sizes, unknown
+    critical extensions - is cryptography's default.
     """
     required = _REQUIRED_EKUS[usage]
-    ca = xv.ExtensionPolicy.webpki_defaults_ca().may_be_present(
-        x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _eku_check(required, ca=True)
-    )
+    ca = xv.ExtensionPolicy.webpki_defaults_ca()
+    if usage != "client":
+        ca = ca.may_be_present(x509.ExtendedKeyUsage, xv.Criticality.NON_CRITICAL, _eku_check(required, ca=True))
     leaf = (
         xv.ExtensionPolicy.webpki_defaults_ee()
         .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)
