@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.authz import AcceptedTrust, Authorizer, Policy, allow
+from meshnode.authz.identity import resolve_peer
 from meshnode.errors import InvalidIdentityError
 from meshnode.identity import StaticSource
 from meshnode.identity.devca import DevCA
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.identity.workload_api import WorkloadApiSource
-from meshnode.identity.x509svid import build_snapshot, verify_chain
+from meshnode.identity.x509chain import verify_chain
+from meshnode.identity.x509svid import build_snapshot
 from meshnode.testing import short_tmpdir
 from tests.support.authz import HOUR, SERVER_ID, ClientCert, serve
 from tests.support.pki import CA, SPIRE_SUBJECT, Leaf, ago, from_now, key_usage
@@ -243,6 +245,28 @@ def test_extended_key_usage_follows_the_x509_svid_profile(a_root: CA) -> None:
         verify_chain(a_root.chain(server_only), [a_root.cert], usage="client")
 
 
+def unparseable_subject(ca: CA) -> x509.Certificate:
+    """``ca``'s certificate with invalid UTF-8 in its subject (its CN must start with AAAAAAAA): it loads,
+    and cryptography raises ValueError only when the subject is read."""
+    der = ca.cert.public_bytes(serialization.Encoding.DER)
+    return x509.load_der_x509_certificate(der.replace(b"AAAAAAAA", b"\xff\xfe" * 4))  # issuer and subject
+
+
+def test_an_unparseable_extra_certificate_is_a_reason_never_an_exception(a_root: CA) -> None:
+    """The old path builder read every candidate's subject and let cryptography's ValueError out of
+    resolve_peer. (gRPC's TLS layer refuses such a client chain first, so this is defence in depth.)"""
+    junk = unparseable_subject(CA.root("a.org", name="AAAAAAAA junk"))
+    ca = a_root.intermediate("a.org")
+    good = ca.leaf(A_ID)
+    assert verify_chain((good.cert, junk, ca.cert), [a_root.cert]) == (good.cert, ca.cert, a_root.cert)
+    stranger = CA.root("a.org", name="stranger").leaf(A_ID)
+    auth = {"x509_pem_cert": [certs_pem([stranger.cert])], "x509_pem_cert_chain": [certs_pem([junk, ca.cert])]}
+    peer = resolve_peer(auth, accepted=frozenset({"a.org", "b.org"}), bundles={"a.org": (a_root.cert,)})
+    assert peer.spiffe_id is None
+    assert f"{A_ID}: chain does not verify against the bundle of 'a.org'" in peer.problem
+    assert "presented after the leaf: <a subject that cannot be parsed>, 'CN=a.org intermediate" in peer.problem
+
+
 # -- through the sources ----------------------------------------------------------------------------------
 
 
@@ -287,6 +311,7 @@ def test_the_workload_api_source_rejects_a_push_that_breaks_a_path_length_and_ke
 
 
 # -- federated callers, re-verified against their own trust domain's bundle -------------------------------
+
 
 PARTNER = "partner.org"
 

@@ -13,7 +13,7 @@ exposes the result in ``context.auth_context()``. What it has *not* done:
 :func:`resolve_peer` does both from the leaf (and intermediates) PEM in the
 auth context. The federated chain check runs only when the node accepts
 more than one trust domain (see :class:`TrustInfo`); it is
-:func:`~meshnode.identity.x509svid.verify_chain`, cryptography's RFC 5280
+:func:`~meshnode.identity.x509chain.verify_chain`, cryptography's RFC 5280
 verifier, against the caller's own trust domain's bundle only. It costs a
 signature check per certificate on the path (~0.1 ms for one P-256 link);
 the authorizer caches its outcome per leaf, intermediates and bundle
@@ -30,7 +30,8 @@ from typing import Protocol
 from cryptography import x509
 
 from meshnode.errors import InvalidIdentityError
-from meshnode.identity.x509svid import check_leaf, spiffe_id_of, verify_chain
+from meshnode.identity.x509chain import verify_chain
+from meshnode.identity.x509svid import check_leaf, spiffe_id_of
 from meshnode.spiffeid import SpiffeID
 
 __all__ = ["AcceptedTrust", "PeerIdentity", "TrustInfo", "TrustSnapshot", "resolve_peer"]

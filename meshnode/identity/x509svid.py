@@ -1,15 +1,12 @@
-"""X.509-SVID rules: parsing PEM, SPIFFE ID extraction, chain verification.
+"""X.509-SVID rules: parsing PEM, SPIFFE ID extraction, the SVID profile, snapshots.
 
 One place for the checks every source and the authorization layer need.
 Two layers, each doing what it is good at:
 
-* the path: cryptography's RFC 5280 verifier (``cryptography.x509.verification``)
-  builds and validates the path from the leaf through any intermediates
-  (given in any order, extra certificates ignored) to a root of the bundle:
-  signatures, validity at an explicit time, basicConstraints cA and path
-  length, keyCertSign on every CA, name constraints, critical extensions it
-  does not know, key sizes and algorithms. Its extension policies are the
-  web PKI defaults adjusted to X509-SVIDs (:func:`_extension_policies`);
+* the path: :func:`~meshnode.identity.x509chain.verify_chain`,
+  cryptography's RFC 5280 verifier with extension policies for X509-SVIDs
+  (signatures, validity at an explicit time, cA and path length,
+  keyCertSign, name constraints, order-free path building);
 * the SVID profile, which a path builder does not know: exactly one URI
   SAN, a valid SPIFFE ID with a path, not a CA, no keyCertSign/cRLSign, a
   critical SAN when the subject is empty, no DNS SAN spelled like a URI
@@ -20,21 +17,18 @@ Two layers, each doing what it is good at:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import re
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509 import verification as xv
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.rejects import describe_error
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
+from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 log = logging.getLogger("meshnode.identity")
@@ -46,9 +40,7 @@ __all__ = [
     "load_pem_certs",
     "load_pem_key",
     "spiffe_id_of",
-    "trust_store",
     "uri_sans",
-    "verify_chain",
 ]
 
 
@@ -167,155 +159,6 @@ def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) 
     return cert.public_key().public_bytes(serialization.Encoding.DER, fmt) == key.public_key().public_bytes(
         serialization.Encoding.DER, fmt
     )
-
-
-#: What a verified certificate is used for, and so which EKUs its chain must allow (when it lists any):
-#: ``"svid"`` a node's own SVID, served and presented as a client (X509-SVID 4.4: serverAuth and clientAuth);
-#: ``"client"`` a caller's certificate (clientAuth, what the TLS layer already asked of it).
-Usage = Literal["svid", "client"]
-_REQUIRED_EKUS: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
-    "svid": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
-    "client": (ExtendedKeyUsageOID.CLIENT_AUTH,),
-}
-_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
-_MAX_REASON = 600
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-def _eku_check(
-    required: tuple[x509.ObjectIdentifier, ...], *, ca: bool
-) -> Callable[[xv.Policy, x509.Certificate, x509.ExtendedKeyUsage | None], None]:
-    """An extension validator: a listed EKU must include every ``required`` one (a CA may say anyEKU)."""
-
-    def check(_policy: xv.Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
-        if eku is None or (ca and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku):
-            return
-        missing = [_EKU_NAMES[oid] for oid in required if oid not in eku]
-        if missing:
-            raise ValueError(f"extendedKeyUsage lacks {' and '.join(missing)}")
-
-    return check
-
-
-@functools.cache
-def _extension_policies(usage: Usage) -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
-    """(CA policy, leaf policy): cryptography's web PKI defaults, adjusted to the X509-SVID profile.
-
-    Leaf: an authorityKeyIdentifier is optional (RFC 5280 wants it, the
-    X509-SVID spec does not); the EKU may be critical (X509-SVID 4.4) and,
-    when listed, must include what ``usage`` needs. CA: an EKU, when listed,
-    must allow the same (cryptography's CA rule - non-critical, clientAuth
-    or anyEKU - is exactly that for ``"client"``). Everything else - basicConstraints cA
-    (critical) and path length, keyUsage keyCertSign on every CA, name
-    constraints, validity, signatures, algorithms and key sizes, unknown
-    critical extensions - is cryptography's default.
-    """
-    required = _REQUIRED_EKUS[usage]
-    ca = xv.ExtensionPolicy.webpki_defaults_ca()
-    if usage != "client":
-        ca = ca.may_be_present(x509.ExtendedKeyUsage, xv.Criticality.NON_CRITICAL, _eku_check(required, ca=True))
-    leaf = (
-        xv.ExtensionPolicy.webpki_defaults_ee()
-        .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)
-        .may_be_present(x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _eku_check(required, ca=False))
-    )
-    return ca, leaf
-
-
-def trust_store(roots: Sequence[x509.Certificate]) -> xv.Store:
-    """The verifier's trust anchors; raises InvalidIdentityError when ``roots`` is empty."""
-    if not roots:
-        raise _invalid("no trust bundle to verify the chain against")
-    return xv.Store(list(roots))
-
-
-def verify_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    now: dt.datetime | None = None,
-    *,
-    usage: Usage = "svid",
-) -> tuple[x509.Certificate, ...]:
-    """Verify ``chain`` (the leaf, then any certificates that may help build a path, in any order)
-    up to one of ``roots`` at ``now`` (default: the current time); returns the path, leaf to root.
-
-    Path building and validation are cryptography's RFC 5280 verifier (see
-    :func:`_extension_policies` for what is adjusted to X509-SVIDs). The
-    SPIFFE rules it does not know (one URI SAN, an ID with a path, ...) are
-    :func:`spiffe_id_of` and :func:`check_leaf`. Raises InvalidIdentityError
-    whose ``reason`` is the verifier's own account (the certificate it was
-    processing, why), followed by the certificates presented after the leaf.
-    """
-    if not chain:
-        raise _invalid("no certificate to verify")
-    at = now or utcnow()
-    ca_policy, leaf_policy = _extension_policies(usage)
-    verifier = (
-        xv.PolicyBuilder().store(trust_store(roots)).time(at)
-        .extension_policies(ca_policy=ca_policy, ee_policy=leaf_policy)
-        .build_client_verifier()
-    )
-    try:
-        verified = verifier.verify(chain[0], list(chain[1:]))
-    except xv.VerificationError as exc:  # its text names the certificate it was processing and why
-        reason = str(exc)
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:  # a path exists, but a name in it cannot be read
-        reason = f"a certificate on the path cannot be read: {describe_error(exc)}"
-    else:
-        return tuple(verified.chain)
-    reason = _failure_reason(reason, chain, roots, at)
-    raise InvalidIdentityError(
-        f"identity: the certificate chain (leaf serial {chain[0].serial_number:x}) does not verify against "
-        f"the trust bundle at {at.isoformat(timespec='seconds')}: {reason}",
-        reason=reason,
-    )
-
-
-def _failure_reason(said: str, chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
-                    at: dt.datetime) -> str:
-    """What the verifier ``said``, with facts that help find the link it means (failure path only:
-    none of this decides anything): certificates outside their validity at ``at``, a CA with URI name
-    constraints, and the subjects presented and trusted."""
-    notes = [said]
-    stale = [c for c in (*chain, *roots) if not c.not_valid_before_utc <= at <= c.not_valid_after_utc]
-    if stale:
-        notes.append("outside its validity at " + at.isoformat(timespec="seconds") + ": " + ", ".join(
-            f"certificate serial {c.serial_number:x} {c.subject.rfc4514_string()[:80]!r} "
-            f"({c.not_valid_before_utc.isoformat()} .. {c.not_valid_after_utc.isoformat()})"
-            for c in stale[:3]
-        ))
-    if _has_uri_name_constraints([*chain[1:], *roots]):
-        notes.append(
-            "a CA here has URI name constraints, which this verifier does not implement, so every chain "
-            "through it is refused (X509-SVID 4.2 allows that; issue SVIDs from a CA without them)"
-        )
-    return _one_line(f"{'; '.join(notes)} ({_presented(chain)}; bundle: {_names(roots)})")
-
-
-def _has_uri_name_constraints(certs: Sequence[x509.Certificate]) -> bool:
-    for cert in certs:
-        try:
-            nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
-        except (x509.ExtensionNotFound, ValueError):
-            continue
-        subtrees = [*(nc.permitted_subtrees or ()), *(nc.excluded_subtrees or ())]
-        if any(isinstance(name, x509.UniformResourceIdentifier) for name in subtrees):
-            return True
-    return False
-
-
-def _presented(chain: Sequence[x509.Certificate]) -> str:
-    """The certificates presented after the leaf, by subject: the links the verifier's reason is about."""
-    return f"presented after the leaf: {_names(chain[1:])}" if len(chain) > 1 else "the leaf was presented alone"
-
-
-def _names(certs: Sequence[x509.Certificate], most: int = 4) -> str:
-    shown = ", ".join(repr(cert.subject.rfc4514_string()[:80]) for cert in certs[:most])
-    return shown + (f" and {len(certs) - most} more" if len(certs) > most else "")
 
 
 def build_snapshot(

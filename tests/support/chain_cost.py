@@ -54,14 +54,14 @@ PARTS = r"""
 import json, sys, time, datetime as dt
 from cryptography import x509
 from cryptography.x509 import verification as xv
-from meshnode.identity import x509svid
+from meshnode.identity import x509chain
 case = json.loads(open(sys.argv[1]).read())["one intermediate"]
 calls = int(sys.argv[2])
 roots = x509.load_pem_x509_certificates(case["bundles"]["partner.org"].encode())
 leaf = x509.load_pem_x509_certificate(case["leaf"].encode())
 inter = x509.load_pem_x509_certificates(case["chain"].encode())
 now = dt.datetime.now(dt.UTC)
-ca_policy, ee_policy = x509svid._extension_policies("client")
+ca_policy, ee_policy = x509chain._extension_policies("client")
 store = xv.Store(roots)
 verifier = (xv.PolicyBuilder().store(store).time(now).extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
             .build_client_verifier())
@@ -77,7 +77,7 @@ print(json.dumps({
     "build the verifier (policies cached)": timed(lambda: xv.PolicyBuilder().store(store).time(now)
         .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy).build_client_verifier()),
     "verifier.verify (2 signatures)": timed(lambda: verifier.verify(leaf, inter)),
-    "verify_chain, all of it": timed(lambda: x509svid.verify_chain([leaf, *inter], roots, now, usage="client")),
+    "verify_chain, all of it": timed(lambda: x509chain.verify_chain([leaf, *inter], roots, now, usage="client")),
 }))
 """
 
