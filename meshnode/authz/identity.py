@@ -116,7 +116,7 @@ def resolve_peer(
     except InvalidIdentityError as exc:
         return PeerIdentity(None, exc.reason)
     except ValueError:  # cryptography parses extensions lazily: malformed DER surfaces here
-        return PeerIdentity(None, "the caller's certificate has an extension that could not be parsed")
+        return PeerIdentity(None, "the caller's certificate has an extension or a name that could not be parsed")
     td = spiffe_id.trust_domain
     if accepted is not None and td not in accepted:
         return PeerIdentity(None, f"trust domain {td!r} of {spiffe_id} is not accepted by this server")
