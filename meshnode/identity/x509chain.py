@@ -4,10 +4,10 @@
 intermediates (given in any order; certificates off the path are ignored;
 it backtracks where several issuers fit) to a root of one bundle, with
 ``cryptography.x509.verification``: signatures, validity at an explicit
-time, basicConstraints cA and path length, keyUsage keyCertSign on every
-CA, name constraints, critical extensions it does not know, algorithms and
-key sizes. Its extension policies are the web PKI defaults adjusted to
-X509-SVIDs (:func:`_extension_policies`). What a path builder does not know
+time, basicConstraints cA and path length, keyCertSign on every CA that
+has a keyUsage, name constraints, critical extensions it does not know,
+algorithms and key sizes. Its extension policies are the web PKI defaults
+adjusted to X509-SVIDs (:func:`_extension_policies`). What a path builder does not know
 about SPIFFE (one URI SAN, an ID with a path, ...) is
 :mod:`meshnode.identity.x509svid`.
 
@@ -76,23 +76,42 @@ def _eku_check(
     return check
 
 
+def _ca_basic_constraints(_policy: xv.Policy, _cert: x509.Certificate, bc: x509.BasicConstraints) -> None:
+    if not bc.ca:
+        raise ValueError("basicConstraints of an issuer does not assert cA")
+
+
+def _ca_key_usage(_policy: xv.Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
+    if ku is not None and not ku.key_cert_sign:  # RFC 5280 6.1.4 (n)
+        raise ValueError("keyUsage of an issuer does not assert keyCertSign")
+
+
 @functools.cache
 def _extension_policies(usage: Usage) -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
-    """(CA policy, leaf policy): cryptography's web PKI defaults, adjusted to the X509-SVID profile.
+    """(CA policy, leaf policy): cryptography's web PKI defaults, adjusted to X509-SVIDs.
 
-    Leaf: an authorityKeyIdentifier is optional (RFC 5280 wants it, the
-    X509-SVID spec does not); the EKU may be critical (X509-SVID 4.4) and,
-    when listed, must include what ``usage`` needs. CA: an EKU, when listed,
-    must allow the same (cryptography's CA rule - non-critical, clientAuth
-    or anyEKU - is exactly that for ``"client"``). Everything else - basicConstraints cA
-    (critical) and path length, keyUsage keyCertSign on every CA, name
-    constraints, validity, signatures, algorithms and key sizes, unknown
-    critical extensions - is cryptography's default.
+    CA (intermediates and the bundle's roots): basicConstraints must say
+    cA, critical or not, and a keyUsage, when present, must assert
+    keyCertSign - RFC 5280's path validation (6.1.4 (k), (n)), what gRPC's
+    TLS layer and go-spiffe check, rather than the web PKI's issuance rules
+    (a critical basicConstraints, a keyUsage always), which CAs made with
+    common openssl configurations do not meet; an authorityKeyIdentifier is
+    not examined; an EKU, when present, must allow what ``usage`` needs (or
+    anyExtendedKeyUsage). Leaf: no authorityKeyIdentifier needed (the
+    X509-SVID spec does not ask for one), an EKU may be critical (X509-SVID
+    4.4) and, when present, must list what ``usage`` needs. Everything else
+    - the path length, a leaf that is no CA and has no keyCertSign, name
+    constraints, validity, signatures, algorithms and key sizes, critical
+    extensions nobody knows - is cryptography's default.
     """
     required = _REQUIRED_EKUS[usage]
-    ca = xv.ExtensionPolicy.webpki_defaults_ca()
-    if usage != "client":
-        ca = ca.may_be_present(x509.ExtendedKeyUsage, xv.Criticality.NON_CRITICAL, _eku_check(required, ca=True))
+    ca = (
+        xv.ExtensionPolicy.webpki_defaults_ca()
+        .require_present(x509.BasicConstraints, xv.Criticality.AGNOSTIC, _ca_basic_constraints)
+        .may_be_present(x509.KeyUsage, xv.Criticality.AGNOSTIC, _ca_key_usage)
+        .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)
+        .may_be_present(x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _eku_check(required, ca=True))
+    )
     leaf = (
         xv.ExtensionPolicy.webpki_defaults_ee()
         .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)

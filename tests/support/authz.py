@@ -62,14 +62,6 @@ class RawCA:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + HOUR)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
             .sign(self.key, hashes.SHA256())
         )
 

@@ -105,6 +105,7 @@ class CA:
         path_length: int | None = None,
         ku: x509.KeyUsage | None = None,
         omit_key_usage: bool = False,
+        bc_critical: bool | None = True,
         eku: Sequence[x509.ObjectIdentifier] | None = None,
         permitted_uris: Sequence[str] = (),
         not_before: dt.datetime | None = None,
@@ -114,7 +115,9 @@ class CA:
         """A CA signed by this one whose URI SAN is ``spiffe://<trust_domain>``.
 
         ``permitted_uris``: URI name constraints (RFC 5280: host names such
-        as ``b.org``). ``key``: reuse a key, e.g. to cross-sign the same CA.
+        as ``b.org``). ``bc_critical``: basicConstraints (cA=true) critical,
+        not critical, or (None) left out. ``key``: reuse a key, e.g. to
+        cross-sign the same CA.
         """
         key = key or ec.generate_private_key(ec.SECP256R1())
         subject = _ca_name(name or f"{trust_domain} intermediate")
@@ -122,7 +125,7 @@ class CA:
             subject, self.cert.subject, key.public_key(), self.key.public_key(), trust_domain,
             path_length=path_length, not_before=not_before, not_after=not_after,
             ku=None if omit_key_usage else (ku or key_usage(ca=True)), eku=eku,
-            permitted_uris=permitted_uris, aki=True,
+            permitted_uris=permitted_uris, aki=True, bc_critical=bc_critical,
         )
         above = () if self.is_root else (self.cert, *self.above)
         return CA(builder.sign(self.key, hashes.SHA256()), key, above)
@@ -191,6 +194,7 @@ def _ca_builder(
     eku: Sequence[x509.ObjectIdentifier] | None,
     permitted_uris: Sequence[str],
     aki: bool,
+    bc_critical: bool | None = True,
 ) -> x509.CertificateBuilder:
     builder = (
         x509.CertificateBuilder()
@@ -200,12 +204,13 @@ def _ca_builder(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or ago(dt.timedelta(minutes=10)))
         .not_valid_after(not_after or from_now(dt.timedelta(days=1)))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False
         )
     )
+    if bc_critical is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=bc_critical)
     if ku is not None:
         builder = builder.add_extension(ku, critical=True)
     if aki:
