@@ -66,8 +66,10 @@ class CA:
     """A CA certificate, its key, and the intermediates between it and its root (itself excluded)."""
 
     def __init__(
-        self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, above: tuple[x509.Certificate, ...] = ()
+        self, trust_domain: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+        above: tuple[x509.Certificate, ...] = (),
     ) -> None:
+        self.trust_domain = trust_domain  # the one its URI SAN names
         self.cert = cert
         self.key = key
         self.above = above  # the intermediates that signed this one, nearest first (root excluded)
@@ -95,7 +97,7 @@ class CA:
             path_length=path_length, not_before=not_before, not_after=not_after,
             ku=key_usage(ca=True), eku=None, permitted_uris=(), aki=False,
         )
-        return cls(builder.sign(key, hashes.SHA256()), key)
+        return cls(trust_domain, builder.sign(key, hashes.SHA256()), key)
 
     def intermediate(
         self,
@@ -128,7 +130,7 @@ class CA:
             permitted_uris=permitted_uris, aki=True, bc_critical=bc_critical,
         )
         above = () if self.is_root else (self.cert, *self.above)
-        return CA(builder.sign(self.key, hashes.SHA256()), key, above)
+        return CA(trust_domain, builder.sign(self.key, hashes.SHA256()), key, above)
 
     def leaf(
         self,
