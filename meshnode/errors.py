@@ -92,7 +92,16 @@ class IdentityUnavailableError(IdentityError):
 
 
 class InvalidIdentityError(IdentityError):
-    """An SVID or bundle was obtained but cannot be used."""
+    """An SVID or bundle was obtained but cannot be used.
+
+    ``reason`` says what is wrong, without the ``identity:`` component prefix
+    (e.g. the chain verifier's own words for the link that failed), so a
+    caller adds its context without re-parsing the message.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class PeerError(MeshnodeError):

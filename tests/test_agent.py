@@ -39,7 +39,7 @@ from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.errors import ClosedError, ConfigError, ServeError
 from meshnode.identity.agent import DevAgent, DevAgentThread
 from meshnode.identity.devca import DevCA
-from meshnode.identity.x509svid import verify_chain
+from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import dns_name_for, parse_spiffe_id
 
 TD = TrustDomain("example.org")

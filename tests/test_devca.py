@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtensionOID
 from meshnode.errors import ConfigError, InvalidIdentityError
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import utcnow
-from meshnode.identity.x509svid import verify_chain
+from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import dns_name_for
 
 TTL = dt.timedelta(minutes=5)

@@ -1,9 +1,17 @@
-"""X.509-SVID rules: parsing PEM, SPIFFE ID extraction, chain verification.
+"""X.509-SVID rules: parsing PEM, SPIFFE ID extraction, the SVID profile, snapshots.
 
-One place for the checks every source and the authorization layer need:
-the leaf carries exactly one URI SAN that is a valid SPIFFE ID, it is not a
-CA, the private key matches it, and the chain verifies (signatures, CA
-flags, validity) up to a root of the SVID's own trust domain.
+One place for the checks every source and the authorization layer need.
+Two layers, each doing what it is good at:
+
+* the path: :func:`~meshnode.identity.x509chain.verify_chain`,
+  cryptography's RFC 5280 verifier with extension policies for X509-SVIDs
+  (signatures, validity at an explicit time, cA and path length,
+  keyCertSign, name constraints, order-free path building);
+* the SVID profile, which a path builder does not know: exactly one URI
+  SAN, a valid SPIFFE ID with a path, not a CA, no keyCertSign/cRLSign, a
+  critical SAN when the subject is empty, no DNS SAN spelled like a URI
+  (:func:`spiffe_id_of`, :func:`check_leaf`), and that the private key
+  matches. The bundle used is always the one of the leaf's own trust domain.
 """
 
 from __future__ import annotations
@@ -14,13 +22,13 @@ import re
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from meshnode.errors import InvalidIdentityError, InvalidSpiffeIdError
 from meshnode.identity.rejects import describe_error
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot, utcnow
+from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 log = logging.getLogger("meshnode.identity")
@@ -33,8 +41,11 @@ __all__ = [
     "load_pem_key",
     "spiffe_id_of",
     "uri_sans",
-    "verify_chain",
 ]
+
+
+def _invalid(reason: str) -> InvalidIdentityError:
+    return InvalidIdentityError(f"identity: {reason}", reason=reason)
 
 
 def load_pem_certs(data: bytes, what: str, *, check_extensions: bool = True) -> list[x509.Certificate]:
@@ -60,7 +71,7 @@ def check_parses(cert: x509.Certificate, what: str) -> None:
     try:
         cert.extensions  # noqa: B018
     except ValueError as exc:
-        raise InvalidIdentityError(f"identity: {what} has malformed extensions: {describe_error(exc)}") from None
+        raise _invalid(f"{what} has malformed extensions: {describe_error(exc)}") from None
 
 
 def load_pem_key(data: bytes, what: str) -> CertificateIssuerPrivateKeyTypes:
@@ -86,16 +97,14 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeID:
     """The SPIFFE ID of an SVID leaf: its one and only URI SAN."""
     uris = uri_sans(cert)
     if len(uris) != 1:
-        raise InvalidIdentityError(
-            f"identity: certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
-        )
+        raise _invalid(f"certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one")
     try:
         spiffe_id = parse_spiffe_id(uris[0])
     except InvalidSpiffeIdError as exc:
-        raise InvalidIdentityError(f"identity: certificate URI SAN is not a SPIFFE ID: {exc}") from None
+        raise _invalid(f"certificate URI SAN is not a SPIFFE ID: {exc}") from None
     if not spiffe_id.path:  # X509-SVID 3.1 and 5.2: a leaf's ID names a workload, not the trust domain
-        raise InvalidIdentityError(
-            f"identity: certificate URI SAN {spiffe_id} has no path; a leaf X.509-SVID names a workload "
+        raise _invalid(
+            f"certificate URI SAN {spiffe_id} has no path; a leaf X.509-SVID names a workload "
             "(spiffe://trust-domain/path), never the trust domain itself"
         )
     return spiffe_id
@@ -106,36 +115,43 @@ _DNS_SAN = re.compile(r"[A-Za-z0-9*_.-]{1,253}")
 
 
 def check_leaf(cert: x509.Certificate) -> None:
-    """X509-SVID leaf rules: not a CA, may not sign certificates or CRLs,
-    and no DNS SAN spelled like a URI.
+    """X509-SVID leaf rules (5.2 and 3.1): not a CA, may not sign certificates or CRLs, a critical
+    SAN when the subject is empty, and no DNS SAN spelled like a URI.
 
     The X509-SVID spec allows DNS SANs beside the one URI SAN, but a DNS SAN
     such as ``spiffe://example.org/x`` is not a host name: gRPC's SAN
     matchers do not look at SAN types, so such a name would pass as a SPIFFE
     ID elsewhere in the mesh. A certificate carrying one is refused.
     """
+    exts = cert.extensions
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            raise InvalidIdentityError("identity: SVID leaf has CA=true; a leaf SVID must not be a CA")
+        if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise _invalid("SVID leaf has CA=true; a leaf SVID must not be a CA")
     except x509.ExtensionNotFound:
         pass
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san_ext: x509.Extension[x509.SubjectAlternativeName] | None = exts.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
     except x509.ExtensionNotFound:
-        san = None
-    for name in san.get_values_for_type(x509.DNSName) if san is not None else ():
+        san_ext = None
+    if san_ext is not None and not san_ext.critical and len(cert.subject) == 0:
+        raise _invalid(
+            "SVID leaf has an empty subject and a non-critical SAN extension; without a subject the SAN "
+            "must be critical (X509-SVID 3.1, RFC 5280 4.1.2.6)"
+        )
+    for name in san_ext.value.get_values_for_type(x509.DNSName) if san_ext is not None else ():
         if not _DNS_SAN.fullmatch(name):
-            raise InvalidIdentityError(
-                f"identity: certificate has a DNS SAN that is not a host name ({name[:80]!r}); "
+            raise _invalid(
+                f"certificate has a DNS SAN that is not a host name ({name[:80]!r}); "
                 "SPIFFE IDs belong in the URI SAN only"
             )
     try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku = exts.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ku.key_cert_sign or ku.crl_sign:
-        raise InvalidIdentityError("identity: SVID leaf has keyCertSign/cRLSign key usage")
+        raise _invalid("SVID leaf has keyCertSign/cRLSign key usage")
 
 
 def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
@@ -143,62 +159,6 @@ def _key_matches(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) 
     return cert.public_key().public_bytes(serialization.Encoding.DER, fmt) == key.public_key().public_bytes(
         serialization.Encoding.DER, fmt
     )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def verify_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    now: dt.datetime | None = None,
-) -> None:
-    """Verify ``chain`` (leaf first, then intermediates) up to one of ``roots``.
-
-    Checks signatures, that every issuer is a CA, and every validity window.
-    Raises InvalidIdentityError saying which link failed.
-    """
-    now = now or utcnow()
-    if not roots:
-        raise InvalidIdentityError("identity: no trust bundle to verify the chain against")
-    for cert in list(chain):
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise InvalidIdentityError(
-                f"identity: certificate serial {cert.serial_number:x} is outside its validity "
-                f"({cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})"
-            )
-    current = chain[0]
-    rest = list(chain[1:])
-    for _ in range(len(chain) + 1):
-        for root in roots:
-            if _issued_by(current, root):
-                if not _is_ca(root):
-                    raise InvalidIdentityError("identity: the trust bundle entry that signed the chain is not a CA")
-                if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-                    raise InvalidIdentityError("identity: the bundle CA that signed the chain has expired")
-                return
-        nxt = next((c for c in rest if _issued_by(current, c)), None)
-        if nxt is None:
-            break
-        if not _is_ca(nxt):
-            raise InvalidIdentityError("identity: an intermediate in the chain is not a CA")
-        rest.remove(nxt)
-        current = nxt
-    raise InvalidIdentityError("identity: the certificate chain does not verify against the trust bundle")
 
 
 def build_snapshot(
@@ -238,7 +198,7 @@ def _parsable_bundles(bundles: Bundles, own: str) -> dict[str, tuple[x509.Certif
             except InvalidIdentityError as exc:
                 if td == own:
                     raise
-                log.warning("identity: %s; leaving it out of the bundle", str(exc).removeprefix("identity: "))
+                log.warning("identity: %s; leaving it out of the bundle", exc.reason)
                 continue
             kept.append(cert)
         if kept:
@@ -263,10 +223,16 @@ def _build_snapshot(
     check_leaf(leaf)
     if not _key_matches(leaf, private_key):
         raise InvalidIdentityError("identity: the private key does not match the SVID certificate")
-    roots = bundles.get(spiffe_id.trust_domain)
+    td = spiffe_id.trust_domain
+    roots = bundles.get(td)
     if not roots:
-        raise InvalidIdentityError(
-            f"identity: no trust bundle for the SVID's own trust domain '{spiffe_id.trust_domain}'"
-        )
-    verify_chain(chain, roots, now)
+        raise _invalid(f"no trust bundle for the SVID's own trust domain '{td}'")
+    at = now or utcnow()
+    try:
+        verify_chain(chain, roots, at, usage="svid")
+    except InvalidIdentityError as exc:
+        raise _invalid(
+            f"the SVID chain of {spiffe_id} does not verify against the trust bundle of '{td}' "
+            f"at {at.isoformat(timespec='seconds')}: {exc.reason}"
+        ) from None
     return IdentitySnapshot(spiffe_id, tuple(chain), private_key, bundles, generation)

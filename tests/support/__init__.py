@@ -1,6 +1,8 @@
 """Shared test helpers (no tests here); test modules import from here, never from each other.
 
 authz          CAs (DevCA, RawCA for certificates no good CA issues), an mTLS grpc.aio server
+pki            roots, intermediates and SVID leaves with exactly the property a chain test is about
+chain_cost     the per-miss cost of federated chain re-verification across trees (`python -m`)
 probe          handlers of every arity and kind behind an authorizer, and a client for them
 nodes          node configs built in code
 procs          a `meshnode` subprocess whose lines a test waits for; ports from ready lines
