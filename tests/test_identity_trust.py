@@ -315,7 +315,7 @@ def _bad_pushes(ca: DevCA, other_ca: DevCA) -> dict[str, tuple[Any, str]]:
         ),
         "an expired SVID": (
             svid_response(BETA, expired.chain, expired.private_key, ca.bundle),
-            "is outside its validity",
+            "outside its validity",
         ),
     }
 
