@@ -13,8 +13,9 @@ from meshnode.credentials import channel_credentials
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.probe import server_certificate
 from meshnode.spiffeid import dns_name_for
-from meshnode.testing import ManualSource
+from meshnode.testing import ManualSource, issue_snapshot
 from tests.support.channels import CLIENT_ID, SERVER_ID, echo_server, plan_for
 from tests.support.wait import eventually_async
 
@@ -96,6 +97,28 @@ async def test_server_credentials_fetcher_picks_up_a_new_svid_on_the_next_handsh
         server_src.rotate()
         assert creds.generation == 2
         # a brand-new channel = a new handshake = the new server certificate
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{port}", channel_credentials(client_src.current(), "example.org"),
+            options=[("grpc.ssl_target_name_override", dns_name_for(SERVER_ID))],
+        ) as ch:
+            reply = await demo_pb2_grpc.EchoStub(ch).Say(demo_pb2.SayRequest(text="hi"), timeout=5)
+            assert reply.caller == CLIENT_ID
+
+
+async def test_the_server_keeps_its_certificate_when_a_snapshot_cannot_be_served() -> None:
+    """A snapshot with no bundle for an accepted trust domain cannot verify any caller: the server
+    keeps presenting (and verifying with) the last good one, handshake after handshake."""
+    ca = DevCA("example.org")
+    server_src = ManualSource(ca, SERVER_ID)
+    client_src = ManualSource(ca, CLIENT_ID)
+    async with echo_server(server_src) as (port, _servicer, creds):
+        served = server_src.current()
+        good_serial = served.leaf.serial_number
+        other = issue_snapshot(DevCA("other.org"), "spiffe://other.org/node/server")
+        server_src.set(other)  # other.org's SVID and bundle only: example.org callers cannot be verified
+        assert creds.generation == served.generation
+        leaf = await asyncio.to_thread(server_certificate, f"127.0.0.1:{port}")
+        assert leaf.serial_number == good_serial
         async with grpc.aio.secure_channel(
             f"127.0.0.1:{port}", channel_credentials(client_src.current(), "example.org"),
             options=[("grpc.ssl_target_name_override", dns_name_for(SERVER_ID))],
