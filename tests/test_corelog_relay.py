@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,82 @@ def test_when_the_relay_dies_stderr_goes_back_to_the_real_one_with_a_warning() -
     assert done.returncode == 0, done.stderr
     assert "the stderr relay exited; gRPC core logs go straight to stderr again" in done.stderr
     assert "straight to stderr" in done.stderr
+
+
+# -- the relay's logic, in this process (the process above runs with -I -S, out of coverage.py's reach) -----
+
+
+def relay_in_process(mode: str) -> tuple[object, int, int]:
+    from meshnode.telemetry.corelog_relay import Relay
+
+    out_r, out_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    return Relay(mode, out=out_w, report=rep_w), out_r, rep_r
+
+
+def drain(fd: int) -> str:
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_relay_logic_holds_back_failed_handshakes_and_reports_them_with_samples() -> None:
+    from meshnode.telemetry import corelog_relay
+
+    relay, out, rep = relay_in_process("summarise")
+    noisy = CORE.format(source="tcp_server.cc:7", message="accept failed \x01")
+    for _ in range(3):
+        relay.line(FAILED.encode())  # type: ignore[attr-defined]
+    for _ in range(corelog_relay.LINES_PER_SOURCE + 2):
+        relay.line(noisy.encode())  # type: ignore[attr-defined]
+    relay.line(b"   a continuation of the held-back record\n")  # type: ignore[attr-defined]
+    relay.line(b"Traceback (most recent call last): always shown\n")  # type: ignore[attr-defined]
+    relay.send_report()  # type: ignore[attr-defined]
+    forwarded, report = drain(out), drain(rep)
+    assert forwarded.count("accept failed") == corelog_relay.LINES_PER_SOURCE
+    assert "a continuation" not in forwarded and "Traceback (most recent call last)" in forwarded
+    assert "H 3 PEER_DID_NOT_RETURN_A_CERTIFICATE" in report
+    assert "S 2 tcp_server.cc:7 " in report and "accept failed ?" in report  # control characters masked
+    relay.send_report()  # type: ignore[attr-defined]
+    assert drain(rep) == ""  # nothing new: no empty report
+
+
+def test_relay_logic_shares_one_entry_beyond_max_sources_and_survives_closed_pipes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meshnode.telemetry import corelog_relay
+
+    monkeypatch.setattr(corelog_relay, "MAX_SOURCES", 2)
+    monkeypatch.setattr(corelog_relay, "LINES_PER_SOURCE", 1)
+    relay, out, rep = relay_in_process("summarise")
+    for n in range(5):
+        line = CORE.format(source=f"file{n}.cc:1", message="x").encode()
+        relay.line(line)  # type: ignore[attr-defined]
+        relay.line(line)  # type: ignore[attr-defined]
+    relay.send_report()  # type: ignore[attr-defined]
+    report = drain(rep)
+    assert "S 1 file0.cc:1" in report and "S 1 file1.cc:1" in report
+    assert "S 5 other" in report  # sources beyond the cap count together
+    os.close(out)
+    os.close(rep)
+    relay.line(FAILED.encode())  # type: ignore[attr-defined]
+    relay.write(b"the real stderr is gone\n")  # type: ignore[attr-defined]
+    relay.send_report()  # the node stopped listening: no exception, no more reports
+    assert relay.report_fd is None  # type: ignore[attr-defined]
+
+
+def test_relay_logic_in_count_mode_forwards_every_core_line() -> None:
+    relay, out, rep = relay_in_process("count")
+    for _ in range(30):
+        relay.line(FAILED.encode())  # type: ignore[attr-defined]
+    relay.send_report()  # type: ignore[attr-defined]
+    assert drain(out).count("Handshake failed") == 30
+    assert drain(rep).strip() == "H 30 PEER_DID_NOT_RETURN_A_CERTIFICATE"
