@@ -73,11 +73,11 @@ def test_cluster_pins_the_peer_id_with_roots_of_its_own_trust_domain() -> None:
     assert listener.name == "billing" and listener.HasField("api_listener")
 
 
-def test_bundle_map_mode_uses_one_roots_provider() -> None:
+def test_bundle_map_mode_uses_the_map_of_the_peer_trust_domain() -> None:
     peer = xres.PeerTarget("peer.internal:443", "spiffe://other.org/billing")  # type: ignore[arg-type]
     cluster = xres.peer_resources({"b": peer}, bundle_map=True)[xres.CLUSTER_TYPE]["b"]
     validation = tls_of(cluster).common_tls_context.validation_context
-    assert validation.ca_certificate_provider_instance.instance_name == xboot.BUNDLE_MAP_PROVIDER
+    assert validation.ca_certificate_provider_instance.instance_name == "meshnode-bundles:other.org"
 
 
 def test_peer_target_parses_ipv6_and_dns_names() -> None:
@@ -223,19 +223,31 @@ def test_bootstrap_declares_one_roots_provider_per_trust_domain() -> None:
 
 
 def test_bundle_map_must_really_be_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
-    boot = xboot.Bootstrap("n1", Path("/r/ads.sock"), Path("/r/svid.pem"), bundle_map_file=Path("/r/m.json"))
-    config = json.loads(boot.json)["certificate_providers"][xboot.BUNDLE_MAP_PROVIDER]["config"]
-    assert config == {"spiffe_bundle_map_file": "/r/m.json", "refresh_interval": "1s"}  # no flat CA file
+    boot = xboot.Bootstrap("n1", Path("/r/ads.sock"), Path("/r/svid.pem"),
+                           {"example.org": Path("/r/a.json"), "other.org": Path("/r/b.json")},
+                           bundle_map=True, probe_map_file=Path("/r/p.json"))
+    providers = json.loads(boot.json)["certificate_providers"]
+    # one map per trust domain, and no flat CA file beside any map
+    assert providers["meshnode-bundles:other.org"]["config"] == {"spiffe_bundle_map_file": "/r/b.json",
+                                                                 "refresh_interval": "1s"}
+    assert providers[xboot.PROBE_PROVIDER]["config"] == {"spiffe_bundle_map_file": "/r/p.json",
+                                                         "refresh_interval": "1s"}
+    assert set(providers) == {xboot.IDENTITY_PROVIDER, xboot.PROBE_PROVIDER, "meshnode-bundles:example.org",
+                              "meshnode-bundles:other.org"}
+    assert boot.trust_domains == {"example.org", "other.org"}
     monkeypatch.delenv(xboot.SPIFFE_BUNDLE_MAP_ENV, raising=False)
     with pytest.raises(ConfigError, match="GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true"):
+        boot.check_in_force()
+    monkeypatch.setenv(xboot.SPIFFE_BUNDLE_MAP_ENV, "false")
+    with pytest.raises(ConfigError, match="it is 'false' in this process"):
         boot.check_in_force()
     monkeypatch.setenv(xboot.SPIFFE_BUNDLE_MAP_ENV, "TRUE")
     boot.check_in_force()
 
 
-def test_a_bootstrap_takes_files_or_a_map_not_both() -> None:
+def test_the_probe_map_belongs_to_a_bundle_map_bootstrap() -> None:
     with pytest.raises(ConfigError):
-        xboot.Bootstrap("n1", Path("/s"), Path("/i"), {"example.org": Path("/a")}, bundle_map_file=Path("/m"))
+        xboot.Bootstrap("n1", Path("/s"), Path("/i"), {"example.org": Path("/a")}, probe_map_file=Path("/m"))
 
 
 # -- meshnode's wording ---------------------------------------------------------------
