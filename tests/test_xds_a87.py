@@ -37,7 +37,8 @@ def test_each_peer_trust_domain_has_a_map_of_its_own(bundle_map: dict[str, Any])
 def test_peers_are_verified_with_their_own_trust_domain_bundle(bundle_map: dict[str, Any]) -> None:
     results = bundle_map["results"]
     assert results["own-td"]["ok"] and results["other-td"]["ok"]
-    assert not results["other-id"]["ok"] and "is not for spiffe://example.org/server" in results["other-id"]["explained"]
+    other_id = results["other-id"]
+    assert not other_id["ok"] and "is not for spiffe://example.org/server" in other_id["explained"]
     foreign = results["foreign-claim"]  # other.org's CA, an example.org ID
     assert not foreign["ok"] and "CERTIFICATE_VERIFY_FAILED" in foreign["details"]
 

@@ -75,6 +75,8 @@ class FederatedBundle:
 
 def parse_pem_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
     """The CAs of a PEM file; raises InvalidBundleError (its ``reason`` says what is wrong)."""
+    if not data.strip():
+        raise InvalidBundleError("is empty", trust_domain=trust_domain)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -91,14 +93,14 @@ def parse_spiffe_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
     refresh_hint = _count(doc, "spiffe_refresh_hint", trust_domain)
     keys = doc.get("keys")
     if not isinstance(keys, list):
-        what = "is missing" if keys is None and "keys" not in doc else f"is a {_kind(keys)}, not a list"
+        what = "is missing" if keys is None and "keys" not in doc else f"is {_a(_kind(keys))}, not a list"
         raise InvalidBundleError(f"'keys' {what} (a SPIFFE bundle is a JWK Set)", trust_domain=trust_domain)
     certs: list[x509.Certificate] = []
     skipped: list[str] = []  # every key left out, for the error when nothing is left
     ignored: list[str] = []  # the ones worth a warning when the rest is usable
     for i, key in enumerate(keys):
         if not isinstance(key, dict):
-            raise InvalidBundleError(f"key {i} is a {_kind(key)}, not a JSON object", trust_domain=trust_domain)
+            raise InvalidBundleError(f"key {i} is {_a(_kind(key))}, not a JSON object", trust_domain=trust_domain)
         cert, why = _x509_key(i, key, trust_domain)
         if cert is not None:
             certs.append(cert)
@@ -213,7 +215,7 @@ def _json_object(data: bytes, trust_domain: str) -> dict[str, Any]:
     except RecursionError:
         raise InvalidBundleError("is not JSON: nested too deeply", trust_domain=trust_domain) from None
     except ValueError as exc:  # JSONDecodeError, a repeated member, a number with too many digits
-        raise InvalidBundleError(f"is not JSON: {_shown(str(exc), 160)}", trust_domain=trust_domain) from None
+        raise InvalidBundleError(f"is not JSON: {_clip(str(exc), 160)}", trust_domain=trust_domain) from None
     if not isinstance(doc, dict):
         raise InvalidBundleError(
             f"is a JSON {_kind(doc)}, not an object (a SPIFFE bundle is a JWK Set)", trust_domain=trust_domain
@@ -232,6 +234,10 @@ def _count(doc: dict[str, Any], name: str, trust_domain: str) -> int | None:
     return value
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
 def _kind(value: object) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
@@ -239,6 +245,10 @@ def _kind(value: object) -> str:
 
 def _shown(value: object, limit: int = 60) -> str:
     """A value from the file, quoted and cut short: it is outside input."""
-    text = json.dumps(value) if isinstance(value, str) else repr(value)
+    return _clip(json.dumps(value) if isinstance(value, str) else repr(value), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    """One printable line of at most ``limit`` characters."""
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -38,6 +38,7 @@ from meshnode.xds import resources as xres
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir, spiffe_bundle_map
+from tests.support.federation import atomic_write
 from tests.support.xds import (
     HOUR,
     METHOD,
@@ -572,12 +573,12 @@ async def a87_pins(args: dict[str, Any]) -> dict[str, Any]:
                 options=[("grpc.ssl_target_name_override", "x")]) as plain:
             await attempt(plain)  # gRPC is up and has dialled before the variable is set
         rdir = stack.enter_context(RuntimeDir("a87-pins"))
-        rdir._write("map.json", spiffe_bundle_map(bundles))  # noqa: SLF001 (a hand-made runtime dir)
-        rdir._write("flat.pem", certs_pem(bundles[TD]) + certs_pem(bundles["other.org"]))  # noqa: SLF001
-        rdir._write("svid.pem", snap.key_pem + snap.chain_pem)  # noqa: SLF001
-        roots: dict[str, str] = {"spiffe_bundle_map_file": str(rdir.path / "map.json"), "refresh_interval": "1s"}
+        atomic_write(rdir.path / "bundles.pins.json", spiffe_bundle_map(bundles))
+        atomic_write(rdir.path / "bundle.flat.pem", certs_pem(bundles[TD]) + certs_pem(bundles["other.org"]))
+        atomic_write(rdir.path / "svid.pem", snap.key_pem + snap.chain_pem)
+        roots: dict[str, str] = {"spiffe_bundle_map_file": str(rdir.path / "bundles.pins.json"), "refresh_interval": "1s"}
         if mode == "map+flat":
-            roots["ca_certificate_file"] = str(rdir.path / "flat.pem")
+            roots["ca_certificate_file"] = str(rdir.path / "bundle.flat.pem")
         doc = json.loads(xboot.Bootstrap("pins", rdir.socket_path, rdir.identity_path).json)
         doc["certificate_providers"]["roots"] = {"plugin_name": "file_watcher", "config": roots}
         if flag is not None:
@@ -603,7 +604,7 @@ async def _map_with_a_bad_key(rdir: RuntimeDir, bundles: dict[str, Any]) -> dict
     doc = json.loads(spiffe_bundle_map(bundles))
     doc["trust_domains"]["other.org"]["keys"].append({"kty": "EC", "use": "jwt-svid", "kid": "k", "crv": "P-256",
                                                       "x": "AA", "y": "AA"})
-    rdir._write("map.json", json.dumps(doc).encode())  # noqa: SLF001
+    atomic_write(rdir.path / "bundles.pins.json", json.dumps(doc).encode())
 
     async def own_fails() -> bool:
         async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
@@ -614,7 +615,7 @@ async def _map_with_a_bad_key(rdir: RuntimeDir, bundles: dict[str, Any]) -> dict
     async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
                                        options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         details = public(await attempt(channel)).get("details", "")
-    rdir._write("map.json", spiffe_bundle_map(bundles))  # noqa: SLF001
+    atomic_write(rdir.path / "bundles.pins.json", spiffe_bundle_map(bundles))
 
     async def own_ok() -> bool:
         async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
@@ -634,12 +635,12 @@ async def a87_probe(args: dict[str, Any]) -> dict[str, Any]:
     snap = snapshot_of(DevCA(TD), CLIENT_ID)
     with RuntimeDir("a87-probe") as rdir:
         rdir.write_probe(kit.map_document)
-        rdir._write("flat.pem", certs_pem(kit.roots))  # noqa: SLF001 (a hand-made runtime dir)
-        rdir._write("svid.pem", snap.key_pem + snap.chain_pem)  # noqa: SLF001
+        atomic_write(rdir.path / "bundle.flat.pem", certs_pem(kit.roots))
+        atomic_write(rdir.path / "svid.pem", snap.key_pem + snap.chain_pem)
         doc = json.loads(xboot.Bootstrap("probe", rdir.socket_path, rdir.identity_path).json)
         config = {"spiffe_bundle_map_file": str(rdir.probe_path), "refresh_interval": "1s"}
         if mode == "map+flat":
-            config["ca_certificate_file"] = str(rdir.path / "flat.pem")
+            config["ca_certificate_file"] = str(rdir.path / "bundle.flat.pem")
         doc["certificate_providers"][xboot.PROBE_PROVIDER] = {"plugin_name": "file_watcher", "config": config}
         if flag is not None:
             os.environ[xboot.SPIFFE_BUNDLE_MAP_ENV] = flag
