@@ -16,6 +16,7 @@ calls are repeated until they pass (or fail), with a generous limit.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,15 +25,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.identity.devca import DevCA
-from meshnode.identity.snapshot import certs_pem
+from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot, short_tmpdir
+from tests.support.agent_process import AgentProcess
 from tests.support.federation import atomic_write, bundle_bytes, spiffe_bundle, svid_files, x509_key
 from tests.support.meshnode_run import counter_total
 from tests.support.procs import Meshnode
+from tests.support.scripted_workload_api import ScriptedWorkloadApi, x509_response
 from tests.support.wait import eventually
 
 BETA, GAMMA = "spiffe://example.org/node/beta", "spiffe://partner.org/node/gamma"
@@ -43,7 +47,7 @@ SOURCE_ERRORS = "meshnode.identity.source_errors"
 
 @dataclass
 class Mesh:
-    """The two nodes, their CAs and beta's federated_bundles_dir."""
+    """The two nodes, their CAs, and how bundles reach beta (``federate``)."""
 
     example: DevCA
     partner: DevCA
@@ -52,6 +56,8 @@ class Mesh:
     beta: Meshnode
     gamma: Meshnode
     port: int
+    #: make beta's identity source hold exactly these foreign bundles: a directory write, or a Workload API push
+    federate: Callable[[dict[str, DevCA]], None]
 
     def call_echo(self, ca: DevCA, spiffe_id: str, channel: grpc.Channel | None = None) -> tuple[str, str]:
         """Say() to beta as ``spiffe_id`` on a new connection (or ``channel``): ("OK", caller) or (code, details)."""
@@ -91,16 +97,40 @@ def _write_config(path: Path, name: str, identity: str, body: str) -> Path:
     return path
 
 
+def _in_directory(fed: Path, fmt: str) -> Callable[[dict[str, DevCA]], None]:
+    """Bundles as files in beta's federated_bundles_dir: atomic writes, and removals."""
+    def federate(bundles: dict[str, DevCA]) -> None:
+        for path in fed.iterdir():
+            if path.stem not in bundles:
+                path.unlink()
+        for td, ca in bundles.items():
+            atomic_write(fed / f"{td}.{fmt}", bundle_bytes(ca, fmt))
+    return federate
+
+
+def _pushed(api: ScriptedWorkloadApi, example: DevCA, snap: IdentitySnapshot) -> Callable[[dict[str, DevCA]], None]:
+    """Bundles as a Workload API's federated bundles: a new push (same SVID) with exactly these."""
+    def federate(bundles: dict[str, DevCA]) -> None:
+        push = x509_response(BETA, snap.chain, snap.private_key, example.bundle)
+        for td, ca in bundles.items():
+            push.federated_bundles[td] = b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca.bundle)
+        api.push(push)
+    return federate
+
+
 @pytest.fixture
-def mesh_factory() -> Iterator[Callable[[bool], Mesh]]:
+def mesh_factory() -> Iterator[Callable[[str, bool], Mesh]]:
+    """``make(source, partner_at_start)``; source: files-json, files-pem, agent-json (the dev agent's
+    Workload API plus the directory) or workload-api-push (a Workload API pushing federated bundles)."""
     started: list[Meshnode] = []
+    closers: list[Callable[[], object]] = []
     workdir = short_tmpdir("mn-fedlive-")
 
-    def make(partner_at_start: bool) -> Mesh:
-        """Start gamma, then beta (with partner.org's bundle in its directory from the start, or not)."""
-        example, partner, other = DevCA("example.org"), DevCA("partner.org"), DevCA("other.org")
-        for name in ("beta", "gamma", "beta-fed", "gamma-fed"):
+    def make(source: str, partner_at_start: bool) -> Mesh:
+        for name in ("beta", "gamma", "beta-fed", "gamma-fed", "agent"):
             (workdir / name).mkdir()
+        example = DevCA("example.org", state_dir=workdir / "agent")  # the dev agent, when used, loads it
+        partner, other = DevCA("partner.org"), DevCA("other.org")
         (workdir / "gamma-fed" / "example.org.pem").write_bytes(certs_pem(example.bundle))
         gamma_config = _write_config(
             workdir / "gamma.toml", "gamma",
@@ -111,12 +141,32 @@ def mesh_factory() -> Iterator[Callable[[bool], Mesh]]:
         gamma = Meshnode(["run", str(gamma_config)])
         started.append(gamma)
         gamma_port = gamma.ready("gamma")
+        fed = workdir / "beta-fed"
+        federate = _in_directory(fed, source.rsplit("-", 1)[-1])
+        directory = f'federated_bundles_dir = "{fed}"\n'
+        if source.startswith("files-"):
+            identity = svid_files(workdir / "beta", example, BETA) + directory
+        elif source == "agent-json":
+            (workdir / "agent.toml").write_text(
+                f'trust_domain = "example.org"\nsocket_dir = "{workdir / "agent"}"\nstate_dir = "{workdir / "agent"}"\n'
+                f'[[entries]]\nname = "beta"\nspiffe_id = "{BETA}"\nuid = {os.getuid()}\n')
+            agent = AgentProcess(workdir / "agent.toml")
+            closers.append(agent.stop)
+            identity = (f'source = "workload-api"\nsocket = "unix://{workdir / "agent" / "beta.sock"}"\n'
+                        f'trust_domain = "example.org"\n{directory}')
+        else:
+            snap = issue_snapshot(example, BETA)
+            api = ScriptedWorkloadApi(workdir / "agent" / "api.sock",
+                                      x509_response(BETA, snap.chain, snap.private_key, example.bundle))
+            api.__enter__()
+            closers.append(lambda: api.__exit__(None, None, None))
+            federate = _pushed(api, example, snap)
+            identity = f'source = "workload-api"\nsocket = "{api.address}"\ntrust_domain = "example.org"\n'
         if partner_at_start:
-            atomic_write(workdir / "beta-fed" / "partner.org.json", spiffe_bundle(partner.bundle))
+            federate({"partner.org": partner})
         beta_config = _write_config(
             workdir / "beta.toml", "beta",
-            svid_files(workdir / "beta", example, BETA)
-            + f'federated_bundles_dir = "{workdir / "beta-fed"}"\nfederates_with = ["partner.org"]\n',
+            identity + 'federates_with = ["partner.org"]\n',
             'services = ["meshnode.demo:EchoService", "meshnode.demo:RelayService"]\n'
             f'[authz]\nallow = ["{PARTNER_APP}", "{ALPHA}"]\n'
             f'[peers.gamma]\naddress = "127.0.0.1:{gamma_port}"\nspiffe_id = "{GAMMA}"\nverify = "spiffe-id"\n'
@@ -124,19 +174,22 @@ def mesh_factory() -> Iterator[Callable[[bool], Mesh]]:
         )
         beta = Meshnode(["run", str(beta_config)])
         started.append(beta)
-        return Mesh(example, partner, other, workdir / "beta-fed", beta, gamma, beta.ready("beta"))
+        return Mesh(example, partner, other, fed, beta, gamma, beta.ready("beta"), federate)
 
     yield make
     for proc in started:
         proc.stop()
+    for close in closers:
+        close()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["json", "pem"])
-def test_a_trust_domain_added_and_removed_while_the_node_runs(mesh_factory: Callable[[bool], Mesh], fmt: str) -> None:
-    mesh = mesh_factory(False)
-    partner_file = mesh.fed / f"partner.org.{fmt}"
+@pytest.mark.parametrize("source", ["files-json", "files-pem", "agent-json", "workload-api-push"])
+def test_a_trust_domain_added_and_removed_while_the_node_runs(
+    mesh_factory: Callable[[str, bool], Mesh], source: str
+) -> None:
+    mesh = mesh_factory(source, False)
 
     # before: partner.org has no bundle here
     code, _ = mesh.call_echo(mesh.partner, PARTNER_APP)
@@ -145,8 +198,7 @@ def test_a_trust_domain_added_and_removed_while_the_node_runs(mesh_factory: Call
     assert code == "UNAVAILABLE" and "this node has no trust bundle for 'partner.org'" in details, details
 
     # partner.org's bundle arrives (and other.org's, which beta does not federate with)
-    atomic_write(mesh.fed / f"other.org.{fmt}", bundle_bytes(mesh.other, fmt))
-    atomic_write(partner_file, bundle_bytes(mesh.partner, fmt))
+    mesh.federate({"other.org": mesh.other, "partner.org": mesh.partner})
     mesh.trust_domains_event("example.org,other.org,partner.org")
     assert mesh.call_echo(mesh.partner, PARTNER_APP) == ("OK", PARTNER_APP)  # server side: at once
     assert mesh.call_echo(mesh.other, OTHER_APP)[0] == "UNAVAILABLE"  # a bundle alone accepts nobody
@@ -156,7 +208,7 @@ def test_a_trust_domain_added_and_removed_while_the_node_runs(mesh_factory: Call
     assert mesh.call_echo(mesh.partner, PARTNER_APP, kept) == ("OK", PARTNER_APP)
 
     # ... and goes away
-    partner_file.unlink()
+    mesh.federate({"other.org": mesh.other})
     mesh.trust_domains_event("example.org,other.org")
     assert mesh.call_echo(mesh.partner, PARTNER_APP)[0] == "UNAVAILABLE"  # new handshakes fail
     code, details = mesh.call_echo(mesh.partner, PARTNER_APP, kept)  # an open connection: every call checked
@@ -166,6 +218,7 @@ def test_a_trust_domain_added_and_removed_while_the_node_runs(mesh_factory: Call
     eventually(lambda: mesh.relay()[0] == "UNAVAILABLE", "beta's new handshakes with gamma failing")
     assert "this node has no trust bundle for 'partner.org'" in mesh.relay()[1]
     assert mesh.beta.terminate() == 0 and mesh.gamma.terminate() == 0
+    assert "a87-probe" not in mesh.beta.output()  # the start-up probe leaves no trace in the log
 
 
 #: bad content -> what the warning says about it
@@ -178,9 +231,9 @@ BAD_INPUT = {
 
 
 @pytest.mark.slow
-def test_bad_bundle_files_keep_the_last_good_bundle(mesh_factory: Callable[[bool], Mesh]) -> None:
+def test_bad_bundle_files_keep_the_last_good_bundle(mesh_factory: Callable[[str, bool], Mesh]) -> None:
     """Each bad file: one warning naming the file and the reason, one count; callers and peers keep working."""
-    mesh = mesh_factory(True)
+    mesh = mesh_factory("files-json", True)
     path = mesh.fed / "partner.org.json"
     eventually(lambda: mesh.relay()[0] == "OK", "beta reaching gamma")
     [key] = [x509_key(c) for c in mesh.partner.bundle]

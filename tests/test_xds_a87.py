@@ -22,11 +22,12 @@ def bundle_map() -> dict[str, Any]:
     return run_scenario("bundle-map")
 
 
-def test_the_probe_runs_and_leaves_nothing_behind(bundle_map: dict[str, Any]) -> None:
+def test_the_probe_runs_at_start(bundle_map: dict[str, Any]) -> None:
     assert bundle_map["start"] == "started" and bundle_map["probe_ran"]
     assert bundle_map["env_flag"] == "true"  # meshnode set it: gRPC reads maps only with it
-    for names in bundle_map["served"].values():  # only the peers; the probe peers are gone
-        assert names == ["cross-td-dns-san", "foreign-claim", "other-id", "other-td", "own-td", "third-td"]
+    for names in bundle_map["served"].values():  # the peers, and the two probe peers (under reserved names)
+        assert names == ["cross-td-dns-san", "foreign-claim", "meshnode.a87-probe.forged",
+                         "meshnode.a87-probe.honest", "other-id", "other-td", "own-td", "third-td"]
 
 
 def test_each_peer_trust_domain_has_a_map_of_its_own(bundle_map: dict[str, Any]) -> None:

@@ -25,8 +25,12 @@ it, once, when the control plane starts, with two throwaway trust domains
   by the presented ID's trust domain, never a flat list of every root.
 
 Anything else stops the start with a :class:`~meshnode.errors.PeerError`.
-The probe CAs' keys are dropped once they have signed; the probe's server,
-channels and xDS resources live only while it runs.
+The probe CAs' keys are dropped once they have signed; the probe's server
+and channels live only while it runs. Its two xDS resources (reserved names
+``meshnode.a87-probe.*``) stay served until the control plane closes:
+removed at once, gRPC logs a resolver error for each probe channel it is
+still tearing down. Nothing dials them after the probe, and nothing could
+pass their verification (the probe CAs' keys are gone).
 """
 
 from __future__ import annotations
@@ -141,8 +145,7 @@ async def probe_bundle_maps(
 ) -> float:
     """Run the probe; returns the seconds it took. Raises PeerError when gRPC does not apply the maps.
 
-    ``publish(resources)`` makes the control plane serve ``resources`` beside
-    its peers' (called with ``{}`` at the end).
+    ``publish(resources)`` makes the control plane serve ``resources`` beside its peers'.
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -174,7 +177,6 @@ async def probe_bundle_maps(
                 f"xds: the gRFC A87 probe could not finish: [{forged.code().name}: {forged.details()}]"
             )
     finally:
-        publish({})
         await server.stop(None)
     return time.monotonic() - started
 

@@ -89,7 +89,7 @@ class XdsControlPlane:
         self._unverifiable: frozenset[str] = frozenset()  # trust domains given placeholder roots
         self._bootstrap: _bootstrap.Bootstrap | None = None
         self._token: object | None = None
-        self._probe: Resources = {}  # the A87 probe's resources, served beside the peers' while it runs
+        self._probe: Resources = {}  # the A87 probe's resources, served beside the peers' (see meshnode.xds.a87)
         #: seconds the A87 probe took at start (None: not run)
         self.probe_seconds: float | None = None
         self._supervisor: asyncio.Task[None] | None = None

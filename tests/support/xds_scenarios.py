@@ -576,7 +576,7 @@ async def a87_pins(args: dict[str, Any]) -> dict[str, Any]:
         atomic_write(rdir.path / "bundles.pins.json", spiffe_bundle_map(bundles))
         atomic_write(rdir.path / "bundle.flat.pem", certs_pem(bundles[TD]) + certs_pem(bundles["other.org"]))
         atomic_write(rdir.path / "svid.pem", snap.key_pem + snap.chain_pem)
-        roots: dict[str, str] = {"spiffe_bundle_map_file": str(rdir.path / "bundles.pins.json"), "refresh_interval": "1s"}
+        roots = {"spiffe_bundle_map_file": str(rdir.path / "bundles.pins.json"), "refresh_interval": "1s"}
         if mode == "map+flat":
             roots["ca_certificate_file"] = str(rdir.path / "bundle.flat.pem")
         doc = json.loads(xboot.Bootstrap("pins", rdir.socket_path, rdir.identity_path).json)
