@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,9 +152,7 @@ def test_a_pem_file_gets_the_same_ca_checks(partner: DevCA) -> None:
 def fed() -> Iterator[Path]:
     d = short_tmpdir("mn-fed-")
     yield d
-    for p in sorted(d.rglob("*"), reverse=True):
-        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
-    d.rmdir()
+    shutil.rmtree(d)
 
 
 def scan_twice(directory: BundleDir) -> bool:
@@ -177,13 +176,21 @@ def test_json_and_pem_files_and_nothing_else(fed: Path, partner: DevCA) -> None:
     assert errors == [] and not directory.scan(OWN)
 
 
-def test_a_symlinked_file_is_followed_as_in_a_configmap_volume(fed: Path, partner: DevCA) -> None:
-    data = fed / "..data"
-    data.mkdir()
-    (data / "partner.org.json").write_bytes(spiffe_bundle(partner.bundle))
-    (fed / "partner.org.json").symlink_to(data / "partner.org.json")
+def test_a_configmap_volume_is_read_and_its_updates_followed(fed: Path, partner: DevCA) -> None:
+    """Kubernetes' layout: NAME -> ..data/NAME, ..data -> ..<timestamp>/; an update swaps ..data."""
+    def version(name: str, ca: DevCA) -> None:
+        (fed / name).mkdir()
+        (fed / name / "partner.org.json").write_bytes(spiffe_bundle(ca.bundle))
+        (fed / "..data_tmp").symlink_to(name)
+        (fed / "..data_tmp").replace(fed / "..data")
+
+    version("..2026_01", partner)
+    (fed / "partner.org.json").symlink_to("..data/partner.org.json")
     directory = BundleDir(fed)
     assert directory.scan(OWN, at_once=True) and directory.bundles[PARTNER] == partner.bundle
+    rotated = DevCA(PARTNER)
+    version("..2026_02", rotated)
+    assert directory.scan(OWN) and directory.bundles[PARTNER] == rotated.bundle
 
 
 def test_a_removed_file_takes_its_trust_domain_away_after_two_scans(fed: Path, partner: DevCA) -> None:
