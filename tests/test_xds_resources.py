@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -10,6 +11,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
@@ -165,6 +170,44 @@ def test_identity_files_are_private_atomic_and_removed() -> None:
         path = rdir.path
     assert not path.exists()
     rdir.close()  # idempotent
+
+
+def _ed25519_ca(trust_domain: str) -> x509.Certificate:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "an Ed25519 CA")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                       critical=False)
+        .sign(key, None)
+    )
+
+
+def test_bundle_maps_one_per_trust_domain_with_only_keys_grpc_takes(caplog: pytest.LogCaptureFixture) -> None:
+    other = DevCA("other.org")
+    snap = snapshot_with(other)
+    odd = _ed25519_ca("other.org")
+    snap = IdentitySnapshot(snap.spiffe_id, snap.chain, snap.private_key,
+                            {**snap.bundles, "other.org": (*other.bundle, odd)})
+    with RuntimeDir("alpha") as rdir:
+        missing = rdir.write_identity(snap, ["example.org", "other.org", "third.org"], bundle_map=True,
+                                      placeholder=b"unused")
+        assert missing == ["third.org"]
+        assert sorted(p.name for p in rdir.path.glob("bundles.*.json")) == [
+            "bundles.example.org.json", "bundles.other.org.json", "bundles.third.org.json"]
+        maps = {td: json.loads(rdir.bundle_path(td, bundle_map=True).read_text())["trust_domains"]
+                for td in ("example.org", "other.org", "third.org")}
+        assert maps["third.org"] == {}  # no bundle: gRPC refuses the trust domain's peers
+        assert list(maps["example.org"]) == ["example.org"]  # each map holds its own trust domain only
+        [key] = maps["other.org"]["other.org"]["keys"]  # the Ed25519 CA is left out: gRPC would refuse the map
+        assert key["x5c"] == [base64.b64encode(other.ca_certificate.public_bytes(Encoding.DER)).decode()]
+        rdir.write_identity(snap, ["other.org"], bundle_map=True, placeholder=b"")
+    [warning] = [r.getMessage() for r in caplog.records if "gRPC takes only EC and RSA" in r.getMessage()]
+    assert warning.startswith("xds: a root of trust domain 'other.org' (serial ")  # once, not on every write
+    assert "has a key of type Ed25519;" in warning
 
 
 def test_a_given_runtime_dir_must_be_private(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ class FederatedSource(Publisher):
         self.description = f"{inner.description}, federated bundles from {directory}"
         self._interval = poll_interval
         self._merge_lock = threading.Lock()
+        self._scan_lock = threading.Lock()  # poll() may be called while the thread polls too
         self._stop = threading.Event()
         try:
             self.bundle_dir.scan(inner.current().trust_domain, at_once=True)
@@ -89,9 +90,10 @@ class FederatedSource(Publisher):
 
     def poll(self) -> IdentitySnapshot | None:
         """Scan the directory once; publish and return a new snapshot if its bundles changed."""
-        if not self.bundle_dir.scan(self.inner.current().trust_domain):
-            return None
-        return self._merge()
+        with self._scan_lock:
+            if not self.bundle_dir.scan(self.inner.current().trust_domain):
+                return None
+            return self._merge()
 
     def _on_inner(self, _snapshot: IdentitySnapshot) -> None:
         self._merge()  # the inner source's newest, which may be newer than _snapshot

@@ -150,10 +150,13 @@ async def probe_bundle_maps(
     started = time.monotonic()
     deadline = started + timeout
     server = grpc.aio.server()
-    ports = {
-        PROBE_PEERS[0]: server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([kit.honest])),
-        PROBE_PEERS[1]: server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([kit.forged])),
-    }
+    try:
+        ports = {
+            PROBE_PEERS[0]: server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([kit.honest])),
+            PROBE_PEERS[1]: server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([kit.forged])),
+        }
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise PeerError(f"xds: the gRFC A87 probe cannot listen on 127.0.0.1 (is loopback up?): {exc}") from None
     await server.start()
     try:
         publish(probe_resources(ports))

@@ -190,9 +190,9 @@ class RuntimeDir:
             if map_key_type(cert) is None and fingerprint not in self._left_out:
                 self._left_out.add(fingerprint)
                 log.warning(
-                    "xds: a root of trust domain '%s' (serial %x) has a %s key, which gRPC does not take in a "
-                    "SPIFFE bundle map: spiffe-id peers there cannot be verified with it", trust_domain,
-                    cert.serial_number, type(cert.public_key()).__name__,
+                    "xds: a root of trust domain '%s' (serial %x) has a key of type %s; gRPC takes only EC and RSA "
+                    "keys in a SPIFFE bundle map: spiffe-id peers there cannot be verified with it", trust_domain,
+                    cert.serial_number, type(cert.public_key()).__name__.removesuffix("PublicKey"),
                 )
 
     def _write(self, name: str, data: bytes) -> None:
