@@ -194,17 +194,19 @@ def test_bundle_maps_one_per_trust_domain_with_only_keys_grpc_takes(caplog: pyte
                             {**snap.bundles, "other.org": (*other.bundle, odd)})
     with RuntimeDir("alpha") as rdir:
         missing = rdir.write_identity(snap, ["example.org", "other.org", "third.org"], bundle_map=True,
-                                      placeholder=b"unused")
+                                      placeholder=verify_nothing_roots())
         assert missing == ["third.org"]
         assert sorted(p.name for p in rdir.path.glob("bundles.*.json")) == [
             "bundles.example.org.json", "bundles.other.org.json", "bundles.third.org.json"]
         maps = {td: json.loads(rdir.bundle_path(td, bundle_map=True).read_text())["trust_domains"]
                 for td in ("example.org", "other.org", "third.org")}
-        assert maps["third.org"] == {}  # no bundle: gRPC refuses the trust domain's peers
+        [nothing] = maps["third.org"]["third.org"]["keys"]  # no bundle: roots that verify nothing
+        assert base64.b64decode(nothing["x5c"][0]) == x509.load_pem_x509_certificate(
+            verify_nothing_roots()).public_bytes(Encoding.DER)
         assert list(maps["example.org"]) == ["example.org"]  # each map holds its own trust domain only
         [key] = maps["other.org"]["other.org"]["keys"]  # the Ed25519 CA is left out: gRPC would refuse the map
         assert key["x5c"] == [base64.b64encode(other.ca_certificate.public_bytes(Encoding.DER)).decode()]
-        rdir.write_identity(snap, ["other.org"], bundle_map=True, placeholder=b"")
+        rdir.write_identity(snap, ["other.org"], bundle_map=True, placeholder=verify_nothing_roots())
     [warning] = [r.getMessage() for r in caplog.records if "gRPC takes only EC and RSA" in r.getMessage()]
     assert warning.startswith("xds: a root of trust domain 'other.org' (serial ")  # once, not on every write
     assert "has a key of type Ed25519;" in warning

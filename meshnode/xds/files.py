@@ -10,10 +10,10 @@ from files, so the control plane keeps them in one private directory:
   two paths one after the other; with two files a rotation landing between
   the reads would hand TLS a key that does not match the certificate.
 * ``bundles.<trust domain>.json``: a SPIFFE bundle map (gRFC A87) holding
-  one trust domain's roots, or nothing while the node has no bundle for it
-  (gRPC then refuses every peer there); ``bundle.<trust domain>.pem``, its
-  PEM roots, in per-trust-domain PEM mode; ``a87-probe.json``, the map of
-  the start-up probe;
+  one trust domain's roots, or roots that verify nothing while the node has
+  no bundle for it (gRPC then refuses every peer there);
+  ``bundle.<trust domain>.pem``, its PEM roots, in per-trust-domain PEM
+  mode; ``a87-probe.json``, the map of the start-up probe;
 * every file 0600, written to a temporary name, fsynced and renamed, so a
   reader sees the old or the new content, never half of it;
 * ``ads.sock``: the control plane's unix socket lives here too.
@@ -160,10 +160,12 @@ class RuntimeDir:
         """Write the bundles first, then key and chain; returns the trust domains without a bundle.
 
         Every trust domain in ``trust_domains`` gets a file. One the snapshot
-        has no bundle for gets, in map mode, a map without it (gRPC refuses
-        its peers: the trust domain is not in the map) and in PEM mode
-        ``placeholder`` roots (roots that verify nothing), so gRPC fails
-        closed instead of logging a missing file every second.
+        has no bundle for (or none gRPC can take in a map) gets ``placeholder``
+        (PEM roots that verify nothing), so gRPC fails closed instead of
+        logging a missing file every second. Not an empty map: after a map
+        with roots, gRPC (1.85.3) sometimes fails handshakes verified with an
+        empty one as "Failed to create security handshaker" instead of a
+        failed verification, which reads like a bug rather than a missing bundle.
         """
         if self._closed:
             raise IdentityError("xds: the runtime directory is closed")
@@ -174,7 +176,9 @@ class RuntimeDir:
             if bundle_map:
                 roots = snapshot.bundles.get(td, ())
                 self._warn_left_out(td, roots)
-                self._write(path.name, spiffe_bundle_map({td: roots} if roots else {}))
+                if not any(map_key_type(c) for c in roots):
+                    roots = tuple(x509.load_pem_x509_certificates(placeholder))
+                self._write(path.name, spiffe_bundle_map({td: roots}))
             else:
                 self._write(path.name, snapshot.bundle_pem(td) or placeholder)
         self._write(IDENTITY_FILE, snapshot.key_pem + snapshot.chain_pem)

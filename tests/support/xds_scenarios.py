@@ -255,7 +255,7 @@ async def rotation(args: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     loaded: list[bool] = []  # per rotation: the load made calls once the new SVID was in use
     async with WhoServer("server", key, chain, certs_pem(ca.bundle), options=options) as server:
-        cp = XdsControlPlane("rotation")
+        cp = XdsControlPlane("rotation", bundle_map=bool(args.get("bundle_map")))
         cp.update_identity(client)
         cp.set_peers({"server": peer(server.address, SERVER_ID)})
         async with cp:
