@@ -298,6 +298,15 @@ def test_the_probe_map_belongs_to_a_bundle_map_bootstrap() -> None:
 # -- meshnode's wording ---------------------------------------------------------------
 
 
+def test_a_refused_bundle_map_is_explained() -> None:
+    peer = xres.PeerTarget("10.0.0.2:7002", parse_spiffe_id(SERVER))
+    text = explain_details("b", peer, "connections to all backends failing; last error: UNKNOWN: ipv4:10.0.0.2:7002: "
+                           "Failed to create security handshaker. (xDS node ID:n)")
+    assert text is not None and text.startswith(
+        "meshnode: gRPC could not set up TLS for peer 'b' (10.0.0.2:7002): it refused the roots of trust domain "
+        "'example.org'")
+
+
 def test_san_mismatch_names_the_expected_identity() -> None:
     peer = xres.PeerTarget("10.0.0.2:7002", parse_spiffe_id(SERVER))
     details = f"last error: UNKNOWN: ipv4:10.0.0.2:7002: Custom verification check failed: {SAN_MISMATCH}"
