@@ -12,6 +12,7 @@ only this tree::
      +-- IdentityError               identity problems (exit 3)
      |    +-- IdentityUnavailableError  no SVID could be obtained in time
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
+     |         +-- InvalidBundleError     a federated bundle file is refused (path, trust_domain, reason)
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
      +-- LifecycleError              an object was used in the wrong state
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "IdentityError",
     "IdentityUnavailableError",
+    "InvalidBundleError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
     "LifecycleError",
@@ -102,6 +104,21 @@ class InvalidIdentityError(IdentityError):
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason or message
+
+
+class InvalidBundleError(InvalidIdentityError):
+    """A federated bundle (file or document) cannot be used.
+
+    ``reason`` says what is wrong with it, ``trust_domain`` is the trust domain
+    it is for, ``path`` the file it came from (None for a document given as bytes).
+    """
+
+    def __init__(self, reason: str, *, trust_domain: str, path: str | None = None) -> None:
+        self.reason = reason
+        self.trust_domain = trust_domain
+        self.path = path
+        where = path if path is not None else f"for '{trust_domain}'"
+        super().__init__(f"identity: federated bundle {where}: {reason}")
 
 
 class PeerError(MeshnodeError):

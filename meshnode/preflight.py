@@ -23,6 +23,7 @@ from meshnode.errors import (
     MeshnodeError,
 )
 from meshnode.identity.dev import DevSource
+from meshnode.identity.federation import FederatedSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.guard import IdentityRules
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
@@ -88,7 +89,19 @@ def open_identity(
     """Open the configured identity source; returns it and notes for the operator.
 
     In production every failure raises (IdentityError: exit 3; ConfigError: 2).
+    With ``[identity] federated_bundles_dir`` the source is wrapped in a
+    :class:`FederatedSource`, whatever its kind.
     """
+    source, notes = _open_source(config, on_error)
+    directory = config.identity.federated_bundles_dir
+    if directory is None:
+        return source, notes
+    return FederatedSource(source, directory, on_error=on_error), notes
+
+
+def _open_source(
+    config: NodeConfig, on_error: Callable[[str], None] | None
+) -> tuple[IdentitySource, list[str]]:
     idc = config.identity
     if idc.source == "dev":
         if config.mode == "production":
@@ -99,7 +112,7 @@ def open_identity(
         return _dev_source(config), ["identity from the in-process dev CA (source = \"dev\")"]
     if idc.source == "files":
         assert idc.cert is not None and idc.key is not None and idc.bundle is not None
-        files = SvidFiles(idc.cert, idc.key, idc.bundle, idc.federated_bundles_dir)
+        files = SvidFiles(idc.cert, idc.key, idc.bundle)
         return FileSource(files, on_error=on_error), []
     try:
         return WorkloadApiSource(idc.socket, timeout=idc.timeout, on_error=on_error), []

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from meshnode.errors import InvalidIdentityError
 from meshnode.identity.dev import DevSource
 from meshnode.identity.devca import DevCA
+from meshnode.identity.federation import FederatedSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.testing import issue_snapshot
@@ -157,12 +158,15 @@ def test_files_source_reads_federated_bundles(tmp_path: Path) -> None:
     fed = tmp_path / "federated"
     fed.mkdir()
     (fed / "partner.org.pem").write_bytes(certs_pem(partner.bundle))
-    files = SvidFiles(files.cert, files.key, files.bundle, fed)
-    with FileSource(files) as source:
+    with FederatedSource(FileSource(files), fed) as source:
         assert sorted(source.current().bundles) == ["example.org", "partner.org"]
+    # a file whose name is no trust domain is skipped and reported; it stops nothing
     (fed / "Bad_TD!.pem").write_bytes(certs_pem(partner.bundle))
-    with pytest.raises(InvalidIdentityError, match=r"<trust-domain>\.pem"):
-        FileSource(files)
+    errors: list[str] = []
+    with FederatedSource(FileSource(files), fed, on_error=errors.append) as source:
+        assert sorted(source.current().bundles) == ["example.org", "partner.org"]
+    [error] = errors
+    assert f"federated bundle {fed / 'Bad_TD!.pem'}: the file name must be '<trust-domain>.json'" in error
 
 
 def test_dev_source_reissues_at_half_life() -> None:

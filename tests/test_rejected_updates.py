@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from meshnode.authz.source import PolicyFile
 from meshnode.errors import InvalidIdentityError, PolicyError
+from meshnode.identity.federation import FederatedSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.identity.x509svid import build_snapshot
@@ -148,7 +149,7 @@ def test_a_malformed_svid_file_set_is_reported_once_and_the_good_svid_kept(tmp_p
     assert logs.tracebacks() == []
 
 
-def test_a_federated_ca_with_malformed_der_is_left_out_not_a_reason_to_refuse_the_svid(
+def test_a_federated_ca_with_malformed_der_is_refused_not_a_reason_to_refuse_the_svid(
     tmp_path: Path, logs: Captured
 ) -> None:
     """A partner's broken bundle must never stop this node's own rotations, nor verify anyone."""
@@ -158,12 +159,16 @@ def test_a_federated_ca_with_malformed_der_is_left_out_not_a_reason_to_refuse_th
     (fed / "partner.org.pem").write_bytes(
         RawCA("partner.org", malformed_san=True).certificate.public_bytes(serialization.Encoding.PEM)
     )
-    files = SvidFiles(tmp_path / "svid.pem", tmp_path / "key.pem", tmp_path / "bundle.pem", fed)
+    files = SvidFiles(tmp_path / "svid.pem", tmp_path / "key.pem", tmp_path / "bundle.pem")
     write_files(files, ca, *ca.leaf(ALPHA))
-    with FileSource(files, poll_interval=3600) as source:
+    errors: list[str] = []
+    with FederatedSource(FileSource(files, poll_interval=3600), fed, poll_interval=3600,
+                         on_error=errors.append) as source:
         assert sorted(source.current().bundles) == ["example.org"]
-    (left_out,) = logs.matching("leaving it out of the bundle")
-    assert "trust bundle of 'partner.org', certificate 0 has malformed extensions" in left_out
+    [refused] = errors
+    assert f"federated bundle {fed / 'partner.org.pem'}: certificate 0 (serial " in refused
+    assert "has malformed extensions: ValueError" in refused and "'partner.org' stays untrusted" in refused
+    assert logs.tracebacks() == []
 
 
 def test_the_file_poller_thread_reports_a_malformed_set_once(tmp_path: Path, logs: Captured) -> None:

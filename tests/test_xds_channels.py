@@ -128,22 +128,6 @@ def test_one_bootstrap_per_process() -> None:
     assert out["epsilon"]["ok"]  # a node started after the first one closed
 
 
-def test_bundle_map_mode_scopes_roots_and_takes_new_trust_domains() -> None:
-    out = run_scenario("bundle-map")
-    assert out["start"] == "started" and out["env_flag"] == "true"
-    results = out["results"]
-    assert results["own-td"]["ok"] and results["other-td"]["ok"]
-    assert not results["foreign-claim"]["ok"] and "CERTIFICATE_VERIFY_FAILED" in results["foreign-claim"]["details"]
-    assert not results["other-id"]["ok"]
-    assert out["late_td"]  # a trust domain added after start, without a new bootstrap
-    assert out["map_trust_domains"] == ["example.org", "other.org", "third.org"]
-
-
-def test_bundle_map_mode_refuses_to_start_when_grpc_would_ignore_the_map() -> None:
-    out = run_scenario("bundle-map", env={"GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE": "false"})
-    assert out["start"].startswith("ConfigError: xds:") and "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true" in out["start"]
-
-
 def test_two_nodes_in_two_processes_call_each_other(tmp_path: Path) -> None:
     ca = DevCA("example.org")
     procs: dict[str, subprocess.Popen[str]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -10,6 +11,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
@@ -73,11 +78,11 @@ def test_cluster_pins_the_peer_id_with_roots_of_its_own_trust_domain() -> None:
     assert listener.name == "billing" and listener.HasField("api_listener")
 
 
-def test_bundle_map_mode_uses_one_roots_provider() -> None:
+def test_bundle_map_mode_uses_the_map_of_the_peer_trust_domain() -> None:
     peer = xres.PeerTarget("peer.internal:443", "spiffe://other.org/billing")  # type: ignore[arg-type]
     cluster = xres.peer_resources({"b": peer}, bundle_map=True)[xres.CLUSTER_TYPE]["b"]
     validation = tls_of(cluster).common_tls_context.validation_context
-    assert validation.ca_certificate_provider_instance.instance_name == xboot.BUNDLE_MAP_PROVIDER
+    assert validation.ca_certificate_provider_instance.instance_name == "meshnode-bundles:other.org"
 
 
 def test_peer_target_parses_ipv6_and_dns_names() -> None:
@@ -167,6 +172,46 @@ def test_identity_files_are_private_atomic_and_removed() -> None:
     rdir.close()  # idempotent
 
 
+def _ed25519_ca(trust_domain: str) -> x509.Certificate:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "an Ed25519 CA")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                       critical=False)
+        .sign(key, None)
+    )
+
+
+def test_bundle_maps_one_per_trust_domain_with_only_keys_grpc_takes(caplog: pytest.LogCaptureFixture) -> None:
+    other = DevCA("other.org")
+    snap = snapshot_with(other)
+    odd = _ed25519_ca("other.org")
+    snap = IdentitySnapshot(snap.spiffe_id, snap.chain, snap.private_key,
+                            {**snap.bundles, "other.org": (*other.bundle, odd)})
+    with RuntimeDir("alpha") as rdir:
+        missing = rdir.write_identity(snap, ["example.org", "other.org", "third.org"], bundle_map=True,
+                                      placeholder=verify_nothing_roots())
+        assert missing == ["third.org"]
+        assert sorted(p.name for p in rdir.path.glob("bundles.*.json")) == [
+            "bundles.example.org.json", "bundles.other.org.json", "bundles.third.org.json"]
+        maps = {td: json.loads(rdir.bundle_path(td, bundle_map=True).read_text())["trust_domains"]
+                for td in ("example.org", "other.org", "third.org")}
+        [nothing] = maps["third.org"]["third.org"]["keys"]  # no bundle: roots that verify nothing
+        assert base64.b64decode(nothing["x5c"][0]) == x509.load_pem_x509_certificate(
+            verify_nothing_roots()).public_bytes(Encoding.DER)
+        assert list(maps["example.org"]) == ["example.org"]  # each map holds its own trust domain only
+        [key] = maps["other.org"]["other.org"]["keys"]  # the Ed25519 CA is left out: gRPC would refuse the map
+        assert key["x5c"] == [base64.b64encode(other.ca_certificate.public_bytes(Encoding.DER)).decode()]
+        rdir.write_identity(snap, ["other.org"], bundle_map=True, placeholder=verify_nothing_roots())
+    [warning] = [r.getMessage() for r in caplog.records if "gRPC takes only EC and RSA" in r.getMessage()]
+    assert warning.startswith("xds: a root of trust domain 'other.org' (serial ")  # once, not on every write
+    assert "has a key of type Ed25519;" in warning
+
+
 def test_a_given_runtime_dir_must_be_private(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
@@ -223,22 +268,43 @@ def test_bootstrap_declares_one_roots_provider_per_trust_domain() -> None:
 
 
 def test_bundle_map_must_really_be_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
-    boot = xboot.Bootstrap("n1", Path("/r/ads.sock"), Path("/r/svid.pem"), bundle_map_file=Path("/r/m.json"))
-    config = json.loads(boot.json)["certificate_providers"][xboot.BUNDLE_MAP_PROVIDER]["config"]
-    assert config == {"spiffe_bundle_map_file": "/r/m.json", "refresh_interval": "1s"}  # no flat CA file
+    boot = xboot.Bootstrap("n1", Path("/r/ads.sock"), Path("/r/svid.pem"),
+                           {"example.org": Path("/r/a.json"), "other.org": Path("/r/b.json")},
+                           bundle_map=True, probe_map_file=Path("/r/p.json"))
+    providers = json.loads(boot.json)["certificate_providers"]
+    # one map per trust domain, and no flat CA file beside any map
+    assert providers["meshnode-bundles:other.org"]["config"] == {"spiffe_bundle_map_file": "/r/b.json",
+                                                                 "refresh_interval": "1s"}
+    assert providers[xboot.PROBE_PROVIDER]["config"] == {"spiffe_bundle_map_file": "/r/p.json",
+                                                         "refresh_interval": "1s"}
+    assert set(providers) == {xboot.IDENTITY_PROVIDER, xboot.PROBE_PROVIDER, "meshnode-bundles:example.org",
+                              "meshnode-bundles:other.org"}
+    assert boot.trust_domains == {"example.org", "other.org"}
     monkeypatch.delenv(xboot.SPIFFE_BUNDLE_MAP_ENV, raising=False)
     with pytest.raises(ConfigError, match="GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true"):
+        boot.check_in_force()
+    monkeypatch.setenv(xboot.SPIFFE_BUNDLE_MAP_ENV, "false")
+    with pytest.raises(ConfigError, match="it is 'false' in this process"):
         boot.check_in_force()
     monkeypatch.setenv(xboot.SPIFFE_BUNDLE_MAP_ENV, "TRUE")
     boot.check_in_force()
 
 
-def test_a_bootstrap_takes_files_or_a_map_not_both() -> None:
+def test_the_probe_map_belongs_to_a_bundle_map_bootstrap() -> None:
     with pytest.raises(ConfigError):
-        xboot.Bootstrap("n1", Path("/s"), Path("/i"), {"example.org": Path("/a")}, bundle_map_file=Path("/m"))
+        xboot.Bootstrap("n1", Path("/s"), Path("/i"), {"example.org": Path("/a")}, probe_map_file=Path("/m"))
 
 
 # -- meshnode's wording ---------------------------------------------------------------
+
+
+def test_a_refused_bundle_map_is_explained() -> None:
+    peer = xres.PeerTarget("10.0.0.2:7002", parse_spiffe_id(SERVER))
+    text = explain_details("b", peer, "connections to all backends failing; last error: UNKNOWN: ipv4:10.0.0.2:7002: "
+                           "Failed to create security handshaker. (xDS node ID:n)")
+    assert text is not None and text.startswith(
+        "meshnode: gRPC could not set up TLS for peer 'b' (10.0.0.2:7002): it refused the roots of trust domain "
+        "'example.org'")
 
 
 def test_san_mismatch_names_the_expected_identity() -> None:

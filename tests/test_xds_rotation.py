@@ -10,15 +10,19 @@ from tests.support.xds import run_scenario
 
 
 @pytest.mark.slow
-def test_rotation_under_load_fails_no_call() -> None:
+@pytest.mark.parametrize("roots", ["pem", "bundle-map"])
+def test_rotation_under_load_fails_no_call(roots: str) -> None:
     """10 client+server SVID rotations, one of them across a CA rotation, on one channel under load.
+
+    Both ways of giving gRPC the roots: PEM files, and the A87 bundle maps nodes use.
 
     The server recycles connections every ~0.3 s, so the load keeps making handshakes with
     whatever certificates are current. The scenario waits for each pushed SVID to appear on a
     fresh connection's handshake and then for the load to make calls, before the next rotation.
     Push-to-new-handshake is printed (gRPC's file watcher re-reads every second), not asserted.
     """
-    out = run_scenario("rotation", {"rotations": 10, "ca_rotation_at": 5, "workers": 4}, timeout=300)
+    args = {"rotations": 10, "ca_rotation_at": 5, "workers": 4, "bundle_map": roots == "bundle-map"}
+    out = run_scenario("rotation", args, timeout=300)
     assert out["failed"] == 0, out["failures"]
     assert out["loaded"] == [True] * 10  # the load ran on every rotated SVID
     assert out["ca_rotated"] and out["svids_from_new_ca"]

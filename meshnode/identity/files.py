@@ -1,8 +1,7 @@
 """The ``files`` identity source: PEM files kept fresh by another program.
 
 spiffe-helper and cert-manager's SPIFFE CSI driver write the SVID chain, its
-key and the trust bundle as PEM files (plus, optionally, one file per
-federated trust domain). This source polls them and publishes a new snapshot
+key and the trust bundle as PEM files. This source polls them and publishes a new snapshot
 only when the whole set on disk is consistent: the chain parses, the key
 matches the leaf, and the chain verifies against the bundle of its own trust
 domain. A half-written or mismatched set never replaces a good identity.
@@ -10,9 +9,11 @@ Any exception while reading or parsing a set (also a ``ValueError`` from
 malformed DER inside a certificate) is a rejected update: the current
 identity stays, and the set is reported once (see :class:`FileSource`).
 
-Federated bundles: every ``<trust-domain>.pem`` file in ``federated_bundles_dir``.
-A CA in the main bundle file whose URI SAN names another trust domain is
-filed under that trust domain, never under the SVID's own.
+A CA in the bundle file whose URI SAN names another trust domain is filed
+under that trust domain, never under the SVID's own. Federated bundles from
+a directory (``[identity] federated_bundles_dir``) are added by
+:class:`~meshnode.identity.federation.FederatedSource`, the same way for
+every source.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from meshnode.identity.rejects import Rejections, describe_error
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot, load_pem_certs, load_pem_key, spiffe_id_of, uri_sans
-from meshnode.spiffeid import parse_spiffe_id, parse_trust_domain
+from meshnode.spiffeid import parse_spiffe_id
 
 __all__ = ["FileSource", "SvidFiles"]
 
@@ -44,7 +45,6 @@ class SvidFiles:
     cert: Path
     key: Path
     bundle: Path
-    federated_bundles_dir: Path | None = None
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -63,7 +63,6 @@ class _Contents:
     cert: bytes
     key: bytes
     bundle: bytes
-    federated: tuple[tuple[Path, bytes], ...]
     digest: str
 
 
@@ -74,13 +73,7 @@ def _read_set(files: SvidFiles) -> _Contents:
     digest = hashlib.sha256()
     for part in (cert_pem, key_pem, bundle_pem):
         digest.update(hashlib.sha256(part).digest())
-    federated: list[tuple[Path, bytes]] = []
-    if files.federated_bundles_dir is not None:
-        for path in sorted(files.federated_bundles_dir.glob("*.pem")):
-            data = _read(path, "federated bundle")
-            digest.update(path.name.encode() + hashlib.sha256(data).digest())
-            federated.append((path, data))
-    return _Contents(cert_pem, key_pem, bundle_pem, tuple(federated), digest.hexdigest())
+    return _Contents(cert_pem, key_pem, bundle_pem, digest.hexdigest())
 
 
 def _parse_set(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
@@ -103,15 +96,6 @@ def _build(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
     key = load_pem_key(contents.key, f"SVID key {files.key}")
     bundle = load_pem_certs(contents.bundle, f"trust bundle {files.bundle}")
     bundles: dict[str, tuple[x509.Certificate, ...]] = {}
-    for path, data in contents.federated:
-        try:
-            td = parse_trust_domain(path.stem)
-        except InvalidSpiffeIdError as exc:
-            raise InvalidIdentityError(
-                f"identity: federated bundle {path}: the file name must be '<trust-domain>.pem' ({exc})"
-            ) from None
-        # parsed by build_snapshot, which leaves a malformed federated CA out instead of refusing the set
-        bundles[td] = tuple(load_pem_certs(data, f"federated bundle {path}", check_extensions=False))
     own_td = spiffe_id_of(chain[0]).trust_domain
     # A bundle file may also hold federated CAs (spiffe-helper's include_federated_domains):
     # a CA whose URI SAN names another trust domain must never vouch for this one.
@@ -175,11 +159,7 @@ class FileSource(Publisher):
         return self._rejections.count
 
     def _paths(self) -> list[Path]:
-        paths = [self.files.cert, self.files.key, self.files.bundle]
-        if self.files.federated_bundles_dir is not None:
-            paths.append(self.files.federated_bundles_dir)
-            paths.extend(sorted(self.files.federated_bundles_dir.glob("*.pem")))
-        return paths
+        return [self.files.cert, self.files.key, self.files.bundle]
 
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         out = []

@@ -12,7 +12,8 @@ Modules: :mod:`~meshnode.xds.resources` (Listener/Cluster builders),
 :mod:`~meshnode.xds.ads` (the ADS server), :mod:`~meshnode.xds.bootstrap`
 (the process-wide bootstrap), :mod:`~meshnode.xds.files` (the runtime
 directory), :mod:`~meshnode.xds.credentials` (fail-closed channel
-credentials), :mod:`~meshnode.xds.rpc_errors` (meshnode's error wording).
+credentials), :mod:`~meshnode.xds.rpc_errors` (meshnode's error wording),
+:mod:`~meshnode.xds.a87` (does gRPC apply SPIFFE bundle maps? the probe).
 
 Security notes
 --------------
@@ -26,7 +27,9 @@ Security notes
   issuers do (:func:`meshnode.identity.devca.validate_dns_name`), SPIRE
   accepts only DNS names for ``-dns``. A test pins gRPC's behaviour.
 * Roots are scoped per trust domain: a peer is verified only with its own
-  trust domain's bundle (one provider per trust domain, or the A87 map).
+  trust domain's bundle (one provider per trust domain; for nodes each reads
+  a gRFC A87 bundle map of that trust domain alone, checked at start by
+  :mod:`~meshnode.xds.a87`'s probe).
 * Channel credentials fall back to TLS that verifies nothing, never to
   plaintext, should a Cluster ever come without TLS config.
 * One process, one bootstrap: two nodes with spiffe-id peers need two

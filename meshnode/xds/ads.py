@@ -178,6 +178,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def stream_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def resource_names(self) -> dict[str, list[str]]:
+        """What is served now: type URL -> sorted resource names."""
+        return {type_url: sorted(named) for type_url, named in self._served.packed.items()}
+
     def set_resources(self, resources: Resources) -> bool:
         """Serve ``resources`` from now on; thread-safe. True if anything changed."""
         with self._lock:

@@ -10,9 +10,19 @@ one bootstrap, and the node writes it before its first xDS channel.
 The bootstrap names the ADS server (a unix socket in the node's private
 runtime directory, plaintext) and declares the ``file_watcher`` certificate
 providers the resources refer to: ``meshnode-identity`` (the node's key and
-chain) and one roots provider per trust domain (``meshnode-bundle:<td>``),
-or a single ``meshnode-bundles`` provider reading a SPIFFE bundle map
-(gRFC A87, experimental in gRPC; see :meth:`Bootstrap.check_in_force`).
+chain) and one roots provider per trust domain: ``meshnode-bundles:<td>``
+reading a SPIFFE bundle map that holds that trust domain only (gRFC A87,
+what nodes use; see :meth:`Bootstrap.check_in_force`), or
+``meshnode-bundle:<td>`` reading PEM roots. In map mode it also declares
+``meshnode-a87-probe``, the map of the start-up probe
+(:mod:`meshnode.xds.a87`).
+
+One map per trust domain, not one map of all: gRPC's SAN matchers also
+match DNS SANs, so with a single map a CA of a federated trust domain could
+issue a certificate with a URI SAN of its own trust domain (A87 then picks
+its bundle, and the chain verifies) and a DNS SAN spelled like a peer's
+SPIFFE ID in another trust domain. With a map per peer trust domain, the
+presented ID must be in the peer's trust domain and chain to its bundle.
 
 :func:`install` refuses, with a :class:`~meshnode.errors.PeerError` naming
 the clash, when ``GRPC_XDS_BOOTSTRAP`` is set (gRPC would ignore ours), when
@@ -35,8 +45,8 @@ from meshnode.errors import ConfigError, PeerError
 __all__ = [
     "BOOTSTRAP_CONFIG_ENV",
     "BOOTSTRAP_FILE_ENV",
-    "BUNDLE_MAP_PROVIDER",
     "IDENTITY_PROVIDER",
+    "PROBE_PROVIDER",
     "REFRESH_INTERVAL_SECONDS",
     "SPIFFE_BUNDLE_MAP_ENV",
     "Bootstrap",
@@ -53,7 +63,8 @@ BOOTSTRAP_CONFIG_ENV = "GRPC_XDS_BOOTSTRAP_CONFIG"
 #: gRPC reads ``spiffe_bundle_map_file`` only when this is true (gRFC A87).
 SPIFFE_BUNDLE_MAP_ENV = "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE"
 IDENTITY_PROVIDER = "meshnode-identity"
-BUNDLE_MAP_PROVIDER = "meshnode-bundles"
+#: The provider of the A87 start-up probe's map (two throwaway trust domains).
+PROBE_PROVIDER = "meshnode-a87-probe"
 #: gRPC's minimum; its default is 10 minutes, far too slow for rotation.
 REFRESH_INTERVAL_SECONDS = 1
 _TRUE = ("1", "true", "yes")  # what gRPC's boolean env parser takes as true
@@ -61,30 +72,32 @@ _TRUE = ("1", "true", "yes")  # what gRPC's boolean env parser takes as true
 
 def roots_provider(trust_domain: str, *, bundle_map: bool) -> str:
     """The provider instance holding the roots a peer of ``trust_domain`` is verified with."""
-    return BUNDLE_MAP_PROVIDER if bundle_map else f"meshnode-bundle:{trust_domain}"
+    return f"meshnode-bundles:{trust_domain}" if bundle_map else f"meshnode-bundle:{trust_domain}"
 
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """One node's bootstrap: ADS socket, node id and certificate providers."""
+    """One node's bootstrap: ADS socket, node id and certificate providers.
+
+    ``bundle_files``: trust domain -> the file its roots provider reads, a
+    SPIFFE bundle map of that trust domain alone (``bundle_map``) or PEM roots.
+    ``probe_map_file``: the A87 probe's map (map mode only).
+    """
 
     node_id: str
     ads_socket: Path
     identity_file: Path
-    bundle_files: Mapping[str, Path] = field(default_factory=dict)  # trust domain -> PEM roots
-    bundle_map_file: Path | None = None
+    bundle_files: Mapping[str, Path] = field(default_factory=dict)
+    bundle_map: bool = False
+    probe_map_file: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.bundle_map_file is not None and self.bundle_files:
-            raise ConfigError("xds: a bootstrap takes bundle files or a bundle map, not both")
-
-    @property
-    def bundle_map(self) -> bool:
-        return self.bundle_map_file is not None
+        if self.probe_map_file is not None and not self.bundle_map:
+            raise ConfigError("xds: the A87 probe map belongs to a bootstrap in bundle-map mode")
 
     @property
     def trust_domains(self) -> frozenset[str]:
-        """Trust domains with a roots provider (empty in bundle-map mode: any domain in the map)."""
+        """Trust domains with a roots provider: peers elsewhere cannot be verified."""
         return frozenset(self.bundle_files)
 
     @cached_property
@@ -95,10 +108,14 @@ class Bootstrap:
 
         identity = str(self.identity_file)
         providers = {IDENTITY_PROVIDER: watcher(certificate_file=identity, private_key_file=identity)}
-        if self.bundle_map_file is not None:
-            providers[BUNDLE_MAP_PROVIDER] = watcher(spiffe_bundle_map_file=str(self.bundle_map_file))
         for td, path in sorted(self.bundle_files.items()):
-            providers[roots_provider(td, bundle_map=False)] = watcher(ca_certificate_file=str(path))
+            name = roots_provider(td, bundle_map=self.bundle_map)
+            if self.bundle_map:
+                providers[name] = watcher(spiffe_bundle_map_file=str(path))
+            else:
+                providers[name] = watcher(ca_certificate_file=str(path))
+        if self.probe_map_file is not None:
+            providers[PROBE_PROVIDER] = watcher(spiffe_bundle_map_file=str(self.probe_map_file))
         doc = {
             "xds_servers": [
                 {
@@ -113,22 +130,29 @@ class Bootstrap:
         return json.dumps(doc, sort_keys=True)
 
     def check_in_force(self) -> None:
-        """In bundle-map mode, make sure gRPC really uses the map; raise ConfigError if not.
+        """In bundle-map mode, make sure gRPC is asked to use the maps; raise ConfigError if not.
 
-        gRPC reads ``spiffe_bundle_map_file`` only when GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE
-        is true, and a ``ca_certificate_file`` beside it would be a flat pool in
-        which any trust domain's CA vouches for any other's IDs.
+        gRPC (1.85.3, verified) reads ``spiffe_bundle_map_file`` only when
+        GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE is true, whenever it creates the
+        xDS client of a new target: without it, it refuses a provider that
+        has only a map (every call to the peer fails), and it would silently
+        verify with a ``ca_certificate_file`` set beside the map, a flat pool
+        in which any trust domain's CA vouches for any other's IDs. What the
+        running gRPC really does is probed at start (:mod:`meshnode.xds.a87`).
         """
         if not self.bundle_map:
             return
-        doc = json.loads(self.json)["certificate_providers"][BUNDLE_MAP_PROVIDER]["config"]
-        if "ca_certificate_file" in doc or "spiffe_bundle_map_file" not in doc:
-            raise ConfigError("xds: the bundle-map provider must name a bundle map and no flat CA file")
+        for name, provider in json.loads(self.json)["certificate_providers"].items():
+            config = provider["config"]
+            flat = "ca_certificate_file" in config or "spiffe_bundle_map_file" not in config
+            if name != IDENTITY_PROVIDER and flat:
+                raise ConfigError(f"xds: provider {name} must name a bundle map and no flat CA file")
         value = os.environ.get(SPIFFE_BUNDLE_MAP_ENV, "")
         if value.lower() not in _TRUE:
             raise ConfigError(
-                f"xds: the SPIFFE bundle map (gRFC A87) needs {SPIFFE_BUNDLE_MAP_ENV}=true, but it is "
-                f"{value!r}; without it gRPC ignores the map. Set it, or use per-trust-domain roots"
+                f"xds: spiffe-id peers are verified with SPIFFE bundle maps (gRFC A87), which need "
+                f"{SPIFFE_BUNDLE_MAP_ENV}=true, but it is {value!r} in this process: without it gRPC refuses "
+                f"meshnode's xDS bootstrap. Unset it (meshnode sets it) or set it to true"
             )
 
 

@@ -16,10 +16,15 @@ open channels, and new channels to targets that have an open channel, keep
 working. :meth:`close` stops everything and removes the files; close the
 channels before it.
 
-Trust domains are fixed at :meth:`start` with per-trust-domain roots (one
-provider per trust domain in the bootstrap): the peers' and those of the
-snapshot's bundles. A later peer of another trust domain needs a restart,
-or ``bundle_map=True`` (gRFC A87, experimental in gRPC).
+Roots are per trust domain: one provider per trust domain in the
+bootstrap, for the peers' trust domains and those of the snapshot's
+bundles at :meth:`start`. With ``bundle_map=True`` (what nodes use) each
+reads a SPIFFE bundle map of its trust domain alone (gRFC A87; the start
+runs :mod:`meshnode.xds.a87`'s probe and refuses a gRPC that does not
+apply the maps), else PEM roots. Either way a bundle that appears, changes
+or goes away later reaches gRPC through the files, without a restart; a
+peer in a trust domain the node did not know at :meth:`start` needs one
+(gRPC reads certificate providers from the bootstrap).
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ import grpc
 
 from meshnode.errors import ClosedError, IdentityUnavailableError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.xds import a87
 from meshnode.xds import bootstrap as _bootstrap
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir
-from meshnode.xds.resources import PeerSpec, PeerTarget, peer_resources, validate_peer_name
+from meshnode.xds.resources import PeerSpec, PeerTarget, Resources, peer_resources, validate_peer_name
 from meshnode.xds.rpc_errors import explain_rpc_error
 
 __all__ = ["XdsControlPlane"]
@@ -83,6 +89,9 @@ class XdsControlPlane:
         self._unverifiable: frozenset[str] = frozenset()  # trust domains given placeholder roots
         self._bootstrap: _bootstrap.Bootstrap | None = None
         self._token: object | None = None
+        self._probe: Resources = {}  # the A87 probe's resources, served beside the peers' (see meshnode.xds.a87)
+        #: seconds the A87 probe took at start (None: not run)
+        self.probe_seconds: float | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._restart_lock = asyncio.Lock()
         #: The ADS server (public for status and failure drills; the control plane restarts it).
@@ -110,7 +119,7 @@ class XdsControlPlane:
         return MappingProxyType(dict(self._peers))
 
     def _trust_domains(self) -> set[str]:
-        if self._bootstrap is not None and not self._bootstrap.bundle_map:
+        if self._bootstrap is not None:
             return set(self._bootstrap.trust_domains)
         tds = {peer.trust_domain for peer in self._peers.values()}
         if self._snapshot is not None:
@@ -150,19 +159,34 @@ class XdsControlPlane:
     def set_peers(self, peers: Mapping[str, PeerSpec]) -> None:
         """Serve exactly these peers from now on (gRPC gets the change at once); thread-safe."""
         targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
+        reserved = sorted(name for name in targets if name.startswith("meshnode.a87-probe"))
+        if reserved:
+            raise PeerError(f"xds: peer name {reserved[0]!r} is reserved for meshnode's A87 probe")
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClosedError("xds: the control plane is closed")
             if self._bootstrap is not None:
                 unknown = sorted({p.trust_domain for p in targets.values()} - self._bootstrap.trust_domains)
-                if unknown and not self._bootstrap.bundle_map:
+                if unknown:
                     raise PeerError(
                         f"xds: node '{self.node_name}' started with roots for "
                         f"{', '.join(sorted(self._bootstrap.trust_domains))}; peers in {', '.join(unknown)} "
-                        "need a restart of the node (gRPC reads certificate providers once per target)"
+                        "need a restart of the node (gRPC reads certificate providers from the bootstrap)"
                     )
             self._peers = targets
-            self.ads.set_resources(peer_resources(targets, bundle_map=self.bundle_map))
+            self._serve_locked()
+
+    def _serve_locked(self) -> None:
+        resources = peer_resources(self._peers, bundle_map=self.bundle_map)
+        for type_url, named in self._probe.items():
+            resources.setdefault(type_url, {}).update(named)
+        self.ads.set_resources(resources)
+
+    def _set_probe(self, resources: Resources) -> None:
+        with self._lock:
+            self._probe = resources
+            if self._state is not _State.CLOSED:
+                self._serve_locked()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -181,16 +205,24 @@ class XdsControlPlane:
                     raise IdentityUnavailableError("xds: start() needs an identity; update_identity() first")
                 self._write_locked()  # the final set of trust domains
                 tds = self._trust_domains()
+                kit = a87.probe_kit() if self.bundle_map else None
+                if kit is not None:
+                    self._dir.write_probe(kit.map_document)
                 boot = _bootstrap.Bootstrap(
                     node_id=self._node_id,
                     ads_socket=self._dir.socket_path,
                     identity_file=self._dir.identity_path,
-                    bundle_files={} if self.bundle_map else {td: self._dir.bundle_path(td) for td in tds},
-                    bundle_map_file=self._dir.bundle_map_path if self.bundle_map else None,
+                    bundle_files={td: self._dir.bundle_path(td, bundle_map=self.bundle_map) for td in tds},
+                    bundle_map=self.bundle_map,
+                    probe_map_file=self._dir.probe_path if kit is not None else None,
                 )
                 self._token = _bootstrap.install(boot, self.node_name)
                 self._bootstrap = boot
             await self.ads.start()
+            if kit is not None:
+                self.probe_seconds = await a87.probe_bundle_maps(kit, self._set_probe)
+                log.debug("xds: gRPC applies SPIFFE bundle maps per trust domain (probe took %.3f s)",
+                          self.probe_seconds)
         except BaseException:
             await self.close()
             raise

@@ -9,8 +9,11 @@ from files, so the control plane keeps them in one private directory:
   named as both ``certificate_file`` and ``private_key_file``. gRPC reads the
   two paths one after the other; with two files a rotation landing between
   the reads would hand TLS a key that does not match the certificate.
-* ``bundle.<trust domain>.pem``: the roots of one trust domain each, or
-  ``bundles.json`` (a SPIFFE bundle map, gRFC A87) in that mode;
+* ``bundles.<trust domain>.json``: a SPIFFE bundle map (gRFC A87) holding
+  one trust domain's roots, or roots that verify nothing while the node has
+  no bundle for it (gRPC then refuses every peer there);
+  ``bundle.<trust domain>.pem``, its PEM roots, in per-trust-domain PEM
+  mode; ``a87-probe.json``, the map of the start-up probe;
 * every file 0600, written to a temporary name, fsynced and renamed, so a
   reader sees the old or the new content, never half of it;
 * ``ads.sock``: the control plane's unix socket lives here too.
@@ -36,14 +39,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshnode.errors import ConfigError, IdentityError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.private_dirs import OWNER_FILE, make_private_dir, remove_stale
 
-__all__ = ["MAX_SOCKET_PATH", "RuntimeDir", "default_runtime_base", "spiffe_bundle_map"]
+__all__ = ["MAX_SOCKET_PATH", "RuntimeDir", "default_runtime_base", "map_key_type", "spiffe_bundle_map"]
 
 log = logging.getLogger("meshnode.xds")
 
@@ -51,9 +54,12 @@ log = logging.getLogger("meshnode.xds")
 MAX_SOCKET_PATH = 100
 
 IDENTITY_FILE = "svid.pem"
-BUNDLE_MAP_FILE = "bundles.json"
+PROBE_FILE = "a87-probe.json"
 SOCKET_FILE = "ads.sock"
-_OWN_NAMES = re.compile(r"svid\.pem|bundles\.json|ads\.sock|bundle\.[a-z0-9._-]+\.pem|\.[A-Za-z0-9._-]+\.tmp")
+_OWN_NAMES = re.compile(
+    r"svid\.pem|a87-probe\.json|bundles\.json|ads\.sock|bundle\.[a-z0-9._-]+\.pem|bundles\.[a-z0-9._-]+\.json"
+    r"|\.[A-Za-z0-9._-]+\.tmp"
+)
 
 
 def default_runtime_base() -> Path:
@@ -75,20 +81,36 @@ def _private_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0
 
 
+def map_key_type(cert: x509.Certificate) -> str | None:
+    """The JWK ``kty`` gRPC takes for ``cert`` in a bundle map: "EC", "RSA", or None (it takes no other).
+
+    gRPC (1.85.3) refuses a whole map with one key it does not take, and
+    then fails every handshake verified with it ("Failed to create security
+    handshaker"), even when a good map was read before.
+    """
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    return None
+
+
 def spiffe_bundle_map(bundles: Mapping[str, Iterable[x509.Certificate]]) -> bytes:
-    """A SPIFFE bundle map (gRFC A87): trust domain -> JWKS of its X.509 roots."""
-    def jwk(cert: x509.Certificate) -> dict[str, object]:
-        key = cert.public_key()
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            kty = "EC"
-        elif isinstance(key, rsa.RSAPublicKey):
-            kty = "RSA"
-        else:
-            raise IdentityError(f"xds: a bundle root has a {type(key).__name__} key; A87 maps take EC or RSA")
+    """A SPIFFE bundle map (gRFC A87): trust domain -> JWKS of its X.509 roots.
+
+    Roots gRPC cannot take in a map (see :func:`map_key_type`) are left out.
+    """
+    def jwk(cert: x509.Certificate, kty: str) -> dict[str, object]:
         der = cert.public_bytes(serialization.Encoding.DER)
         return {"kty": kty, "use": "x509-svid", "x5c": [base64.b64encode(der).decode()]}
 
-    doc = {"trust_domains": {td: {"keys": [jwk(c) for c in certs]} for td, certs in sorted(bundles.items())}}
+    doc = {
+        "trust_domains": {
+            td: {"keys": [jwk(c, kty) for c in certs if (kty := map_key_type(c)) is not None]}
+            for td, certs in sorted(bundles.items())
+        }
+    }
     return json.dumps(doc, indent=1).encode()
 
 
@@ -106,6 +128,7 @@ class RuntimeDir:
             self._owned = _make_private(path)
         self.path = path
         self._digests: dict[str, str] = {}
+        self._left_out: set[bytes] = set()  # roots left out of a bundle map, warned about once
         self._closed = False
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             self.close()
@@ -123,33 +146,58 @@ class RuntimeDir:
         return self.path / SOCKET_FILE
 
     @property
-    def bundle_map_path(self) -> Path:
-        return self.path / BUNDLE_MAP_FILE
+    def probe_path(self) -> Path:
+        return self.path / PROBE_FILE
 
-    def bundle_path(self, trust_domain: str) -> Path:
-        return self.path / f"bundle.{trust_domain}.pem"
+    def bundle_path(self, trust_domain: str, *, bundle_map: bool = False) -> Path:
+        """The roots file of one trust domain: its bundle map, or its PEM roots."""
+        return self.path / (f"bundles.{trust_domain}.json" if bundle_map else f"bundle.{trust_domain}.pem")
 
     def write_identity(
         self, snapshot: IdentitySnapshot, trust_domains: Iterable[str], *, bundle_map: bool,
         placeholder: bytes,
     ) -> list[str]:
-        """Write the bundles first, then key and chain; returns trust domains given ``placeholder`` roots.
+        """Write the bundles first, then key and chain; returns the trust domains without a bundle.
 
-        Every trust domain in ``trust_domains`` gets a file; one the snapshot
-        has no bundle for gets ``placeholder`` (roots that verify nothing), so
-        gRPC fails closed instead of logging a missing file every second.
+        Every trust domain in ``trust_domains`` gets a file. One the snapshot
+        has no bundle for (or none gRPC can take in a map) gets ``placeholder``
+        (PEM roots that verify nothing), so gRPC fails closed instead of
+        logging a missing file every second. Not an empty map: after a map
+        with roots, gRPC (1.85.3) sometimes fails handshakes verified with an
+        empty one as "Failed to create security handshaker" instead of a
+        failed verification, which reads like a bug rather than a missing bundle.
         """
         if self._closed:
             raise IdentityError("xds: the runtime directory is closed")
         wanted = sorted(set(trust_domains))
         missing = [td for td in wanted if not snapshot.bundles.get(td)]
-        if bundle_map:
-            self._write(BUNDLE_MAP_FILE, spiffe_bundle_map(snapshot.bundles))
-        else:
-            for td in wanted:
-                self._write(self.bundle_path(td).name, snapshot.bundle_pem(td) or placeholder)
+        for td in wanted:
+            path = self.bundle_path(td, bundle_map=bundle_map)
+            if bundle_map:
+                roots = snapshot.bundles.get(td, ())
+                self._warn_left_out(td, roots)
+                if not any(map_key_type(c) for c in roots):
+                    roots = tuple(x509.load_pem_x509_certificates(placeholder))
+                self._write(path.name, spiffe_bundle_map({td: roots}))
+            else:
+                self._write(path.name, snapshot.bundle_pem(td) or placeholder)
         self._write(IDENTITY_FILE, snapshot.key_pem + snapshot.chain_pem)
         return missing
+
+    def write_probe(self, document: bytes) -> None:
+        """Write the A87 probe's map (see :mod:`meshnode.xds.a87`)."""
+        self._write(PROBE_FILE, document)
+
+    def _warn_left_out(self, trust_domain: str, roots: Iterable[x509.Certificate]) -> None:
+        for cert in roots:
+            fingerprint = cert.fingerprint(hashes.SHA256())
+            if map_key_type(cert) is None and fingerprint not in self._left_out:
+                self._left_out.add(fingerprint)
+                log.warning(
+                    "xds: a root of trust domain '%s' (serial %x) has a key of type %s; gRPC takes only EC and RSA "
+                    "keys in a SPIFFE bundle map: spiffe-id peers there cannot be verified with it", trust_domain,
+                    cert.serial_number, type(cert.public_key()).__name__.removesuffix("PublicKey"),
+                )
 
     def _write(self, name: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
@@ -174,7 +222,7 @@ class RuntimeDir:
         if self._closed:
             return
         self._closed = True
-        patterns = [IDENTITY_FILE, BUNDLE_MAP_FILE, SOCKET_FILE, "bundle.*.pem", ".*.tmp"]
+        patterns = [IDENTITY_FILE, PROBE_FILE, SOCKET_FILE, "bundle.*.pem", "bundles.*.json", ".*.tmp"]
         for pattern in patterns + ([OWNER_FILE] if self._owned else []):
             for path in self.path.glob(pattern):
                 with contextlib.suppress(FileNotFoundError):

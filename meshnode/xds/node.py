@@ -53,8 +53,13 @@ async def start_control_plane(
     peers: Mapping[str, PeerConfig],
     options: tuple[tuple[str, Any], ...] = (),
 ) -> NodeXds:
-    """Start the node's control plane for its spiffe-id peers (raises PeerError on a bootstrap clash)."""
-    cp = XdsControlPlane(node_name)
+    """Start the node's control plane for its spiffe-id peers, roots as SPIFFE bundle maps (gRFC A87).
+
+    Raises PeerError on a bootstrap clash or when gRPC does not apply the maps
+    (:mod:`meshnode.xds.a87`), ConfigError when GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE
+    is set to something other than true.
+    """
+    cp = XdsControlPlane(node_name, bundle_map=True)
     try:
         cp.update_identity(source.current())
         cp.set_peers(dict(peers))

@@ -11,6 +11,8 @@ name the peer, its address and the identity meshnode expected:
   bundle of the peer's trust domain (another trust domain's CA, expired,
   or a new CA whose bundle has not reached this node);
 * ``Failed to create XdsClient``: gRPC refused the bootstrap;
+* ``Failed to create security handshaker``: gRPC refused the roots (a bundle
+  map it does not take);
 * a missing Listener/Cluster: the control plane does not know the peer;
 * ``invalid resource``: gRPC refused (NACKed) what the control plane sent.
 
@@ -65,6 +67,11 @@ def explain_details(
         return (
             f"meshnode: {where} presented a certificate that the bundle of trust domain '{td}' does not "
             f"verify for {peer.spiffe_id}: {cause}. [{details}]"
+        )
+    if "failed to create security handshaker" in lowered:
+        return (
+            f"meshnode: gRPC could not set up TLS for {where}: it refused the roots of trust domain '{td}' "
+            f"(a SPIFFE bundle map with a key it does not take?). [{details}]"
         )
     if "failed to create xdsclient" in lowered:
         return f"meshnode: gRPC refused meshnode's xDS bootstrap, so {where} cannot be reached. [{details}]"

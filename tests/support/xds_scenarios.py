@@ -37,7 +37,8 @@ from meshnode.xds import bootstrap as xboot
 from meshnode.xds import resources as xres
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
-from meshnode.xds.files import RuntimeDir
+from meshnode.xds.files import RuntimeDir, spiffe_bundle_map
+from tests.support.federation import atomic_write
 from tests.support.xds import (
     HOUR,
     METHOD,
@@ -254,7 +255,7 @@ async def rotation(args: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     loaded: list[bool] = []  # per rotation: the load made calls once the new SVID was in use
     async with WhoServer("server", key, chain, certs_pem(ca.bundle), options=options) as server:
-        cp = XdsControlPlane("rotation")
+        cp = XdsControlPlane("rotation", bundle_map=bool(args.get("bundle_map")))
         cp.update_identity(client)
         cp.set_peers({"server": peer(server.address, SERVER_ID)})
         async with cp:
@@ -481,6 +482,7 @@ def _snapshot_from_files(files: dict[str, bytes]) -> Any:
 
 @scenario
 async def bundle_map(args: dict[str, Any]) -> dict[str, Any]:
+    """The node's mode: one A87 map per peer trust domain, the probe at start, bundles that come and go."""
     ca, other, third = DevCA(TD), DevCA("other.org"), DevCA("third.org")
     rogue_other = RawCA("a CA of other.org")
     snap = snapshot_of(ca, CLIENT_ID, {"other.org": (*other.bundle, rogue_other.cert)})
@@ -489,7 +491,10 @@ async def bundle_map(args: dict[str, Any]) -> dict[str, Any]:
         "own-td": (svid_pems(ca, SERVER_ID), SERVER_ID),
         "other-td": (svid_pems(other, "spiffe://other.org/server"), "spiffe://other.org/server"),
         "foreign-claim": (rogue_other.issue(uris=[SERVER_ID]), SERVER_ID),
+        # other.org's CA, an ID of its own trust domain, and a DNS SAN spelled like the example.org peer's ID
+        "cross-td-dns-san": (rogue_other.issue(uris=["spiffe://other.org/evil"], dns=[SERVER_ID]), SERVER_ID),
         "other-id": (svid_pems(ca, "spiffe://example.org/other"), SERVER_ID),
+        "third-td": (svid_pems(third, "spiffe://third.org/server"), "spiffe://third.org/server"),
     }
     out: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
@@ -503,19 +508,151 @@ async def bundle_map(args: dict[str, Any]) -> dict[str, Any]:
         except MeshnodeError as exc:
             return {"start": f"{type(exc).__name__}: {exc}"}
         out["start"] = "started"
+        out["probe_ran"] = cp.probe_seconds is not None
         out["env_flag"] = os.environ.get(xboot.SPIFFE_BUNDLE_MAP_ENV)
         out["results"] = {n: await call_peer(cp, n) for n in servers}
-        # A trust domain that appears after start: the map file changes, the bootstrap does not.
-        late_key, late_chain = svid_pems(third, "spiffe://third.org/server")
-        late = await stack.enter_async_context(WhoServer("late-td", late_key, late_chain, roots))
+        out["files"] = sorted(p.name for p in cp.runtime_dir.iterdir())
+        out["maps"] = {td: sorted(json.loads((cp.runtime_dir / f"bundles.{td}.json").read_text())["trust_domains"])
+                       for td in ("example.org", "other.org", "third.org")}
+        out["served"] = cp.ads.resource_names
+        # third.org's bundle arrives while the channel is open: no restart, no new channel
+        channel = grpc.aio.secure_channel(cp.target("third-td"), cp.channel_credentials(),
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
         cp.update_identity(snapshot_of(ca, CLIENT_ID, {"other.org": other.bundle, "third.org": third.bundle}))
-        cp.set_peers({"late-td": peer(late.address, "spiffe://third.org/server")})
-        channel = grpc.aio.secure_channel(cp.target("late-td"), cp.channel_credentials())
-        out["late_td"] = await poll(lambda: _ok(channel), 5)
+        out["bundle_added"] = await poll(lambda: _ok(channel), 10)
         await channel.close()
-        map_doc = json.loads((cp.runtime_dir / "bundles.json").read_text())
-        out["map_trust_domains"] = sorted(map_doc["trust_domains"])
+        # ... and goes away: new handshakes fail
+        cp.update_identity(snapshot_of(ca, CLIENT_ID, {"other.org": other.bundle}))
+
+        async def fresh_fails() -> bool:
+            async with grpc.aio.secure_channel(cp.target("third-td"), cp.channel_credentials(),
+                                               options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
+                return await _fails(fresh)
+
+        out["bundle_removed"] = await poll(fresh_fails, 10)
+        out["after_removal"] = await call_peer(cp, "third-td")
+        # a trust domain the node did not know at start
+        fourth = DevCA("fourth.org")
+        try:
+            cp.set_peers({"late": peer(servers["own-td"].address, "spiffe://fourth.org/server")})
+            out["late_td"] = "accepted"
+        except MeshnodeError as exc:
+            out["late_td"] = f"{type(exc).__name__}: {exc}"
+        del fourth
     return out
+
+
+# -- gRPC's own A87 behaviour, without meshnode's control plane ----------------------------
+
+
+@scenario
+async def a87_pins(args: dict[str, Any]) -> dict[str, Any]:
+    """What this grpcio does with bundle maps: ``args["mode"]`` picks the bootstrap and the variable.
+
+    ``map``: a provider with only a map; ``map+flat``: a map and a flat ca_certificate_file holding
+    every trust domain's roots, beside it. ``flag``: the value of GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE
+    (None: unset), set after gRPC has served and dialled (it is read per new xDS client, not at start).
+    """
+    mode, flag = args["mode"], args.get("flag")
+    ca, other = DevCA(TD), DevCA("other.org")
+    rogue_own, rogue_other = RawCA("a CA of example.org"), RawCA("a CA of other.org")
+    snap = snapshot_of(ca, CLIENT_ID)
+    bundles = {TD: (*ca.bundle, rogue_own.cert), "other.org": (*other.bundle, rogue_other.cert)}
+    presented = {
+        "own-td": (svid_pems(ca, SERVER_ID), SERVER_ID),
+        "foreign-claim": (rogue_other.issue(uris=[SERVER_ID]), SERVER_ID),
+        "cross-td-dns-san": (rogue_other.issue(uris=["spiffe://other.org/evil"], dns=[SERVER_ID]), SERVER_ID),
+        "dns-san-only": (rogue_own.issue(dns=[SERVER_ID]), SERVER_ID),  # no URI SAN: not an X509-SVID
+    }
+    out: dict[str, Any] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {n: await stack.enter_async_context(WhoServer(n, k, c, certs_pem(ca.bundle)))
+                   for n, ((k, c), _) in presented.items()}
+        async with grpc.aio.secure_channel(servers["own-td"].address, grpc.ssl_channel_credentials(
+                certs_pem(ca.bundle), snap.key_pem, snap.chain_pem),
+                options=[("grpc.ssl_target_name_override", "x")]) as plain:
+            await attempt(plain)  # gRPC is up and has dialled before the variable is set
+        rdir = stack.enter_context(RuntimeDir("a87-pins"))
+        atomic_write(rdir.path / "bundles.pins.json", spiffe_bundle_map(bundles))
+        atomic_write(rdir.path / "bundle.flat.pem", certs_pem(bundles[TD]) + certs_pem(bundles["other.org"]))
+        atomic_write(rdir.path / "svid.pem", snap.key_pem + snap.chain_pem)
+        roots = {"spiffe_bundle_map_file": str(rdir.path / "bundles.pins.json"), "refresh_interval": "1s"}
+        if mode == "map+flat":
+            roots["ca_certificate_file"] = str(rdir.path / "bundle.flat.pem")
+        doc = json.loads(xboot.Bootstrap("pins", rdir.socket_path, rdir.identity_path).json)
+        doc["certificate_providers"]["roots"] = {"plugin_name": "file_watcher", "config": roots}
+        if flag is not None:
+            os.environ[xboot.SPIFFE_BUNDLE_MAP_ENV] = flag
+        os.environ[xboot.BOOTSTRAP_CONFIG_ENV] = json.dumps(doc)
+        targets = {n: peer(servers[n].address, sid) for n, (_, sid) in presented.items()}
+        clusters = {n: xres.cluster(n, t, roots_provider="roots", identity_provider=xboot.IDENTITY_PROVIDER)
+                    for n, t in targets.items()}
+        await stack.enter_async_context(AdsServer(rdir.socket_path, {
+            xres.LISTENER_TYPE: {n: xres.listener(n) for n in targets}, xres.CLUSTER_TYPE: clusters}))
+        for name in targets:
+            async with grpc.aio.secure_channel(f"xds:///{name}", channel_credentials()) as channel:
+                outcome = public(await attempt(channel))
+            out[name] = {"ok": outcome["ok"], "details": outcome.get("details", "")}
+        if mode == "map" and flag == "true":
+            out["bad-key"] = await _map_with_a_bad_key(rdir, bundles)
+        del os.environ[xboot.BOOTSTRAP_CONFIG_ENV]
+    return out
+
+
+async def _map_with_a_bad_key(rdir: RuntimeDir, bundles: dict[str, Any]) -> dict[str, Any]:
+    """One key gRPC does not take (a JWT key, no x5c) in the map: every handshake fails, also after a good map."""
+    doc = json.loads(spiffe_bundle_map(bundles))
+    doc["trust_domains"]["other.org"]["keys"].append({"kty": "EC", "use": "jwt-svid", "kid": "k", "crv": "P-256",
+                                                      "x": "AA", "y": "AA"})
+    atomic_write(rdir.path / "bundles.pins.json", json.dumps(doc).encode())
+
+    async def own_fails() -> bool:
+        async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
+                                           options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            return await _fails(channel)
+
+    failed = await poll(own_fails, 10)
+    async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        details = public(await attempt(channel)).get("details", "")
+    atomic_write(rdir.path / "bundles.pins.json", spiffe_bundle_map(bundles))
+
+    async def own_ok() -> bool:
+        async with grpc.aio.secure_channel("xds:///own-td", channel_credentials(),
+                                           options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            return await _ok(channel)
+
+    return {"own_td_fails": failed, "details": details, "recovers": await poll(own_ok, 10)}
+
+
+@scenario
+async def a87_probe(args: dict[str, Any]) -> dict[str, Any]:
+    """meshnode's start-up probe against what this grpcio really does (``args["mode"]`` as in a87-pins)."""
+    from meshnode.xds import a87
+
+    mode, flag = args["mode"], args.get("flag")
+    kit = a87.probe_kit()
+    snap = snapshot_of(DevCA(TD), CLIENT_ID)
+    with RuntimeDir("a87-probe") as rdir:
+        rdir.write_probe(kit.map_document)
+        atomic_write(rdir.path / "bundle.flat.pem", certs_pem(kit.roots))
+        atomic_write(rdir.path / "svid.pem", snap.key_pem + snap.chain_pem)
+        doc = json.loads(xboot.Bootstrap("probe", rdir.socket_path, rdir.identity_path).json)
+        config = {"spiffe_bundle_map_file": str(rdir.probe_path), "refresh_interval": "1s"}
+        if mode == "map+flat":
+            config["ca_certificate_file"] = str(rdir.path / "bundle.flat.pem")
+        doc["certificate_providers"][xboot.PROBE_PROVIDER] = {"plugin_name": "file_watcher", "config": config}
+        if flag is not None:
+            os.environ[xboot.SPIFFE_BUNDLE_MAP_ENV] = flag
+        os.environ[xboot.BOOTSTRAP_CONFIG_ENV] = json.dumps(doc)
+        async with AdsServer(rdir.socket_path) as ads:
+            try:
+                seconds = await a87.probe_bundle_maps(kit, ads.set_resources, timeout=float(args.get("timeout", 20)))
+                result = f"passed in {seconds:.3f} s"
+            except MeshnodeError as exc:
+                result = f"{type(exc).__name__}: {exc}"
+        del os.environ[xboot.BOOTSTRAP_CONFIG_ENV]
+    return {"result": result}
 
 
 # -- measurements ------------------------------------------------------------------
