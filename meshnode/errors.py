@@ -114,11 +114,10 @@ class InvalidBundleError(InvalidIdentityError):
     """
 
     def __init__(self, reason: str, *, trust_domain: str, path: str | None = None) -> None:
-        self.reason = reason
         self.trust_domain = trust_domain
         self.path = path
         where = path if path is not None else f"for '{trust_domain}'"
-        super().__init__(f"identity: federated bundle {where}: {reason}")
+        super().__init__(f"identity: federated bundle {where}: {reason}", reason=reason)
 
 
 class PeerError(MeshnodeError):
