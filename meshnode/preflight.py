@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig
+from meshnode.devagent.source import DevSource
 from meshnode.errors import (
     ConfigError,
     IdentityError,
@@ -22,7 +23,6 @@ from meshnode.errors import (
     InvalidIdentityError,
     MeshnodeError,
 )
-from meshnode.identity.dev import DevSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.guard import IdentityRules
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from meshnode.config.agent import AgentConfig, EntryConfig, load_agent_config
+from meshnode.devagent.ca import DevCA
+from meshnode.devagent.config import AgentConfig, EntryConfig, load_agent_config
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA
 from meshnode.spiffeid import parse_spiffe_id
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "agent.toml"

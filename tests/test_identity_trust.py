@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from meshnode.credentials import ServerCredentials, channel_credentials
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.guard import GuardedSource, IdentityRules
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem, utcnow
 from meshnode.identity.source import StaticSource

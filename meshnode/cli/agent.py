@@ -24,10 +24,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from meshnode.cli._logging import setup_logging
-from meshnode.config.agent import AgentConfig, load_agent_config
+from meshnode.devagent.agent import DevAgent
+from meshnode.devagent.config import AgentConfig, load_agent_config
 from meshnode.errors import MeshnodeError
 from meshnode.fdlimit import raise_soft_limit
-from meshnode.identity.agent import DevAgent
 
 log = logging.getLogger("meshnode.cli.agent")
 

@@ -44,7 +44,7 @@ Every number has a documented range (:data:`LIMITS`, docs/configuration.md):
 ``nan``, ``inf`` and values gRPC could not take are refused with the key.
 
 Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
-(listen). This module and :mod:`meshnode.config.agent` are the only places
+(listen). This module and :mod:`meshnode.devagent.config` are the only places
 that read configuration files and the environment.
 """
 

@@ -1,6 +1,6 @@
 """The dev Workload API agent: a dev CA behind SPIFFE Workload API sockets.
 
-:class:`DevAgent` serves every entry of an :class:`~meshnode.config.agent.AgentConfig`
+:class:`DevAgent` serves every entry of an :class:`~meshnode.devagent.config.AgentConfig`
 on its own unix socket, ``<socket_dir>/<name>.sock`` (the socket stands in for
 workload attestation), so py-spiffe, go-spiffe and spiffe-helper use it the
 way they use a SPIRE agent. One grpc.aio server per entry, all on one loop.
@@ -10,10 +10,10 @@ lifetime and pushed on every open stream; :meth:`DevAgent.rotate_ca` puts the
 next CA in the bundle before it signs anything, and drops the old CA once
 the SVIDs it signed have expired.
 
-Sockets are handled by :class:`~meshnode.identity.agent_sockets.AgentSockets`
+Sockets are handled by :class:`~meshnode.devagent.sockets.AgentSockets`
 (0777 like SPIRE's; an entry's ``uid`` restricts who gets its identity), with
 connection bounds per socket and per caller uid
-(:mod:`meshnode.identity.agent_limits`); refusals and event loop errors are
+(:mod:`meshnode.devagent.limits`); refusals and event loop errors are
 logged as one summary line per interval. This is a development agent: its CA
 key lives in memory or in ``state_dir``.
 
@@ -34,12 +34,12 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from meshnode.config.agent import AgentConfig, EntryConfig
+from meshnode.devagent.ca import DevCA, IssuedSVID
+from meshnode.devagent.config import AgentConfig, EntryConfig
+from meshnode.devagent.limits import ConnectionLimits, LoopErrors
+from meshnode.devagent.server import AgentState, StateFeed, WorkloadAPIServicer
+from meshnode.devagent.sockets import AgentSockets, remove_stale_private_dirs
 from meshnode.errors import ClosedError, ConfigError, ServeError
-from meshnode.identity.agent_limits import ConnectionLimits, LoopErrors
-from meshnode.identity.agent_server import AgentState, StateFeed, WorkloadAPIServicer
-from meshnode.identity.agent_sockets import AgentSockets, remove_stale_private_dirs
-from meshnode.identity.devca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import utcnow
 
 __all__ = ["DevAgent", "DevAgentThread"]

@@ -30,9 +30,9 @@ from google.protobuf.message import Message
 from spiffe._proto import workload_pb2 as pb
 from spiffe._proto import workload_pb2_grpc as pb_grpc
 
-from meshnode.config.agent import EntryConfig
+from meshnode.devagent.ca import DevCA, IssuedSVID
+from meshnode.devagent.config import EntryConfig
 from meshnode.errors import InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA, IssuedSVID
 from meshnode.spiffeid import parse_spiffe_id
 
 __all__ = ["HEADER_KEY", "AgentState", "DenyHandler", "StateFeed", "WorkloadAPIServicer"]

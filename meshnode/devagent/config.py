@@ -41,8 +41,8 @@ from types import MappingProxyType
 from cryptography import x509
 
 from meshnode.config._reader import Section, load_toml
+from meshnode.devagent.ca import validate_dns_name
 from meshnode.errors import ConfigError, InvalidIdentityError, InvalidSpiffeIdError
-from meshnode.identity.devca import validate_dns_name
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
@@ -251,7 +251,7 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
 def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
     """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-sockets-<uid>``.
 
-    The agent refuses either when another user could write it (see :mod:`meshnode.identity.safe_dir`).
+    The agent refuses either when another user could write it (see :mod:`meshnode.devagent.safe_dir`).
     """
     env = os.environ if environ is None else environ
     runtime = env.get("XDG_RUNTIME_DIR", "")
