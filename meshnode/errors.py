@@ -11,6 +11,7 @@ only this tree::
      |    +-- PolicyError            an authorization policy is invalid
      +-- IdentityError               identity problems (exit 3)
      |    +-- IdentityUnavailableError  no SVID could be obtained in time
+     |    |    +-- SvidNotDeliveredError  SVIDs came, none that [identity] spiffe_id / hint asks for
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
@@ -43,6 +44,7 @@ __all__ = [
     "PeerError",
     "PolicyError",
     "ServeError",
+    "SvidNotDeliveredError",
 ]
 
 #: Exit status for an invalid configuration (file, env, policy, CLI usage).
@@ -89,6 +91,27 @@ class IdentityError(MeshnodeError):
 
 class IdentityUnavailableError(IdentityError):
     """No SVID arrived from the configured source (in time)."""
+
+
+class SvidNotDeliveredError(IdentityUnavailableError):
+    """The Workload API delivered SVIDs, but none that ``[identity] spiffe_id`` / ``hint`` selects.
+
+    ``wanted``: what the configuration asks for; ``delivered``: one description
+    per SVID that came, in order; ``source``: where they came from. ``reason``
+    is the message without the source, for an update that is rejected later.
+    """
+
+    def __init__(self, wanted: str, delivered: tuple[str, ...], source: str) -> None:
+        self.wanted = wanted
+        self.delivered = delivered
+        self.source = source
+        came = f"{len(delivered)} SVID{'s' if len(delivered) != 1 else ''}: " + ", ".join(delivered)
+        self.reason = f"no SVID for {wanted}; it delivered {came}"
+        super().__init__(
+            f"identity: {source} delivered no SVID for {wanted}; it delivered {came}. To fix: register the "
+            "workload with that SPIFFE ID or hint (spire-server entry create -spiffeID ... -hint ...), or "
+            "change [identity] spiffe_id / hint to one the agent delivers"
+        )
 
 
 class InvalidIdentityError(IdentityError):

@@ -102,7 +102,10 @@ def open_identity(
         files = SvidFiles(idc.cert, idc.key, idc.bundle, idc.federated_bundles_dir)
         return FileSource(files, on_error=on_error), []
     try:
-        return WorkloadApiSource(idc.socket, timeout=idc.timeout, on_error=on_error), []
+        source = WorkloadApiSource(
+            idc.socket, timeout=idc.timeout, on_error=on_error, spiffe_id=idc.spiffe_id, hint=idc.hint
+        )
+        return source, []
     except IdentityError as exc:
         if config.mode == "production":
             raise

@@ -6,6 +6,16 @@ Workload API server) through py-spiffe's ``X509Source``.
 * The first SVID must arrive within ``timeout`` seconds. When it does not,
   a short probe finds out why (no socket file, nobody listening, no
   registration entry, silent agent) so the error can say what to fix.
+* A response may carry several X509-SVIDs, each with a hint: the
+  :class:`~meshnode.identity.selection.SvidSelector` built from
+  ``[identity] spiffe_id`` / ``hint`` picks one (none set: the first, and the
+  others are named in one log line). py-spiffe 0.3 drops the hints and its
+  ``X509Source`` keeps only the SVID it picked, so the client keeps each
+  response it parsed, with its hints, for the source to select from;
+  ``X509Source`` still runs the stream (first-update timeout, reconnects,
+  fatal errors). When the configured SVID is not delivered at start, the
+  source raises :class:`~meshnode.errors.SvidNotDeliveredError` (exit 3);
+  an update without it later is a rejected update.
 * Updates stream in (SVID and bundle rotation, federated bundles). Each one
   is validated before it is published; a bad push keeps the last good SVID.
   Any exception from a push (also ``ValueError`` from malformed DER) is a
@@ -29,7 +39,8 @@ import os
 import socket as pysocket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -40,11 +51,13 @@ from spiffe.workloadapi.grpc.header_manipulator_client_interceptor import header
 from spiffe.workloadapi.workload_api_client import RetryPolicy, StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context
 
-from meshnode.errors import IdentityUnavailableError, InvalidIdentityError
+from meshnode.errors import IdentityUnavailableError, InvalidIdentityError, SvidNotDeliveredError
 from meshnode.identity.rejects import Rejections, describe_error
+from meshnode.identity.selection import Offered, SvidSelector, offered
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot
+from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 __all__ = ["ENDPOINT_ENV", "WorkloadApiSource", "diagnose_socket", "socket_address"]
 
@@ -128,21 +141,44 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 _RETRY = RetryPolicy(base_backoff_in_seconds=0.1, backoff_factor=2, max_backoff=1.0)
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One FetchX509SVID response as py-spiffe parsed it, with the hints py-spiffe drops (``""``: none)."""
+
+    context: X509Context
+    hints: tuple[str, ...]
+
+    def offers(self) -> tuple[Offered, ...]:
+        return offered([svid.leaf for svid in self.context.x509_svids], self.hints)
+
+
 class _Client(WorkloadApiClient):
-    """py-spiffe's Workload API client on a channel that reconnects within about a second.
+    """py-spiffe's Workload API client on a channel that reconnects within about a second,
+    keeping the newest response with its hints.
 
     py-spiffe 0.3 takes no channel options, so this overrides the one method
     that builds the channel (same target, same security header) and passes a
-    shorter retry policy to the stream. Pinned by spiffe<0.4 in pyproject.
+    shorter retry policy to the stream. It drops the ``hint`` of each SVID
+    and its X509Source keeps only one SVID, so the method that parses a
+    response also records it as :attr:`latest` (on the stream's thread, just
+    before the X509Source and then its subscribers see it). Pinned by
+    spiffe<0.4 in pyproject.
     """
 
     def __init__(self, address: str) -> None:
         self._meshnode_target = "unix:" + _path_of(address)
+        #: The newest response parsed; None until the first one.
+        self.latest: Delivery | None = None
         super().__init__(address)
 
     def _get_spiffe_grpc_channel(self) -> grpc.Channel:
         channel = grpc.insecure_channel(self._meshnode_target, options=CHANNEL_OPTIONS)
         return grpc.intercept_channel(channel, header_adder_interceptor("workload.spiffe.io", "true"))
+
+    def _process_x509_context(self, x509_svid_response: workload_pb2.X509SVIDResponse) -> X509Context:
+        context = super()._process_x509_context(x509_svid_response)
+        self.latest = Delivery(context, tuple(svid.hint for svid in x509_svid_response.svids))
+        return context
 
     def stream_x509_contexts(
         self,
@@ -164,22 +200,21 @@ def _open_x509_source(address: str, timeout: float) -> tuple[X509Source, _Client
         raise
 
 
-def _snapshot_from(source: X509Source) -> IdentitySnapshot:
-    return _snapshot_of(source.get_x509_context())
-
-
-def _snapshot_of(context: X509Context) -> IdentitySnapshot:
-    svid = context.default_svid
-    bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in context.x509_bundle_set.bundles}
+def _snapshot_of(delivery: Delivery, chosen: Offered) -> IdentitySnapshot:
+    svid = delivery.context.x509_svids[chosen.index]
+    bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in delivery.context.x509_bundle_set.bundles}
     return build_snapshot(svid.cert_chain, svid.private_key, bundles)  # type: ignore[arg-type]
 
 
-def _content_key(context: X509Context) -> str:
-    """A digest of a push's certificates: the same bad push is reported once, however often it comes."""
+def _content_key(delivery: Delivery) -> str:
+    """A digest of a push's certificates and hints: the same bad push is reported once, however often it comes."""
     digest = hashlib.sha256()
-    for cert in context.default_svid.cert_chain:
-        digest.update(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
-    for bundle in sorted(context.x509_bundle_set.bundles, key=lambda b: b.trust_domain.name):
+    for svid, hint in zip(delivery.context.x509_svids, delivery.hints, strict=False):
+        digest.update(hashlib.sha256(hint.encode()).digest())
+        for cert in svid.cert_chain:
+            digest.update(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+        digest.update(b"|")
+    for bundle in sorted(delivery.context.x509_bundle_set.bundles, key=lambda b: b.trust_domain.name):
         digest.update(bundle.trust_domain.name.encode())
         for ca in sorted(c.public_bytes(serialization.Encoding.DER) for c in bundle.x509_authorities):
             digest.update(hashlib.sha256(ca).digest())
@@ -187,7 +222,11 @@ def _content_key(context: X509Context) -> str:
 
 
 class WorkloadApiSource(Publisher):
-    """SVIDs and bundles streamed from the Workload API."""
+    """SVIDs and bundles streamed from the Workload API.
+
+    ``spiffe_id`` and ``hint`` select one of several SVIDs (see
+    :mod:`meshnode.identity.selection`); without them the first is taken.
+    """
 
     def __init__(
         self,
@@ -195,16 +234,22 @@ class WorkloadApiSource(Publisher):
         *,
         timeout: float = 10.0,
         on_error: Callable[[str], None] | None = None,
+        spiffe_id: SpiffeID | str | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__()
         self.address = socket_address(socket)
         self.description = f"workload-api {self.address}"
+        wanted = parse_spiffe_id(spiffe_id) if isinstance(spiffe_id, str) else spiffe_id
+        self.selector = SvidSelector(wanted, hint)
         self._timeout = timeout
         self._on_error = on_error
         self._rejections = Rejections(on_error)
+        self._noted: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._x509, self._client = self._open(timeout)
+        self._updated()  # a push that came before the subscription
         self._thread = threading.Thread(target=self._supervise, name="meshnode-workload-api", daemon=True)
         self._thread.start()
 
@@ -221,7 +266,14 @@ class WorkloadApiSource(Publisher):
                 + f": {reason}. To fix: {_FIX}"
             ) from exc
         try:
-            self._publish(_snapshot_from(source))
+            delivery = client.latest
+            if delivery is None:  # X509Source returns only after the client parsed a response
+                raise IdentityUnavailableError("identity: the Workload API client kept no response")
+            self._publish(self._snapshot(delivery))
+        except SvidNotDeliveredError:  # the configured SVID is not there: as if no SVID came (exit 3)
+            source.close()
+            client.close()
+            raise
         except Exception as exc:  # any unusable first SVID refuses the start, in one line
             source.close()
             client.close()
@@ -231,22 +283,60 @@ class WorkloadApiSource(Publisher):
         source.subscribe_for_updates(self._updated)
         return source, client
 
+    def _snapshot(self, delivery: Delivery) -> IdentitySnapshot:
+        """The snapshot of the SVID the selector takes from ``delivery``; raises SvidNotDeliveredError."""
+        offers = delivery.offers()
+        chosen = self.selector.select(offers)
+        if chosen is None:
+            raise SvidNotDeliveredError(
+                self.selector.describe(), tuple(o.describe() for o in offers), f"the Workload API at {self.address}"
+            )
+        snapshot = _snapshot_of(delivery, chosen)
+        self._note_choice(offers, chosen)
+        return snapshot
+
+    def _note_choice(self, offers: Sequence[Offered], chosen: Offered) -> None:
+        """With several SVIDs, say once (per set delivered) which one was taken and which others exist."""
+        if len(offers) < 2:
+            return
+        shown = tuple(o.describe() for o in offers)
+        if shown == self._noted:
+            return
+        self._noted = shown
+        others = ", ".join(o.describe() for o in offers if o is not chosen)
+        if self.selector.selects:
+            log.info("identity: the Workload API at %s delivered %d SVIDs; took %s for %s; the others: %s",
+                     self.address, len(offers), chosen.describe(), self.selector.describe(), others)
+        else:
+            log.info("identity: the Workload API at %s delivered %d SVIDs; took the first, %s; the others: %s "
+                     "(set [identity] spiffe_id or hint to choose one)",
+                     self.address, len(offers), chosen.describe(), others)
+
     def _updated(self) -> None:
-        """Runs on py-spiffe's watcher thread for every push: validate and publish.
+        """Runs on py-spiffe's watcher thread for every push: select, validate and publish.
 
         Never raises: a push that cannot be used is a rejected update,
         reported once per distinct content (py-spiffe would log a traceback
-        for every push that makes a subscriber raise).
+        for every push that makes a subscriber raise); a push without the
+        selected SVID, once per set of SVIDs delivered.
         """
         with self._lock:
-            source = self._x509
+            client = self._client
+        delivery = client.latest
+        if delivery is None:
+            return
         key: str | None = None
         try:
-            context = source.get_x509_context()
-            key = _content_key(context)
+            key = _content_key(delivery)
             if self._rejections.is_last(key):
                 return
-            published = self._publish(_snapshot_of(context))
+            published = self._publish(self._snapshot(delivery))
+        except SvidNotDeliveredError as exc:
+            self._rejections.reject(
+                ("not delivered", exc.delivered),
+                f"identity: ignoring an update from {self.address}, keeping the current SVID: {exc.reason}",
+            )
+            return
         except Exception as exc:
             message = describe_error(exc).removeprefix("identity: ")
             self._rejections.reject(
