@@ -42,7 +42,8 @@ class Check:
     ``required``: ``"production"`` checks stop a production node (staging logs
     them); ``"always"`` checks stop a node in every mode. ``error`` is the
     class raised when the check stops a node (its ``exit_code`` is the
-    process's); ``message``, when set, is that error's text.
+    process's); ``message``, when set, is that error's text; ``raised``, when
+    set, is the error itself (raised as it is, with its fields).
     """
 
     name: str
@@ -52,9 +53,12 @@ class Check:
     error: type[MeshnodeError] = ConfigError
     required: Literal["always", "production"] = "production"
     message: str = ""
+    raised: MeshnodeError | None = None
 
     def exception(self, checks: Sequence[Check] = ()) -> MeshnodeError:
         """The error a node stops with when this check fails (``checks``: the others, to name them)."""
+        if self.raised is not None:
+            return self.raised
         if self.message:
             return self.error(self.message)
         others = [c.name for c in checks if not c.ok and c is not self]
