@@ -93,6 +93,10 @@ class IdentityUnavailableError(IdentityError):
     """No SVID arrived from the configured source (in time)."""
 
 
+#: How many delivered SVIDs an error message lists (the ``delivered`` field holds them all).
+_MAX_LISTED = 8
+
+
 class SvidNotDeliveredError(IdentityUnavailableError):
     """The Workload API delivered SVIDs, but none that ``[identity] spiffe_id`` / ``hint`` selects.
 
@@ -105,7 +109,10 @@ class SvidNotDeliveredError(IdentityUnavailableError):
         self.wanted = wanted
         self.delivered = delivered
         self.source = source
-        came = f"{len(delivered)} SVID{'s' if len(delivered) != 1 else ''}: " + ", ".join(delivered)
+        shown = ", ".join(delivered[:_MAX_LISTED]) + (
+            f" and {len(delivered) - _MAX_LISTED} more" if len(delivered) > _MAX_LISTED else ""
+        )  # a hostile agent may send thousands: the message stays one bounded line
+        came = f"{len(delivered)} SVID{'s' if len(delivered) != 1 else ''}: {shown}"
         self.reason = f"no SVID for {wanted}; it delivered {came}"
         super().__init__(
             f"identity: {source} delivered no SVID for {wanted}; it delivered {came}. To fix: register the "

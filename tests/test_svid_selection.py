@@ -300,3 +300,15 @@ def test_with_the_same_hint_twice_the_first_is_taken(workdir: Path) -> None:
     with ScriptedWorkloadApi(workdir / "api.sock", response) as api, \
             WorkloadApiSource(api.address, timeout=10, hint="shared") as source:
         assert str(source.current().spiffe_id) == INTERNAL
+
+
+def test_a_flood_of_svids_gives_a_bounded_message(workdir: Path) -> None:
+    """A hostile agent may send many SVIDs with long hints: the error lists a few, in one line."""
+    ca = DevCA("example.org")
+    issued = [ca.issue(f"spiffe://example.org/w/{i}", dt.timedelta(hours=1)) for i in range(30)]
+    response = x509_svids_response([(s.chain, s.private_key, "h\n" * 500) for s in issued], ca.bundle)
+    with ScriptedWorkloadApi(workdir / "api.sock", response) as api, pytest.raises(SvidNotDeliveredError) as info:
+        WorkloadApiSource(api.address, timeout=10, hint="mine")
+    message = str(info.value)
+    assert len(info.value.delivered) == 30 and " and 22 more. To fix:" in message
+    assert "\n" not in message and len(message) < 2000

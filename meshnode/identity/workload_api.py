@@ -10,10 +10,10 @@ Workload API server) through py-spiffe's ``X509Source``.
   :class:`~meshnode.identity.selection.SvidSelector` built from
   ``[identity] spiffe_id`` / ``hint`` picks one (none set: the first, and the
   others are named in one log line). py-spiffe 0.3 drops the hints and its
-  ``X509Source`` keeps only the SVID it picked, so the client keeps each
-  response it parsed, with its hints, for the source to select from;
-  ``X509Source`` still runs the stream (first-update timeout, reconnects,
-  fatal errors). When the configured SVID is not delivered at start, the
+  ``X509Source`` keeps only the SVID it picked, so the client
+  (:mod:`meshnode.identity.workload_client`) keeps each response it parsed,
+  with its hints, for the source to select from; ``X509Source`` still runs
+  the stream (first-update timeout, reconnects, fatal errors). When the configured SVID is not delivered at start, the
   source raises :class:`~meshnode.errors.SvidNotDeliveredError` (exit 3);
   an update without it later is a rejected update.
 * Updates stream in (SVID and bundle rotation, federated bundles). Each one
@@ -40,22 +40,19 @@ import socket as pysocket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from spiffe import WorkloadApiClient, X509Source
+from spiffe import X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.errors import PySpiffeError
-from spiffe.workloadapi.grpc.header_manipulator_client_interceptor import header_adder_interceptor
-from spiffe.workloadapi.workload_api_client import RetryPolicy, StreamCancelHandler
-from spiffe.workloadapi.x509_context import X509Context
 
 from meshnode.errors import IdentityUnavailableError, InvalidIdentityError, SvidNotDeliveredError
 from meshnode.identity.rejects import Rejections, describe_error
-from meshnode.identity.selection import Offered, SvidSelector, offered
+from meshnode.identity.selection import Offered, SvidSelector
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
+from meshnode.identity.workload_client import Delivery, WorkloadClient, open_x509_source, path_of
 from meshnode.identity.x509svid import build_snapshot
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
@@ -89,14 +86,9 @@ def socket_address(configured: str | None) -> str:
     return value
 
 
-def _path_of(address: str) -> str:
-    path = address[len("unix:") :]
-    return "/" + path.lstrip("/")
-
-
 def diagnose_socket(address: str, timeout: float = 0.5) -> str:
     """Why ``address`` gives no SVID, in one sentence a person can act on."""
-    path = _path_of(address)
+    path = path_of(address)
     if not os.path.exists(path):
         return f"the socket file {path} does not exist (is the agent running, and is the socket mounted here?)"
     probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
@@ -130,74 +122,6 @@ def diagnose_socket(address: str, timeout: float = 0.5) -> str:
         except StopIteration:
             return f"the agent on {path} closed the stream without an SVID"
     return f"the agent on {path} answers now; it was late (try a larger [identity] timeout)"
-
-
-#: Reconnect backoff of the Workload API channel (gRPC's default: 1 s growing to 120 s).
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-#: py-spiffe's stream retry after the agent went away (its default: 0.1 s doubling up to 5 s).
-_RETRY = RetryPolicy(base_backoff_in_seconds=0.1, backoff_factor=2, max_backoff=1.0)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One FetchX509SVID response as py-spiffe parsed it, with the hints py-spiffe drops (``""``: none)."""
-
-    context: X509Context
-    hints: tuple[str, ...]
-
-    def offers(self) -> tuple[Offered, ...]:
-        return offered([svid.leaf for svid in self.context.x509_svids], self.hints)
-
-
-class _Client(WorkloadApiClient):
-    """py-spiffe's Workload API client on a channel that reconnects within about a second,
-    keeping the newest response with its hints.
-
-    py-spiffe 0.3 takes no channel options, so this overrides the one method
-    that builds the channel (same target, same security header) and passes a
-    shorter retry policy to the stream. It drops the ``hint`` of each SVID
-    and its X509Source keeps only one SVID, so the method that parses a
-    response also records it as :attr:`latest` (on the stream's thread, just
-    before the X509Source and then its subscribers see it). Pinned by
-    spiffe<0.4 in pyproject.
-    """
-
-    def __init__(self, address: str) -> None:
-        self._meshnode_target = "unix:" + _path_of(address)
-        #: The newest response parsed; None until the first one.
-        self.latest: Delivery | None = None
-        super().__init__(address)
-
-    def _get_spiffe_grpc_channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(self._meshnode_target, options=CHANNEL_OPTIONS)
-        return grpc.intercept_channel(channel, header_adder_interceptor("workload.spiffe.io", "true"))
-
-    def _process_x509_context(self, x509_svid_response: workload_pb2.X509SVIDResponse) -> X509Context:
-        context = super()._process_x509_context(x509_svid_response)
-        self.latest = Delivery(context, tuple(svid.hint for svid in x509_svid_response.svids))
-        return context
-
-    def stream_x509_contexts(
-        self,
-        on_success: Callable[[X509Context], None],
-        on_error: Callable[[Exception], None],
-        retry_connect: bool = True,
-        retry_policy: RetryPolicy | None = None,
-    ) -> StreamCancelHandler:
-        return super().stream_x509_contexts(on_success, on_error, retry_connect, retry_policy or _RETRY)
-
-
-def _open_x509_source(address: str, timeout: float) -> tuple[X509Source, _Client]:
-    """An X509Source on a client we own (X509Source does not close a client it was given)."""
-    client = _Client(address)
-    try:
-        return X509Source(workload_api_client=client, timeout_in_seconds=timeout), client
-    except BaseException:
-        client.close()
-        raise
 
 
 def _snapshot_of(delivery: Delivery, chosen: Offered) -> IdentitySnapshot:
@@ -253,10 +177,10 @@ class WorkloadApiSource(Publisher):
         self._thread = threading.Thread(target=self._supervise, name="meshnode-workload-api", daemon=True)
         self._thread.start()
 
-    def _open(self, timeout: float) -> tuple[X509Source, _Client]:
+    def _open(self, timeout: float) -> tuple[X509Source, WorkloadClient]:
         started = time.monotonic()
         try:
-            source, client = _open_x509_source(self.address, timeout)
+            source, client = open_x509_source(self.address, timeout)
         except PySpiffeError as exc:
             waited = time.monotonic() - started >= timeout * 0.9
             reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
@@ -303,7 +227,8 @@ class WorkloadApiSource(Publisher):
         if shown == self._noted:
             return
         self._noted = shown
-        others = ", ".join(o.describe() for o in offers if o is not chosen)
+        rest = [o.describe() for o in offers if o is not chosen]
+        others = ", ".join(rest[:8]) + (f" and {len(rest) - 8} more" if len(rest) > 8 else "")
         if self.selector.selects:
             log.info("identity: the Workload API at %s delivered %d SVIDs; took %s for %s; the others: %s",
                      self.address, len(offers), chosen.describe(), self.selector.describe(), others)
@@ -369,7 +294,7 @@ class WorkloadApiSource(Publisher):
             self._report(f"identity: the Workload API stream at {self.address} failed; reconnecting")
             while not self._stop.is_set():
                 try:
-                    replacement, replacement_client = _open_x509_source(self.address, 5.0)
+                    replacement, replacement_client = open_x509_source(self.address, 5.0)
                 except Exception as exc:  # each distinct reason once, not once per retry
                     self._rejections.reject(
                         describe_error(exc),
