@@ -210,7 +210,6 @@ def run_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("SPIFFE_ENDPOINT_SOCKET", "MESHNODE_MODE")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("selection", "wanted"),
     [('hint = "nope"', "[identity] hint = 'nope'"), (f'spiffe_id = "{OTHER}"', f'[identity] spiffe_id = "{OTHER}"')],
@@ -228,7 +227,6 @@ def test_production_run_exits_3_naming_what_was_delivered(
     assert "ready on" not in out and "Traceback" not in out
 
 
-@pytest.mark.slow
 def test_production_run_serves_as_the_selected_svid(agent: AgentProcess, workdir: Path) -> None:
     proc = subprocess.Popen(meshnode_command("run", str(node_toml(workdir, 'hint = "external"'))),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env())
