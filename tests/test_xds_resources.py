@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from meshnode.devagent.ca import DevCA, validate_dns_name
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA, validate_dns_name
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import issue_snapshot, short_tmpdir

@@ -28,8 +28,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import MeshnodeError
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.xds import PeerTarget, XdsControlPlane
