@@ -18,7 +18,9 @@ when that one failed):
    services' rules, the built-in health/reflection rules) and whether it can
    allow anyone (:mod:`meshnode.node_policy`); a client-only node (no
    ``[node] listen``) has none;
-5. **plans**: what the server binds and registers, and how peers are dialled.
+5. **plans**: what the server binds and registers, and how peers are dialled
+   (with each peer's endpoints as resolved now; a peer that cannot be
+   resolved is a warning, not a refusal: it may come later).
 
 Every step records :class:`~meshnode.preflight.Check` values; nothing here
 raises for a failing check. :meth:`Boot.refusal` is the first failure that
@@ -59,9 +61,10 @@ from meshnode.preflight import (
     refusal,
     static_checks,
 )
+from meshnode.resolver import Resolution, resolve
 from meshnode.service import make_services, method_allow
 
-__all__ = ["Boot", "PeerPlan", "ServerPlan", "boot"]
+__all__ = ["Boot", "PeerPlan", "ServerPlan", "boot", "resolve_peers"]
 
 log = logging.getLogger("meshnode.boot")
 
@@ -82,10 +85,39 @@ class ServerPlan:
 
 @dataclass(frozen=True)
 class PeerPlan:
-    """The peers the node calls, and how their connections find a dead peer."""
+    """The peers the node calls, how their connections find a dead peer, and their endpoints now.
+
+    ``resolved``: each peer's endpoints as resolved at boot (a peer given
+    as ``host:port`` too, though gRPC resolves that one again on each
+    connect); ``unresolved``: peer -> why its resolution failed. Empty when
+    boot ran offline.
+    """
 
     peers: Mapping[str, PeerConfig]
     liveness: Liveness
+    resolved: Mapping[str, Resolution] = field(default_factory=dict)
+    unresolved: Mapping[str, str] = field(default_factory=dict)
+
+
+def resolve_peers(peers: Mapping[str, PeerConfig]) -> tuple[dict[str, Resolution], dict[str, str]]:
+    """Every peer's endpoints now (blocking): (name -> resolution, name -> error)."""
+    resolved: dict[str, Resolution] = {}
+    unresolved: dict[str, str] = {}
+    for name, peer in sorted(peers.items()):
+        try:
+            resolved[name] = resolve(peer.endpoints)
+        except MeshnodeError as exc:
+            unresolved[name] = str(exc)
+    return resolved, unresolved
+
+
+def _peer_warnings(plan: PeerPlan) -> list[str]:
+    out = [f"peers: cannot resolve peer '{name}' ({plan.peers[name].where}) now: {error}; the node keeps trying"
+           for name, error in plan.unresolved.items()]
+    out += [f"peers: peer '{name}' ({plan.peers[name].where}) has no endpoints now (the name resolves to no "
+            "address); calls to it fail until it has some"
+            for name, found in plan.resolved.items() if not found.endpoints]
+    return out
 
 
 @dataclass
@@ -210,7 +242,12 @@ def _boot(
             return
         b.accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
         b.warnings += _missing_bundle_warnings(config, snapshot)
-    b.peers = PeerPlan(config.peers, Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout))
+    liveness = Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout)
+    if offline:
+        b.peers = PeerPlan(config.peers, liveness)
+    else:
+        b.peers = PeerPlan(config.peers, liveness, *resolve_peers(config.peers))
+        b.warnings += _peer_warnings(b.peers)
     if config.listen is None:
         return  # a client-only node: no port, no policy
     if not _policy(b, discovered, meter_provider):

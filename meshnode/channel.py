@@ -14,7 +14,8 @@ it sits one real channel per *generation* of credentials:
   security reads rotated files itself (see :mod:`meshnode.xds`).
 
 Stubs made once keep working across swaps: each multicallable looks up the
-current generation per call (one attribute read). Failed calls whose
+current generation per call (one attribute read). A call that gives no
+deadline gets the peer's ``timeout`` when one is configured. Failed calls whose
 details name a TLS identity problem are re-raised with an explanation that
 says what to fix.
 """
@@ -158,6 +159,9 @@ class _MultiCallable:
         if gen is not self._gen:
             self._real = gen.callable(self._kind, self._method, self._ser, self._deser, self._registered)
             self._gen = gen
+        timeout = self._owner.timeout
+        if timeout is not None and len(args) < 2 and kwargs.get("timeout") is None:
+            kwargs["timeout"] = timeout  # the peer's deadline for calls that give none
         call = self._real(*args, **kwargs)
         gen.inflight += 1
         call.add_done_callback(gen.done)
@@ -168,7 +172,9 @@ class PeerChannel:
     """A channel to one configured peer that survives identity rotation.
 
     ``plan(snapshot)`` returns the :class:`ChannelPlan` for a snapshot;
-    call :meth:`update` with every new snapshot (from any thread).
+    call :meth:`update` with every new snapshot (from any thread), and
+    when what the plan depends on changed (the peer's endpoints): a plan
+    with a new key swaps the channel.
     """
 
     def __init__(
@@ -180,8 +186,11 @@ class PeerChannel:
         interceptors: Sequence[Any] = (),
         explain: Explain | None = None,
         warm_timeout: float = 3.0,
+        timeout: float | None = None,
     ) -> None:
         self.peer_name = peer_name
+        #: The deadline (seconds) of calls that give none; None: no deadline.
+        self.timeout = timeout
         self._plan = plan
         self._interceptors = tuple(interceptors)
         self._explain = explain

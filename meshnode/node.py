@@ -181,7 +181,7 @@ class Node:
         assert plan.peers is not None
         self._peers = PeerChannels(
             source, plan.peers.peers, node_name=config.name, liveness=plan.peers.liveness,
-            tracing=tracing, tracer_provider=self._tracer_provider,
+            tracing=tracing, tracer_provider=self._tracer_provider, resolved=plan.peers.resolved,
         )
         await self._peers.start()
         if self._server is not None:

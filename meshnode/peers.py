@@ -1,15 +1,30 @@
 """The node's channels to its configured peers, one verification mode each.
 
+A peer is a service: one SPIFFE ID, one or more endpoints
+(:mod:`meshnode.config.targets`). Calls are balanced over the endpoints
+(round robin per call, or pick first), retried on ``retry_on`` codes, and
+get the peer's ``timeout`` when the caller gives no deadline.
+
 * ``dns``: ``ssl_channel_credentials`` with roots of the peer's trust domain
   only and ``grpc.ssl_target_name_override`` pinned to the peer's DNS name
-  (``server_name``, default: the name mapped from its SPIFFE ID). Rebuilt
-  on every rotation (see :mod:`meshnode.channel`).
+  (``server_name``, default: the name mapped from its SPIFFE ID), gRPC's own
+  resolver and a service config (:mod:`meshnode.peer_plans`). Rebuilt on
+  every rotation, and when meshnode's resolution of the peer changed (see
+  :mod:`meshnode.channel`).
 * ``spiffe-id``: an ``xds:///peer`` channel whose TLS config, served by the
-  node's embedded xDS control plane, pins the peer's exact SPIFFE ID.
+  node's embedded xDS control plane, pins the peer's exact SPIFFE ID; the
+  control plane also serves the endpoints (EDS) and the retry policy.
+
+Endpoints meshnode resolves (``dns:///``, host names in ``addresses``) are
+kept current by an :class:`~meshnode.endpoint_watch.EndpointWatch` per
+peer; an :class:`~meshnode.endpoint_monitor.EndpointMonitor` notices failed
+connections (re-resolve) and endpoints gRPC refused for their identity
+(logged once, counted).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,10 +34,15 @@ import grpc
 
 from meshnode.channel import ChannelPlan, PeerChannel
 from meshnode.config.node import PeerConfig
+from meshnode.config.targets import HostPort
 from meshnode.credentials import channel_credentials
-from meshnode.errors import PeerError
+from meshnode.endpoint_monitor import EndpointMonitor, MonitoredPeer
+from meshnode.endpoint_watch import EndpointWatch
+from meshnode.errors import MeshnodeError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
+from meshnode.peer_plans import grpc_target, service_config
+from meshnode.resolver import Resolution, resolve
 
 __all__ = ["Liveness", "PeerChannels", "explain_dns_error"]
 
@@ -36,7 +56,7 @@ def explain_dns_error(peer: PeerConfig, err: grpc.aio.AioRpcError) -> str | None
     if err.code() != grpc.StatusCode.UNAVAILABLE:
         return None
     details = err.details() or ""
-    where = f"peer '{peer.name}' ({peer.address})"
+    where = f"peer '{peer.name}' ({peer.where})"
     if "Hostname Verification Check failed" in details or "not in peer certificate" in details:
         return (
             f"meshnode: {where} presented a certificate without the DNS name '{peer.tls_name}' that "
@@ -75,7 +95,11 @@ class Liveness:
 
 
 class PeerChannels:
-    """Creates peer channels lazily and feeds them every new snapshot of ``source``."""
+    """Creates peer channels lazily and feeds them every new snapshot of ``source``.
+
+    ``resolved``: endpoints already resolved (by the boot plan) for peers
+    whose endpoints meshnode resolves; the others are resolved at :meth:`start`.
+    """
 
     def __init__(
         self,
@@ -86,6 +110,8 @@ class PeerChannels:
         liveness: Liveness = Liveness(),  # frozen: safe as a default
         tracing: bool = False,
         tracer_provider: Any = None,
+        resolved: Mapping[str, Resolution] | None = None,
+        monitor: EndpointMonitor | None = None,
     ) -> None:
         self._source = source
         self._node_name = node_name
@@ -93,22 +119,62 @@ class PeerChannels:
         self._liveness = liveness
         self._tracing = tracing
         self._tracer_provider = tracer_provider
+        self._resolved = dict(resolved or {})
         self._channels: dict[str, PeerChannel] = {}
         self._stubs: dict[tuple[str, type[Any]], Any] = {}
         self._unsubscribe: Any = None
         self._xds: Any = None
+        self._watches: dict[str, EndpointWatch] = {}
+        self.monitor = monitor or EndpointMonitor()
 
     async def start(self) -> None:
         self._unsubscribe = self._source.subscribe(self._updated)
+        for name, peer in self._peers.items():
+            if peer.endpoints.resolved_by_meshnode:
+                initial = self._resolved.get(name) or await self._first_resolution(peer)
+                self._watches[name] = EndpointWatch(name, peer.endpoints, self._on_endpoints(name),
+                                                    initial=initial)
         spiffe_id_peers = {n: p for n, p in self._peers.items() if p.verify == "spiffe-id"}
         if spiffe_id_peers:
             from meshnode.xds.node import start_control_plane
 
+            endpoints = {n: w.endpoints for n, w in self._watches.items()}
             self._xds = await start_control_plane(
-                self._node_name, self._source, spiffe_id_peers, self._liveness.options()
+                self._node_name, self._source, spiffe_id_peers, self._liveness.options(), endpoints=endpoints
             )
             # a snapshot published while the control plane started must not be lost
             self._xds.update_identity(self._source.current())
+        for watch in self._watches.values():
+            watch.start()
+        self.monitor.start()
+
+    @staticmethod
+    async def _first_resolution(peer: PeerConfig) -> Resolution | None:
+        try:
+            return await asyncio.to_thread(resolve, peer.endpoints)
+        except MeshnodeError as exc:
+            log.warning("peers: cannot resolve peer '%s' (%s) now; retrying in the background: %s", peer.name,
+                        peer.where, exc)
+            return None
+
+    def _on_endpoints(self, name: str) -> Any:
+        peer = self._peers[name]
+
+        def changed(endpoints: tuple[HostPort, ...]) -> None:
+            if peer.verify == "spiffe-id":
+                if self._xds is not None:
+                    self._xds.set_endpoints(name, endpoints)
+            else:
+                channel = self._channels.get(name)
+                if channel is not None:
+                    channel.update(self._source.current())  # a new plan: the target or key changed
+
+        return changed
+
+    def endpoints(self, name: str) -> tuple[HostPort, ...] | None:
+        """The endpoints meshnode resolved for peer ``name`` now (None: gRPC resolves them itself)."""
+        watch = self._watches.get(name)
+        return watch.endpoints if watch is not None else None
 
     def _updated(self, snapshot: IdentitySnapshot) -> None:
         if self._xds is not None:
@@ -126,15 +192,23 @@ class PeerChannels:
             peer_name=peer.name, tracer_provider=self._tracer_provider,
         )
 
+    def _monitored(self, peer: PeerConfig) -> MonitoredPeer:
+        watch = self._watches.get(peer.name)
+        return MonitoredPeer(peer.name, peer.spiffe_id, peer.tls_name if peer.verify == "dns" else None,
+                             watch.refresh if watch is not None else _nothing)
+
     def _dns_plan(self, peer: PeerConfig, snapshot: IdentitySnapshot) -> ChannelPlan:
         td = peer.spiffe_id.trust_domain
+        target, endpoints = grpc_target(peer, self.endpoints(peer.name))
+        self.monitor.watch(target, self._monitored(peer))
         return ChannelPlan(
-            key=f"{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}",
-            target=peer.address,
+            key=f"{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}:{endpoints}",
+            target=target,
             credentials=channel_credentials(snapshot, td),
             options=(
                 ("grpc.ssl_target_name_override", peer.tls_name),
                 ("grpc.default_authority", peer.tls_name),
+                ("grpc.service_config", service_config(peer)),
                 *self._liveness.options(),
             ),
             not_after=snapshot.not_after,
@@ -151,14 +225,15 @@ class PeerChannels:
         snapshot = self._source.current()
         if peer.verify == "spiffe-id":
             xds = self._xds
+            self.monitor.watch(f"xds:///{name}", self._monitored(peer))
             channel = PeerChannel(
                 name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
-                explain=lambda err: xds.explain(name, err),
+                explain=lambda err: xds.explain(name, err), timeout=peer.timeout,
             )
         else:
             channel = PeerChannel(
                 name, snapshot, lambda s: self._dns_plan(peer, s), interceptors=self._interceptors(peer),
-                explain=lambda err: explain_dns_error(peer, err),
+                explain=lambda err: explain_dns_error(peer, err), timeout=peer.timeout,
             )
         self._channels[name] = channel
         # a rotation published after the read above found no channel to update: replay the latest
@@ -177,6 +252,9 @@ class PeerChannels:
     async def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        await self.monitor.close()
+        for watch in self._watches.values():
+            await watch.close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -184,3 +262,7 @@ class PeerChannels:
         if self._xds is not None:
             await self._xds.close()
             self._xds = None
+
+
+def _nothing() -> None:
+    return None

@@ -4,7 +4,8 @@ Runs the node's own boot plan (:func:`meshnode.boot.boot`, the code
 ``meshnode run`` runs): loads the services, obtains the identity the way
 ``run`` would, builds the effective policy, and prints the identity, its
 expiry, the trust domains, the services, the peers with the names they are
-verified by, and every check, then what ``run`` would do with this config.
+verified by and their endpoints as resolved now, and every check, then what
+``run`` would do with this config.
 
 ``--json`` prints the same report as one JSON object.
 
@@ -21,7 +22,7 @@ import json
 import os
 from typing import Any
 
-from meshnode.boot import Boot, boot
+from meshnode.boot import Boot, PeerPlan, boot
 from meshnode.cli._logging import setup_logging
 from meshnode.config.node import NodeConfig, load_node_config
 from meshnode.identity.snapshot import IdentitySnapshot
@@ -55,12 +56,31 @@ def _identity(b: Boot, snap: IdentitySnapshot) -> dict[str, Any]:
     }
 
 
-def _peers(config: NodeConfig) -> list[dict[str, str]]:
-    return [
-        {"name": name, "address": peer.address, "spiffe_id": str(peer.spiffe_id), "verify": peer.verify,
-         "verified_by": f"server name {peer.tls_name}" if peer.verify == "dns" else "exact SPIFFE ID (xDS)"}
-        for name, peer in sorted(config.peers.items())
-    ]
+def _peers(config: NodeConfig, plan: PeerPlan | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, peer in sorted(config.peers.items()):
+        found = plan.resolved.get(name) if plan is not None else None
+        out.append({
+            "name": name, "address": peer.where, "spiffe_id": str(peer.spiffe_id), "verify": peer.verify,
+            "verified_by": f"server name {peer.tls_name}" if peer.verify == "dns" else "exact SPIFFE ID (xDS)",
+            "lb": peer.lb, "retries": peer.retries, "retry_on": list(peer.retry_on), "timeout": peer.timeout,
+            # as resolved now; None: not resolved (offline, or the resolution failed: see endpoints_error)
+            "endpoints": [str(e) for e in found.endpoints] if found is not None else None,
+            "endpoints_error": plan.unresolved.get(name) if plan is not None else None,
+            "resolved_by": "gRPC, on each connect" if peer.endpoints.kind == "single" else (
+                "meshnode" if peer.endpoints.resolved_by_meshnode else "configuration"),
+        })
+    return out
+
+
+def _endpoint_line(p: dict[str, Any]) -> str:
+    if p["endpoints"] is None:
+        return f"cannot resolve now: {p['endpoints_error']}" if p["endpoints_error"] else "not resolved"
+    listed = ", ".join(p["endpoints"][:8]) or "none"
+    more = f" (+{len(p['endpoints']) - 8} more)" if len(p["endpoints"]) > 8 else ""
+    retries = f"{p['retries']} retries on {', '.join(p['retry_on'])}" if p["retries"] else "no retries"
+    timeout = f", timeout {p['timeout']:g}s" if p["timeout"] is not None else ""
+    return f"{len(p['endpoints'])} now: {listed}{more}  ({p['lb']}, {retries}{timeout})"
 
 
 def report(b: Boot, path: str) -> dict[str, Any]:
@@ -76,7 +96,7 @@ def report(b: Boot, path: str) -> dict[str, Any]:
         "identity": _identity(b, b.snapshot) if b.snapshot is not None else None,
         "notes": list(b.notes),
         "services": b.server.service_names if b.server is not None else [],
-        "peers": _peers(config),
+        "peers": _peers(config, b.peers),
         "checks": [
             {"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix, "required": c.required}
             for c in b.checks
@@ -113,6 +133,7 @@ def _print(r: dict[str, Any]) -> None:
         print("peers")
         for p in r["peers"]:
             print(f"  {p['name']:<12} {p['address']:<22} {p['spiffe_id']}  verify={p['verify']}: {p['verified_by']}")
+            print(f"  {'':<12} endpoints {_endpoint_line(p)}")
     print("checks")
     for c in r["checks"]:
         mark = "pass" if c["ok"] else "FAIL"

@@ -31,10 +31,15 @@ audit = "on_deny"               # none | on_deny | on_allow | all
 dry_run = false
 
 [peers.beta]
-address = "127.0.0.1:7002"
+address = "127.0.0.1:7002"      # or "dns:///beta.prod.svc:7002", "ipv4:10.0.0.1:7002,10.0.0.2:7002"
+# addresses = ["10.0.0.1:7002", "10.0.0.2:7002"]   # instead of address: a static list
 spiffe_id = "spiffe://example.org/node/beta"
 server_name = "..."             # optional, dns mode: the TLS name to verify
 verify = "dns"                  # optional, overrides node.peer_verify
+lb = "round_robin"              # optional: round_robin | pick_first (default: round robin for several endpoints)
+retries = 2                     # optional: more attempts on retry_on codes (0: off)
+retry_on = ["UNAVAILABLE"]
+timeout = 30.0                  # optional: deadline of calls that give none
 
 [telemetry]
 exporter = "jsonl"              # otlp | console | jsonl | none
@@ -64,14 +69,17 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from meshnode.config._reader import Section, load_toml, number_text, show
+from meshnode.config.targets import EndpointSpec, endpoint_spec
 from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
 __all__ = [
+    "BALANCING",
     "LIMITS",
     "MAX_HINT",
     "MODES",
+    "RETRYABLE_CODES",
     "AuthzSettings",
     "IdentityConfig",
     "NodeConfig",
@@ -188,21 +196,81 @@ class IdentityConfig:
         return frozenset((own, *self.federates_with))
 
 
+Balancing = Literal["round_robin", "pick_first"]
+BALANCING: tuple[Balancing, ...] = ("round_robin", "pick_first")
+#: The status codes [peers.NAME] retry_on may name: the ones gRPC's xDS retry policy takes (gRFC A44)
+RETRYABLE_CODES = ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED")
+#: [peers.NAME] retries: gRPC makes at most 5 attempts per call
+PEER_RETRIES_RANGE = (0, 4)
+#: [peers.NAME] timeout, seconds
+PEER_TIMEOUT_RANGE = (0.001, 86400.0)
+
+
 @dataclass(frozen=True)
 class PeerConfig:
+    """``[peers.NAME]``: a service with one SPIFFE ID and one or more endpoints.
+
+    ``address`` is "" when ``addresses`` lists the endpoints. ``lb`` None
+    takes the default: round robin when the peer can have more than one
+    endpoint, else pick first. ``endpoints`` is what ``address`` /
+    ``addresses`` say (:mod:`meshnode.config.targets`).
+    """
+
     name: str
     address: str
     spiffe_id: SpiffeID
     verify: Verify = "spiffe-id"
     server_name: str | None = None
+    addresses: tuple[str, ...] | None = None
+    lb: Balancing | None = None
+    retries: int = 2
+    retry_on: tuple[str, ...] = ("UNAVAILABLE",)
+    timeout: float | None = None
+    endpoints: EndpointSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _one_of(self.verify, VERIFY_MODES, f"[peers.{self.name}] verify")
+        problem = _peer_problem(self)
+        if problem is not None:
+            raise ConfigError(f"config: [peers.{self.name}] {problem}")
+        try:
+            spec = endpoint_spec(self.address or None, self.addresses)
+        except ConfigError as exc:
+            raise ConfigError(f"config: [peers.{self.name}] {exc}") from None
+        object.__setattr__(self, "endpoints", spec)
+        if self.lb is None:
+            object.__setattr__(self, "lb", "round_robin" if spec.can_be_several else "pick_first")
+
+    @property
+    def where(self) -> str:
+        """The endpoints as configured, for messages."""
+        return self.endpoints.text
 
     @property
     def tls_name(self) -> str:
         """The DNS name a dns-mode channel verifies."""
         return self.server_name or dns_name_for(self.spiffe_id)
+
+
+def _peer_problem(peer: PeerConfig) -> str | None:
+    """What is wrong with the balancing, retry and timeout keys of ``peer``, or None."""
+    if peer.lb is not None and peer.lb not in BALANCING:
+        return f"lb must be one of {', '.join(BALANCING)}; got {show(peer.lb)}"
+    low, high = PEER_RETRIES_RANGE
+    if isinstance(peer.retries, bool) or not isinstance(peer.retries, int) or not low <= peer.retries <= high:
+        return (f"retries must be a whole number from {low} to {high} (gRPC makes at most 5 attempts), "
+                f"not {show(peer.retries)}")
+    if not isinstance(peer.retry_on, tuple) or not peer.retry_on:
+        return "retry_on must list at least one status code (turn retries off with retries = 0)"
+    for code in peer.retry_on:
+        if code not in RETRYABLE_CODES:
+            return f"retry_on: {show(code)} is not one of {', '.join(RETRYABLE_CODES)}"
+    if peer.timeout is not None:
+        lo, hi = PEER_TIMEOUT_RANGE
+        t = peer.timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not lo <= t <= hi:
+            return f"timeout must be a number of seconds from {number_text(lo)} to {number_text(hi)}, not {show(t)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -376,20 +444,42 @@ def _authz(s: Section, base: Path) -> AuthzSettings:
     return cfg
 
 
-def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
-    address = s.string("address")
+def _peer_endpoints(s: Section) -> tuple[str, tuple[str, ...] | None]:
+    """``address`` or ``addresses``, checked against the grammar of :mod:`meshnode.config.targets`."""
+    address: str | None = s.string("address", None)
+    addresses: tuple[str, ...] | None = s.strings("addresses", None)
+    if address is not None and addresses is not None:
+        raise s.error("addresses", "and 'address' are both set: keep one (addresses lists endpoints)")
+    key = "addresses" if addresses is not None else "address"
     try:
-        parse_address(address, "address")
+        endpoint_spec(address, addresses)
     except ConfigError as exc:
-        raise s.error("address", str(exc).removeprefix("config: address ")) from None
+        raise s.error(key, str(exc).removeprefix("address ").removeprefix("addresses ")) from None
+    return address or "", addresses
+
+
+def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
+    address, addresses = _peer_endpoints(s)
     spiffe_id = _spiffe_id(s, "spiffe_id")
     assert spiffe_id is not None
+    retry_on = s.strings("retry_on", ("UNAVAILABLE",))
+    for i, code in enumerate(retry_on):
+        if code not in RETRYABLE_CODES:
+            raise s.error("retry_on", f"item {i} {show(code)} is not one of {', '.join(RETRYABLE_CODES)}")
+    if not retry_on:
+        raise s.error("retry_on", "must list at least one status code (turn retries off with retries = 0)")
+    timeout = s.number("timeout", None, minimum=PEER_TIMEOUT_RANGE[0], maximum=PEER_TIMEOUT_RANGE[1])
     peer = PeerConfig(
         name=name,
         address=address,
         spiffe_id=spiffe_id,
         verify=s.choice("verify", VERIFY_MODES, default_verify),
         server_name=s.string("server_name", None),
+        addresses=addresses,
+        lb=s.choice("lb", BALANCING, None),
+        retries=s.integer("retries", 2, minimum=PEER_RETRIES_RANGE[0], maximum=PEER_RETRIES_RANGE[1]),
+        retry_on=retry_on,
+        timeout=timeout,
     )
     if peer.verify == "spiffe-id" and peer.server_name is not None:
         raise s.error("server_name", 'applies only to verify = "dns" (spiffe-id peers are checked by their ID)')

@@ -57,6 +57,10 @@ meshnode.authz.policy_reload_failures  counter           policy reloads refused
 meshnode.server.handshake_failures     counter           TLS handshakes the node's server failed
                                                          (``meshnode run``), by error.type: the
                                                          OpenSSL reason (HTTP_REQUEST...)
+meshnode.peer.endpoint_rejected        counter           peer endpoints whose identity gRPC
+                                                         refused, once per endpoint and presented
+                                                         identity, by meshnode.peer.name and
+                                                         error.type (spiffe_id, dns_name, chain)
 ====================================== ================= =====================================
 """
 
@@ -82,6 +86,7 @@ __all__ = [
     "IDENTITY_UPDATES_REFUSED",
     "LOCAL_SPIFFE_ID",
     "NODE_NAME",
+    "PEER_ENDPOINT_REJECTED",
     "PEER_NAME",
     "PEER_SPIFFE_ID",
     "POLICY_SOURCE",
@@ -132,3 +137,4 @@ IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
 SERVER_HANDSHAKE_FAILURES: Final = "meshnode.server.handshake_failures"
 IDENTITY_UPDATES_REFUSED: Final = "meshnode.identity.updates_refused"
+PEER_ENDPOINT_REJECTED: Final = "meshnode.peer.endpoint_rejected"

@@ -80,6 +80,11 @@ class Instruments:
             unit="{handshake}",
             description="TLS handshakes the node's server failed (a caller without TLS or a trusted certificate)",
         )
+        self._endpoints_rejected = self._meter.create_counter(
+            attr.PEER_ENDPOINT_REJECTED,
+            unit="{endpoint}",
+            description="Peer endpoints whose identity gRPC refused (once per endpoint and presented identity)",
+        )
         self._lock = threading.Lock()
         self._watches: list[ExpiryWatch] = []
         self._gauge_made = False
@@ -103,6 +108,10 @@ class Instruments:
     def handshake_failures(self, reason: str, count: int = 1) -> None:
         """Count failed server TLS handshakes; ``reason`` is the OpenSSL reason code (low-cardinality)."""
         self._handshake_failures.add(count, {_ERROR_TYPE: reason})
+
+    def endpoint_rejected(self, peer_name: str, reason: str) -> None:
+        """Count one peer endpoint refused for its identity; ``reason``: spiffe_id, dns_name or chain."""
+        self._endpoints_rejected.add(1, {attr.PEER_NAME: peer_name, _ERROR_TYPE: reason})
 
     def watch_expiry(self, getter: SnapshotGetter) -> ExpiryWatch:
         """Report ``getter()``'s seconds to expiry on every collection until the watch is closed.

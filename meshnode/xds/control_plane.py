@@ -43,6 +43,7 @@ from types import MappingProxyType
 
 import grpc
 
+from meshnode.config.targets import HostPort
 from meshnode.errors import ClosedError, IdentityUnavailableError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.xds import a87
@@ -156,7 +157,7 @@ class XdsControlPlane:
             )
         self._unverifiable = frozenset(missing)
 
-    def set_peers(self, peers: Mapping[str, PeerSpec]) -> None:
+    def set_peers(self, peers: Mapping[str, PeerSpec | PeerTarget]) -> None:
         """Serve exactly these peers from now on (gRPC gets the change at once); thread-safe."""
         targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
         reserved = sorted(name for name in targets if name.startswith("meshnode.a87-probe"))
@@ -175,6 +176,26 @@ class XdsControlPlane:
                     )
             self._peers = targets
             self._serve_locked()
+
+    def set_endpoints(self, name: str, endpoints: tuple[HostPort, ...]) -> bool:
+        """Serve ``endpoints`` (IP addresses) for peer ``name`` from now on (EDS); thread-safe.
+
+        True if they changed. gRPC gets only the new ClusterLoadAssignment:
+        connections to endpoints that stay are kept, new ones are dialled,
+        removed ones drain. Raises PeerError for a peer without an endpoint
+        list (``address = "host:port"``).
+        """
+        with self._lock:
+            if self._state is _State.CLOSED:
+                return False
+            peer = self._peers.get(name)
+            if peer is None:
+                raise PeerError(f"xds: no spiffe-id peer named {name!r}")
+            if peer.endpoints == endpoints:
+                return False
+            self._peers[name] = peer.with_endpoints(endpoints)
+            self._serve_locked()
+            return True
 
     def _serve_locked(self) -> None:
         resources = peer_resources(self._peers, bundle_map=self.bundle_map)

@@ -1,6 +1,7 @@
 """The node's side of the xDS control plane: channel plans for spiffe-id peers.
 
-A spiffe-id peer gets one ``xds:///<peer>`` channel for good: gRPC's
+A spiffe-id peer gets one ``xds:///<peer>`` channel for good: its
+endpoints change through EDS (:meth:`NodeXds.set_endpoints`), and gRPC's
 file_watcher providers re-read the node's SVID and bundles from the control
 plane's runtime directory every second, so rotation needs no new channel
 (the plan's key never changes). New TLS handshakes use the new files; a
@@ -18,9 +19,11 @@ import grpc
 
 from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
+from meshnode.config.targets import HostPort
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.xds.control_plane import XdsControlPlane
+from meshnode.xds.resources import PeerTarget
 
 __all__ = ["NodeXds", "start_control_plane"]
 
@@ -43,6 +46,9 @@ class NodeXds:
     def update_identity(self, snapshot: IdentitySnapshot) -> None:
         self.control_plane.update_identity(snapshot)
 
+    def set_endpoints(self, name: str, endpoints: tuple[HostPort, ...]) -> None:
+        self.control_plane.set_endpoints(name, endpoints)
+
     async def close(self) -> None:
         await self.control_plane.close()
 
@@ -52,8 +58,13 @@ async def start_control_plane(
     source: IdentitySource,
     peers: Mapping[str, PeerConfig],
     options: tuple[tuple[str, Any], ...] = (),
+    *,
+    endpoints: Mapping[str, tuple[HostPort, ...]] | None = None,
 ) -> NodeXds:
     """Start the node's control plane for its spiffe-id peers, roots as SPIFFE bundle maps (gRFC A87).
+
+    ``endpoints``: the endpoints meshnode resolved for peers with a resolved
+    endpoint list (the others' come from their configuration).
 
     Raises PeerError on a bootstrap clash or when gRPC does not apply the maps
     (:mod:`meshnode.xds.a87`), ConfigError when GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE
@@ -62,7 +73,8 @@ async def start_control_plane(
     cp = XdsControlPlane(node_name, bundle_map=True)
     try:
         cp.update_identity(source.current())
-        cp.set_peers(dict(peers))
+        given = endpoints or {}
+        cp.set_peers({name: PeerTarget.of(peer, given.get(name)) for name, peer in peers.items()})
         await cp.start()
     except BaseException:
         await cp.close()

@@ -1,16 +1,29 @@
-"""xDS resources for one peer: a Listener and a Cluster that pins its SPIFFE ID.
+"""xDS resources for one peer: a Listener, a Cluster that pins its SPIFFE ID, its endpoints.
 
 A channel to ``xds:///NAME`` asks the control plane for the Listener
 ``NAME``; its HTTP connection manager routes every call to the Cluster
-``NAME``. The Cluster is ``LOGICAL_DNS`` with the peer's ``host:port`` as
-its one endpoint (gRPC takes no ``STATIC`` clusters; an IP literal resolves
-to itself, a name through DNS on every reconnect) and carries an
-``UpstreamTlsContext``:
+``NAME``, with the peer's retry policy (gRFC A44: ``retries`` more attempts
+on the ``retry_on`` codes, exponential backoff from 25 ms, within the
+call's deadline). The Cluster is one of:
+
+* ``LOGICAL_DNS`` with the peer's ``host:port`` as its one endpoint, for a
+  peer configured as ``address = "host:port"`` (as before: gRPC takes no
+  ``STATIC`` clusters; an IP literal resolves to itself, a name through DNS
+  on every reconnect);
+* ``EDS`` for a peer with an endpoint list (``addresses``, ``ipv4:``,
+  ``ipv6:``, ``dns:///``): the control plane serves a
+  ``ClusterLoadAssignment`` ``NAME`` with every endpoint (IP addresses,
+  which meshnode resolves and updates), balanced ``round_robin`` (gRPC's
+  default for a Cluster) or ``pick_first`` (``load_balancing_policy``).
+
+Either way the Cluster carries an ``UpstreamTlsContext``:
 
 * the node's certificate from the ``meshnode-identity`` provider;
 * roots from the provider of the *peer's* trust domain only, so a CA of
   another trust domain cannot vouch for an ID of this one;
-* one SAN matcher for the peer's SPIFFE ID.
+* one SAN matcher for the peer's SPIFFE ID, checked on every endpoint's
+  handshake: an endpoint presenting another identity fails its handshake
+  and the balancer routes around it.
 
 The SAN matcher is a ``safe_regex`` that matches the ID exactly, not an
 ``exact`` matcher: gRPC compares ``exact`` matchers with DNS rules -
@@ -24,29 +37,33 @@ SANs against it, so a DNS SAN spelled like the SPIFFE ID also passes
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.load_balancing_policies.pick_first.v3 import pick_first_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-from meshnode.config.node import parse_address
+from meshnode.config.node import RETRYABLE_CODES, parse_address
+from meshnode.config.targets import MAX_ENDPOINTS, EndpointSpec, HostPort
 from meshnode.errors import ConfigError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.xds.bootstrap import IDENTITY_PROVIDER, roots_provider
 
 __all__ = [
     "CLUSTER_TYPE",
+    "ENDPOINTS_TYPE",
     "LISTENER_TYPE",
     "TLS_TRANSPORT_SOCKET",
     "PeerSpec",
@@ -54,19 +71,27 @@ __all__ = [
     "Resources",
     "cluster",
     "listener",
+    "load_assignment",
     "peer_resources",
+    "retry_policy",
     "san_regex",
     "validate_peer_name",
 ]
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINTS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 #: type URL -> resource name -> resource message
 Resources = Mapping[str, Mapping[str, Any]]
 
 _PEER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+#: gRPC's locality of every endpoint (EDS needs one; meshnode balances over endpoints, not zones)
+LOCALITY = "meshnode"
+#: Retry backoff: the first wait (xDS default), the longest (gRPC then adds jitter)
+RETRY_BASE_INTERVAL = 0.025
+RETRY_MAX_INTERVAL = 0.25
 
 
 class PeerSpec(Protocol):
@@ -78,13 +103,35 @@ class PeerSpec(Protocol):
     @property
     def spiffe_id(self) -> SpiffeID: ...
 
+    @property
+    def endpoints(self) -> EndpointSpec: ...
+
+    @property
+    def lb(self) -> str | None: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def retry_on(self) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True)
 class PeerTarget:
-    """A validated peer: where it listens and the one SPIFFE ID it must present."""
+    """A validated peer: where it listens and the one SPIFFE ID every endpoint must present.
+
+    ``endpoints`` None: one logical endpoint, ``address`` as ``host:port``
+    (a LOGICAL_DNS Cluster; ``host``/``port`` are its parts). A tuple: the
+    peer's endpoints now, IP addresses (an EDS Cluster; ``address`` is the
+    configured text, for messages; ``host`` is "" and ``port`` 0).
+    """
 
     address: str
     spiffe_id: SpiffeID
+    endpoints: tuple[HostPort, ...] | None = None
+    lb: str = "round_robin"
+    retries: int = 2
+    retry_on: tuple[str, ...] = ("UNAVAILABLE",)
     host: str = field(init=False)
     port: int = field(init=False)
 
@@ -95,6 +142,17 @@ class PeerTarget:
             raise ConfigError(f"xds: peer spiffe_id must be a SpiffeID, got {type(self.spiffe_id).__name__}")
         if not self.spiffe_id.path:
             raise ConfigError(f"xds: peer spiffe_id {self.spiffe_id} names a trust domain, not a workload")
+        if self.lb not in ("round_robin", "pick_first"):
+            raise ConfigError(f"xds: peer lb must be round_robin or pick_first, not {self.lb!r}")
+        if not 0 <= self.retries <= 4 or any(code not in RETRYABLE_CODES for code in self.retry_on):
+            raise ConfigError(f"xds: peer retries {self.retries} on {self.retry_on} is not a retry policy gRPC takes")
+        if self.endpoints is not None:
+            bad = [str(e) for e in self.endpoints if e.ip is None or not 0 < e.port <= 65535]
+            if bad or len(self.endpoints) > MAX_ENDPOINTS:
+                raise ConfigError(f"xds: peer endpoints must be at most {MAX_ENDPOINTS} IP:port, not {bad[:3]}")
+            object.__setattr__(self, "host", "")
+            object.__setattr__(self, "port", 0)
+            return
         host, port = parse_address(self.address, "peer address")
         if port == 0:
             raise ConfigError(f"xds: peer address {self.address!r} needs a port other than 0")
@@ -102,8 +160,23 @@ class PeerTarget:
         object.__setattr__(self, "port", port)
 
     @classmethod
-    def of(cls, peer: PeerSpec) -> PeerTarget:
-        return peer if isinstance(peer, PeerTarget) else cls(peer.address, peer.spiffe_id)
+    def of(cls, peer: PeerSpec | PeerTarget, endpoints: tuple[HostPort, ...] | None = None) -> PeerTarget:
+        """The target of a configured peer; ``endpoints``: its endpoints now (for a peer with a list)."""
+        if isinstance(peer, PeerTarget):
+            return peer
+        spec = peer.endpoints
+        settings = {"lb": peer.lb or "round_robin", "retries": peer.retries, "retry_on": tuple(peer.retry_on)}
+        if spec.kind == "single":
+            return cls(peer.address, peer.spiffe_id, None, **settings)  # type: ignore[arg-type]
+        if endpoints is None:
+            endpoints = spec.hosts if not spec.resolved_by_meshnode else ()
+        return cls(spec.text, peer.spiffe_id, endpoints, **settings)  # type: ignore[arg-type]
+
+    def with_endpoints(self, endpoints: tuple[HostPort, ...]) -> PeerTarget:
+        """This peer with another endpoint list (an EDS peer only)."""
+        if self.endpoints is None:
+            raise ConfigError(f"xds: peer {self.address} is one logical endpoint; it takes no endpoint list")
+        return dataclasses.replace(self, endpoints=endpoints)
 
     @property
     def trust_domain(self) -> str:
@@ -132,12 +205,28 @@ def _pack(message: Any) -> Any:
     return packed
 
 
-def listener(name: str) -> Any:
-    """The Listener behind ``xds:///name``: every call goes to the Cluster ``name``."""
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix=""),
-        route=route_components_pb2.RouteAction(cluster=name),
+def retry_policy(retries: int, retry_on: tuple[str, ...]) -> Any:
+    """gRFC A44's retry policy: ``retries`` more attempts on ``retry_on``, exponential backoff."""
+    return route_components_pb2.RetryPolicy(
+        retry_on=",".join(code.lower().replace("_", "-") for code in retry_on),
+        num_retries=wrappers_pb2.UInt32Value(value=retries),
+        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+            base_interval=_duration(RETRY_BASE_INTERVAL), max_interval=_duration(RETRY_MAX_INTERVAL)
+        ),
     )
+
+
+def _duration(seconds: float) -> Any:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+
+
+def listener(name: str, peer: PeerTarget | None = None) -> Any:
+    """The Listener behind ``xds:///name``: every call goes to the Cluster ``name``, with ``peer``'s retries."""
+    action = route_components_pb2.RouteAction(cluster=name)
+    if peer is not None and peer.retries > 0:
+        action.retry_policy.CopyFrom(retry_policy(peer.retries, peer.retry_on))
+    route = route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix=""), route=action)
     manager = hcm_pb2.HttpConnectionManager(
         route_config=route_pb2.RouteConfiguration(
             name=name,
@@ -151,15 +240,30 @@ def listener(name: str) -> Any:
     return listener_pb2.Listener(name=name, api_listener=api_listener)
 
 
-def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provider: str) -> Any:
-    """The Cluster for ``peer``: its address, and TLS pinned to its SPIFFE ID."""
-    endpoint = endpoint_components_pb2.LbEndpoint(
+def _lb_endpoint(host: str, port: int) -> Any:
+    return endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=peer.host, port_value=peer.port)
-            )
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
         )
     )
+
+
+def load_assignment(name: str, endpoints: tuple[HostPort, ...]) -> Any:
+    """The ClusterLoadAssignment ``name``: every endpoint, in one locality."""
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(zone=LOCALITY),
+                lb_endpoints=[_lb_endpoint(e.host, e.port) for e in endpoints],
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+            )
+        ],
+    )
+
+
+def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provider: str) -> Any:
+    """The Cluster for ``peer``: its endpoints, and TLS pinned to its SPIFFE ID."""
     tls = tls_pb2.UpstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
@@ -175,22 +279,33 @@ def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provid
             ),
         )
     )
-    result = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.LOGICAL_DNS,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
-        ),
-    )
+    if peer.endpoints is None:
+        result = cluster_pb2.Cluster(
+            name=name,
+            type=cluster_pb2.Cluster.LOGICAL_DNS,
+            load_assignment=endpoint_pb2.ClusterLoadAssignment(
+                cluster_name=name,
+                endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(peer.host,
+                                                                                                  peer.port)])],
+            ),
+        )
+    else:
+        result = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+        result.eds_cluster_config.eds_config.CopyFrom(config_source_pb2.ConfigSource(
+            ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3,
+        ))
+        if peer.lb == "pick_first":
+            policy = result.load_balancing_policy.policies.add()
+            policy.typed_extension_config.name = "envoy.load_balancing_policies.pick_first"
+            policy.typed_extension_config.typed_config.Pack(pick_first_pb2.PickFirst())
     result.transport_socket.name = TLS_TRANSPORT_SOCKET
     result.transport_socket.typed_config.Pack(tls)
     return result
 
 
 def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict[str, dict[str, Any]]:
-    """Listeners and Clusters for ``peers``, referring to the bootstrap's provider instances."""
-    listeners = {name: listener(name) for name in peers}
+    """Listeners, Clusters and endpoints for ``peers``, referring to the bootstrap's provider instances."""
+    listeners = {name: listener(name, peer) for name, peer in peers.items()}
     clusters = {
         name: cluster(
             name,
@@ -200,4 +315,7 @@ def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict
         )
         for name, peer in peers.items()
     }
-    return {LISTENER_TYPE: listeners, CLUSTER_TYPE: clusters}
+    endpoints = {
+        name: load_assignment(name, peer.endpoints) for name, peer in peers.items() if peer.endpoints is not None
+    }
+    return {LISTENER_TYPE: listeners, CLUSTER_TYPE: clusters, ENDPOINTS_TYPE: endpoints}
