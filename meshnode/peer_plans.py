@@ -7,6 +7,9 @@ DNS resolver asks for none of its own):
 * ``loadBalancingConfig``: ``round_robin`` (a connection to every endpoint,
   one call each in turn, endpoints whose connection failed skipped) or
   ``pick_first``;
+* ``healthCheckConfig`` with round robin: gRPC watches each endpoint's
+  ``grpc.health.v1`` status and skips one that is NOT_SERVING (a node
+  draining before it stops, see :mod:`meshnode.server`);
 * ``methodConfig[].retryPolicy`` for every method: ``retries + 1``
   attempts on the ``retry_on`` codes, backoff from 25 ms doubling up to
   250 ms (gRPC adds jitter), within the call's deadline.
@@ -37,6 +40,11 @@ log = logging.getLogger("meshnode.peers")
 def service_config(peer: PeerConfig) -> str:
     """The service config JSON of ``peer``'s channels: its balancing and retry policy."""
     config: dict[str, object] = {"loadBalancingConfig": [{peer.lb: {}}]}
+    if peer.lb == "round_robin":
+        # client-side health checking (gRFC A17): an endpoint whose server says NOT_SERVING (draining
+        # before it stops, or without a valid identity) gets no new calls; servers without the
+        # health service count as serving
+        config["healthCheckConfig"] = {"serviceName": ""}
     if peer.retries > 0:
         config["methodConfig"] = [{
             "name": [{}],

@@ -8,7 +8,17 @@ puts the gate in front of it once, at registration (no per-call
 interceptor). Health (``grpc.health.v1``) and server reflection are
 registered the same way, on the same port.
 
-Stopping: calls still running when the grace period ends are cancelled
+Stopping drains first: health turns NOT_SERVING, and while calls keep
+coming the server keeps serving them, until none came for
+:data:`DRAIN_QUIET` seconds (at most :data:`DRAIN_MAX`, within the grace).
+Clients that watch health (meshnode's peers do: client-side health
+checking in ``dns`` mode, the control plane's endpoint health in
+``spiffe-id`` mode) send their next calls to other endpoints meanwhile.
+Only then does gRPC stop the server: it cancels calls that had arrived but
+not yet reached a handler (CANCELLED, grpc/grpc#41785) and sends GOAWAY,
+so without the drain a busy server fails calls that no retry saves.
+
+Calls still running when the grace period ends are cancelled
 by gRPC, which is expected at shutdown. :meth:`MeshServer.stop` waits
 until their tasks have ended (else ``asyncio.run`` cancels gRPC's
 per-call tasks itself and gRPC logs two ``CancelledError`` tracebacks per
@@ -38,6 +48,11 @@ log = logging.getLogger("meshnode.server")
 
 #: The names of the threads that run plain ``def`` methods start with this.
 HANDLER_THREAD_PREFIX = "meshnode-handler"
+#: Stopping: the drain ends once no new call came for this many seconds...
+DRAIN_QUIET = 0.25
+#: ...or after this many (never more than the grace period).
+DRAIN_MAX = 3.0
+_DRAIN_POLL = 0.02
 
 
 class MeshServer:
@@ -122,6 +137,7 @@ class MeshServer:
     async def stop(self, grace: float | None) -> int:
         """Stop serving; in-flight calls get ``grace`` seconds. Returns how many calls were cancelled."""
         await self.health.enter_graceful_shutdown()
+        await self._drain(min(DRAIN_MAX, grace or 0.0))
         calls = self._running_calls()
         stopping = asyncio.ensure_future(self.server.stop(grace))
         cancelled = len(calls)
@@ -132,6 +148,21 @@ class MeshServer:
         await _settle(calls)
         self._pool.shutdown(wait=False, cancel_futures=True)
         return cancelled
+
+    async def _drain(self, limit: float) -> None:
+        """Keep serving while calls come (health says NOT_SERVING), until quiet or ``limit`` seconds."""
+        if limit <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        start = quiet_since = loop.time()
+        seen = self._running_calls()
+        while loop.time() - start < limit and loop.time() - quiet_since < DRAIN_QUIET:
+            await asyncio.sleep(_DRAIN_POLL)
+            running = self._running_calls()
+            if running - seen:  # calls that started since the last look
+                quiet_since = loop.time()
+            seen = running
+        log.debug("server: drained for %.2f s", loop.time() - start)
 
     def _running_calls(self) -> set[asyncio.Task[object]]:
         """The tasks of this server's calls that have not ended (gRPC names them after the method)."""

@@ -51,7 +51,14 @@ from meshnode.xds import bootstrap as _bootstrap
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir
-from meshnode.xds.resources import PeerSpec, PeerTarget, Resources, peer_resources, validate_peer_name
+from meshnode.xds.resources import (
+    PeerSpec,
+    PeerTarget,
+    Resources,
+    health_resource_name,
+    peer_resources,
+    validate_peer_name,
+)
 from meshnode.xds.rpc_errors import explain_rpc_error
 
 __all__ = ["XdsControlPlane"]
@@ -87,6 +94,7 @@ class XdsControlPlane:
         self._state = _State.NEW
         self._snapshot: IdentitySnapshot | None = None
         self._peers: dict[str, PeerTarget] = {}
+        self._health: dict[str, PeerTarget] = {}  # health-watch targets: one endpoint of a peer each
         self._unverifiable: frozenset[str] = frozenset()  # trust domains given placeholder roots
         self._bootstrap: _bootstrap.Bootstrap | None = None
         self._token: object | None = None
@@ -160,9 +168,9 @@ class XdsControlPlane:
     def set_peers(self, peers: Mapping[str, PeerSpec | PeerTarget]) -> None:
         """Serve exactly these peers from now on (gRPC gets the change at once); thread-safe."""
         targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
-        reserved = sorted(name for name in targets if name.startswith("meshnode.a87-probe"))
+        reserved = sorted(name for name in targets if name.startswith(("meshnode.a87-probe", "meshnode.health.")))
         if reserved:
-            raise PeerError(f"xds: peer name {reserved[0]!r} is reserved for meshnode's A87 probe")
+            raise PeerError(f"xds: peer name {reserved[0]!r} is reserved for meshnode (A87 probe, health watch)")
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClosedError("xds: the control plane is closed")
@@ -197,8 +205,44 @@ class XdsControlPlane:
             self._serve_locked()
             return True
 
+    def set_draining(self, name: str, endpoint: HostPort, draining: bool) -> bool:
+        """Mark one endpoint of peer ``name`` draining (its server said NOT_SERVING) or not; thread-safe.
+
+        True if that changed. A draining endpoint is served as DRAINING in
+        EDS: gRPC sends it no new calls, those in flight finish.
+        """
+        with self._lock:
+            peer = self._peers.get(name)
+            if self._state is _State.CLOSED or peer is None or peer.endpoints is None:
+                return False
+            marked = peer.draining | {endpoint} if draining else peer.draining - {endpoint}
+            if marked == peer.draining or endpoint not in peer.endpoints:
+                return False
+            self._peers[name] = peer.with_endpoints(peer.endpoints, frozenset(marked))
+            self._serve_locked()
+            return True
+
+    def health_target(self, name: str, endpoint: HostPort) -> str:
+        """An ``xds:///`` target reaching only ``endpoint`` of peer ``name``, verified like the peer
+        (for watching its health); served until :meth:`drop_health_target`."""
+        with self._lock:
+            peer = self._peers.get(name)
+            if peer is None:
+                raise PeerError(f"xds: no spiffe-id peer named {name!r}")
+            resource = health_resource_name(name, endpoint)
+            self._health[resource] = PeerTarget(str(endpoint), peer.spiffe_id, retries=0)
+            self._serve_locked()
+        self.target(name)  # the bootstrap is still in force
+        return f"xds:///{resource}"
+
+    def drop_health_target(self, name: str, endpoint: HostPort) -> None:
+        with self._lock:
+            if self._health.pop(health_resource_name(name, endpoint), None) is not None and \
+                    self._state is not _State.CLOSED:
+                self._serve_locked()
+
     def _serve_locked(self) -> None:
-        resources = peer_resources(self._peers, bundle_map=self.bundle_map)
+        resources = peer_resources({**self._peers, **self._health}, bundle_map=self.bundle_map)
         for type_url, named in self._probe.items():
             resources.setdefault(type_url, {}).update(named)
         self.ads.set_resources(resources)

@@ -23,17 +23,23 @@ from meshnode.config.targets import HostPort
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.xds.control_plane import XdsControlPlane
+from meshnode.xds.endpoint_health import EndpointHealth
 from meshnode.xds.resources import PeerTarget
 
 __all__ = ["NodeXds", "start_control_plane"]
 
 
 class NodeXds:
-    """Owns the node's control plane; answers PeerChannel's plan and explain calls."""
+    """Owns the node's control plane and the health watches of its peers' endpoints; answers
+    PeerChannel's plan and explain calls."""
 
     def __init__(self, control_plane: XdsControlPlane, options: tuple[tuple[str, Any], ...]) -> None:
         self.control_plane = control_plane
         self._options = options
+        self.health = EndpointHealth(control_plane, options)
+        for name, peer in control_plane.peers.items():
+            if peer.endpoints is not None:
+                self.health.update(name, peer.endpoints)
 
     def plan(self, name: str) -> ChannelPlan:
         cp = self.control_plane
@@ -48,8 +54,10 @@ class NodeXds:
 
     def set_endpoints(self, name: str, endpoints: tuple[HostPort, ...]) -> None:
         self.control_plane.set_endpoints(name, endpoints)
+        self.health.update(name, endpoints)
 
     async def close(self) -> None:
+        await self.health.close()
         await self.control_plane.close()
 
 

@@ -15,6 +15,9 @@ call's deadline). The Cluster is one of:
   ``ClusterLoadAssignment`` ``NAME`` with every endpoint (IP addresses,
   which meshnode resolves and updates), balanced ``round_robin`` (gRPC's
   default for a Cluster) or ``pick_first`` (``load_balancing_policy``).
+  An endpoint whose server says NOT_SERVING (it drains before stopping,
+  :mod:`meshnode.xds.endpoint_health`) is served as ``DRAINING``: gRPC
+  sends it no new calls (unless every endpoint drains: then none is marked).
 
 Either way the Cluster carries an ``UpstreamTlsContext``:
 
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -70,6 +73,7 @@ __all__ = [
     "PeerTarget",
     "Resources",
     "cluster",
+    "health_resource_name",
     "listener",
     "load_assignment",
     "peer_resources",
@@ -132,6 +136,8 @@ class PeerTarget:
     lb: str = "round_robin"
     retries: int = 2
     retry_on: tuple[str, ...] = ("UNAVAILABLE",)
+    #: endpoints whose server said NOT_SERVING: served as DRAINING (gRPC sends them no new calls)
+    draining: frozenset[HostPort] = frozenset()
     host: str = field(init=False)
     port: int = field(init=False)
 
@@ -172,11 +178,21 @@ class PeerTarget:
             endpoints = spec.hosts if not spec.resolved_by_meshnode else ()
         return cls(spec.text, peer.spiffe_id, endpoints, **settings)  # type: ignore[arg-type]
 
-    def with_endpoints(self, endpoints: tuple[HostPort, ...]) -> PeerTarget:
-        """This peer with another endpoint list (an EDS peer only)."""
+    def with_endpoints(
+        self, endpoints: tuple[HostPort, ...], draining: frozenset[HostPort] | None = None
+    ) -> PeerTarget:
+        """This peer with another endpoint list (an EDS peer only), and which of them drain."""
         if self.endpoints is None:
             raise ConfigError(f"xds: peer {self.address} is one logical endpoint; it takes no endpoint list")
-        return dataclasses.replace(self, endpoints=endpoints)
+        kept = self.draining if draining is None else draining
+        return dataclasses.replace(self, endpoints=endpoints, draining=kept & frozenset(endpoints))
+
+    @property
+    def served_draining(self) -> frozenset[HostPort]:
+        """The endpoints served as DRAINING: none when all would be (the draining ones still serve,
+        and calls are better sent to them than failed)."""
+        assert self.endpoints is not None
+        return frozenset() if set(self.endpoints) <= self.draining else self.draining
 
     @property
     def trust_domain(self) -> str:
@@ -192,6 +208,12 @@ def validate_peer_name(name: str) -> str:
             "starting and ending with a letter or digit"
         )
     return name
+
+
+def health_resource_name(peer: str, endpoint: HostPort) -> str:
+    """The resource name (and ``xds:///`` path) that reaches one endpoint of ``peer`` for health watching."""
+    host = endpoint.host.replace(":", "_").replace("%", "_")
+    return f"meshnode.health.{peer}.{host}.{endpoint.port}"
 
 
 def san_regex(spiffe_id: SpiffeID) -> str:
@@ -240,22 +262,23 @@ def listener(name: str, peer: PeerTarget | None = None) -> Any:
     return listener_pb2.Listener(name=name, api_listener=api_listener)
 
 
-def _lb_endpoint(host: str, port: int) -> Any:
+def _lb_endpoint(host: str, port: int, *, draining: bool = False) -> Any:
     return endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
-        )
+        ),
+        health_status=health_check_pb2.DRAINING if draining else health_check_pb2.HEALTHY,
     )
 
 
-def load_assignment(name: str, endpoints: tuple[HostPort, ...]) -> Any:
-    """The ClusterLoadAssignment ``name``: every endpoint, in one locality."""
+def load_assignment(name: str, endpoints: tuple[HostPort, ...], draining: frozenset[HostPort] = frozenset()) -> Any:
+    """The ClusterLoadAssignment ``name``: every endpoint, in one locality; ``draining`` ones marked so."""
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(zone=LOCALITY),
-                lb_endpoints=[_lb_endpoint(e.host, e.port) for e in endpoints],
+                lb_endpoints=[_lb_endpoint(e.host, e.port, draining=e in draining) for e in endpoints],
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
             )
         ],
@@ -316,6 +339,8 @@ def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict
         for name, peer in peers.items()
     }
     endpoints = {
-        name: load_assignment(name, peer.endpoints) for name, peer in peers.items() if peer.endpoints is not None
+        name: load_assignment(name, peer.endpoints, peer.served_draining)
+        for name, peer in peers.items()
+        if peer.endpoints is not None
     }
     return {LISTENER_TYPE: listeners, CLUSTER_TYPE: clusters, ENDPOINTS_TYPE: endpoints}
