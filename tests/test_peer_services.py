@@ -69,7 +69,7 @@ def test_calls_spread_over_every_replica_and_never_reach_an_impostor(verify: str
         assert result["failed"] == []
         counts = result["counts"]
         assert set(counts) == {"beta-2", "beta-3", "beta-4"}, counts  # mallory never answered
-        for name, n in counts.items():
+        for n in counts.values():
             assert 0.25 * 600 <= n <= 0.42 * 600, counts
         assert sum(counts.values()) == 600
         impostor = f"{IMPOSTOR_HOST}:{m.port}"
@@ -220,6 +220,6 @@ def test_every_svid_rotates_under_load_without_a_failed_call(verify: str) -> Non
             assert time.monotonic() < deadline, "the client's SVID did not rotate"
             time.sleep(0.5)
             windows.append(client.ask("mark"))
-        last, more = until(client, lambda w: len(w["counts"]) == 3, "calls on every replica after rotations")
+        _, more = until(client, lambda w: len(w["counts"]) == 3, "calls on every replica after rotations")
         totals = client.ask("stop")
         assert failures(windows + more) == [] and totals["failed"] == [], failures(windows + more)[:5]

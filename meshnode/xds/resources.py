@@ -343,4 +343,7 @@ def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict
         for name, peer in peers.items()
         if peer.endpoints is not None
     }
-    return {LISTENER_TYPE: listeners, CLUSTER_TYPE: clusters, ENDPOINTS_TYPE: endpoints}
+    out = {LISTENER_TYPE: listeners, CLUSTER_TYPE: clusters}
+    if endpoints:
+        out[ENDPOINTS_TYPE] = endpoints
+    return out

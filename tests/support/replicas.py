@@ -76,7 +76,7 @@ class Client:
 
     def __init__(self, config: Path) -> None:
         self.stderr_path = config.with_suffix(".stderr")
-        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._err = open(self.stderr_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.lb_client", str(config)], cwd=ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
