@@ -2,7 +2,10 @@
 
 Every variant is a (server, client channel) pair. ``B`` is the baseline the
 others are divided by; ``E`` and ``F`` call the ``C`` server, so their
-difference to ``C`` is the cost of meshnode's client side. ``P`` and ``Q``
+difference to ``C`` is the cost of meshnode's client side. ``E3`` and
+``F3`` call three ``C`` servers as one peer with three endpoints (balanced
+per call): their client CPU next to ``E`` and ``F`` is what balancing over
+several endpoints costs a caller. ``P`` and ``Q``
 (not in a default run: ``--variants B,C,P,Q``) are the policy-scale
 scenario: their difference is what one header rule costs.
 """
@@ -38,6 +41,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("E", "C server; client through a meshnode Node peer channel, verify=dns", "C", "node-dns"),
     Variant("F", "C server; client through a meshnode Node peer channel, verify=spiffe-id (xDS)", "C",
             "node-spiffe-id", own_process=True),
+    Variant("E3", "three C servers as one peer: a meshnode peer channel with 3 endpoints (round robin), "
+            "verify=dns", "C3", "node-dns"),
+    Variant("F3", "three C servers as one peer: a meshnode peer channel with 3 endpoints (round robin, EDS), "
+            "verify=spiffe-id", "C3", "node-spiffe-id", own_process=True),
     Variant("P", "C with a policy file of 10,001 allow rules, the caller's last", "P", "mtls"),
     Variant("Q", "P + one deny rule with a header condition on the called service", "Q", "mtls"),
 )
@@ -80,7 +87,7 @@ class BenchSettings:
     spiffe_id_rotations: int = 4  # through a spiffe-id channel (only when F runs)
     spiffe_id_rotation_interval: float = 1.5  # gRPC's file_watcher re-reads every second
     pin: bool = True
-    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
+    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "E3", "F3")
     quick: bool = False
 
     def __post_init__(self) -> None:

@@ -165,9 +165,11 @@ def _channels_section(result: Mapping[str, Any]) -> list[str]:
     summary = result["throughput"]["summary"]
     many = list(summary.values())[1] if len(summary) > 1 else {}
     labels = {"C": "bare grpcio mTLS channel", "E": "meshnode peer channel, verify=dns",
-              "F": "meshnode peer channel, verify=spiffe-id (xDS)"}
+              "F": "meshnode peer channel, verify=spiffe-id (xDS)",
+              "E3": "meshnode peer channel, verify=dns, 3 endpoints",
+              "F3": "meshnode peer channel, verify=spiffe-id (EDS), 3 endpoints"}
     lines = [
-        "## Client channels: dns vs spiffe-id (all calling the C server)",
+        "## Client channels: dns vs spiffe-id, 1 vs 3 endpoints (C server; E3/F3: three C servers as one peer)",
         "",
         "| client | first call on a new channel, ms | client CPU µs/RPC, unary, many callers | vs C |",
         "|---|---:|---:|---:|",
@@ -186,6 +188,12 @@ def _channels_section(result: Mapping[str, Any]) -> list[str]:
         rel = _ratio_of(row["client_cpu_ratio"], c["client_cpu_ratio"]) if row and c else None
         cpu = _spread(row["client_cpu_us"]) if row else "-"
         lines.append(f"| {name}: {label} | {shown} | {cpu} | {_fmt(rel, 3)} |")
+    for one, three in (("E", "E3"), ("F", "F3")):
+        rel = _ratio_of(many[three]["client_cpu_ratio"], many[one]["client_cpu_ratio"]) \
+            if one in many and three in many else None
+        if rel is not None:
+            lines += ["", f"Client CPU per call, 3 endpoints vs 1 ({three} / {one}, medians of per-round ratios "
+                      f"to B): {_fmt(rel, 3)}"]
     for name, reason in result["skipped"].items():
         lines += ["", f"Skipped {name}: {reason}"]
     lines += [

@@ -41,7 +41,7 @@ Progress = Callable[[str], None]
 _START_TIMEOUT = 90.0
 _HANDSHAKE_WARMUP = 10
 #: clients whose failure to start skips a part of the run instead of failing it
-_OPTIONAL_CLIENTS = {"F": "F", "RS": "rotation, verify=spiffe-id"}
+_OPTIONAL_CLIENTS = {"F": "F", "F3": "F3", "RS": "rotation, verify=spiffe-id"}
 
 
 def _cpu_plan(pin: bool) -> tuple[int | None, int | None]:
@@ -83,11 +83,11 @@ class _Run:
         return child
 
     def start_processes(self, agent: DevAgentThread) -> None:
-        if "F" in self.settings.variants:
-            reason = spiffe_id_unavailable()
+        for name in ("F", "F3"):
+            reason = spiffe_id_unavailable() if name in self.settings.variants else None
             if reason is not None:
-                self.skipped["F"] = reason
-                self.variants = [v for v in self.variants if v.name != "F"]
+                self.skipped[name] = reason
+                self.variants = [v for v in self.variants if v.name != name]
         socket = agent.socket_address("server")
         for variant in sorted({v.server for v in self.variants} | {"H", "R"}):
             extra = ["--agent-socket", socket] if variant == "R" else []
@@ -99,7 +99,7 @@ class _Run:
         self.progress(f"servers ready: {', '.join(sorted(self.servers))}")
 
         def target(name: str, kind: str, server: str) -> str:
-            return f"--target={name}={kind}@127.0.0.1:{self.ports[server]['main']}"
+            return f"--target={name}={kind}@{self.address(server)}"
 
         shared = [target(v.name, v.kind, v.server) for v in self.variants if not v.own_process]
         groups = {"main": shared}
@@ -125,6 +125,13 @@ class _Run:
                 child.close()
                 del self.clients[name]
         self.progress(f"clients ready; variants {' '.join(v.name for v in self.variants)}")
+
+    def address(self, server: str) -> str:
+        """The peer address of a server variant: one endpoint, or an ``ipv4:`` list of its ports."""
+        ports = self.ports[server]
+        if len(ports) == 1 or server != "C3":
+            return f"127.0.0.1:{ports['main']}"
+        return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports.values())
 
     def _client_of(self, variant: Variant) -> Child:
         return self.clients[variant.name if variant.own_process else "main"]
@@ -207,9 +214,9 @@ class _Run:
         """Fresh channel to first reply, per client kind, each kind in a short-lived process of its own."""
         out: dict[str, Any] = {}
         for variant in self.variants:
-            if variant.server != "C":
+            if variant.server not in ("C", "C3"):
                 continue
-            address = f"127.0.0.1:{self.ports['C']['main']}"
+            address = self.address(variant.server)
             args = ["--first-calls", f"{variant.name}={variant.kind}@{address}",
                     "--count", str(self.settings.first_calls)]
             child = self._child(f"first calls {variant.name}", "meshnode.bench.client", args, self.client_cpu)

@@ -13,6 +13,8 @@ Variants (what the runner compares):
   client's last (:mod:`meshnode.bench.policies`);
 * ``Q``: ``P`` plus one deny rule with a header condition on the Echo
   service (what used to turn the decision cache off for every call);
+* ``C3``: three ``C`` nodes in one process (ports ``main``, ``second``,
+  ``third``): the endpoints of a peer with three replicas;
 * ``H``: two bare servers on two ports, ``static`` (``ssl_server_credentials``)
   and ``dynamic`` (meshnode's :class:`~meshnode.credentials.ServerCredentials`),
   for the handshake rate;
@@ -49,7 +51,7 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "D", "H", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -146,6 +148,16 @@ async def start(
             "static": await _bare(stack, pki.static_server_credentials()),
             "dynamic": await _bare(stack, dynamic.credentials),
         }, commands
+    if variant == "C3":
+        from meshnode.identity.source import StaticSource
+
+        ports: dict[str, int] = {}
+        for i, name in enumerate(("main", "second", "third")):
+            source = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+            stack.callback(source.close)
+            config = _node_config(f"bench-server-c3-{i}", {"source": "dev"})
+            ports[name] = await _node(stack, config, BenchEcho(), source=source)
+        return ports, commands
     if variant in ("C", "D", "P", "Q"):
         from meshnode.bench.policies import write_policy
         from meshnode.identity.source import StaticSource
