@@ -135,7 +135,7 @@ class Authorizer:
         record_spans: bool = True,
     ) -> None:
         if cache_size < 16:
-            raise PolicyError(f"authz: cache_size must be at least 16, not {cache_size}")
+            raise PolicyError(reason=f"cache_size must be at least 16, not {cache_size}", component="authz")
         self._source: PolicySource = StaticPolicy(policy) if isinstance(policy, Policy) else policy
         self._trust = trust
         self._audit = AuditCondition.parse(audit)

@@ -76,9 +76,9 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         notes = policy.check_production()  # the node's check, without its trust domains and built-in rules
     except PolicyError as exc:
-        notes = (f"production would refuse it: {str(exc).removeprefix('authz: ')}",)
+        notes = (f"production would refuse it: {exc.reason}",)
     for note in notes:
-        print(f"warning: {note.removeprefix('authz: ')}", file=sys.stderr)
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -92,7 +92,8 @@ def _effective_policy(path: str) -> Policy:
         if refused is not None:
             raise refused.exception(booted.checks)
         if booted.policy is None:
-            raise PolicyError(f"authz: {path}: a client-only node (no [node] listen) serves nothing to explain")
+            raise PolicyError(reason=f"{path}: a client-only node (no [node] listen) serves nothing to explain",
+                              component="authz")
         return booted.policy.current().policy
 
 
@@ -101,13 +102,13 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         peer = parse_spiffe_id(args.peer)
     except InvalidSpiffeIdError as exc:
-        raise PolicyError(f"authz: --peer: {str(exc).removeprefix('spiffeid: ')}") from None
+        raise PolicyError(f"authz: --peer: invalid SPIFFE ID {args.peer!r}: {exc.reason}", reason=exc.reason) from None
     method = check_method_path(args.method, "--method")
     headers = []
     for item in args.header:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise PolicyError(f"authz: --header {item!r}: expected KEY=VALUE")
+            raise PolicyError(reason=f"--header {item!r}: expected KEY=VALUE", component="authz")
         headers.append((key.lower(), value))
     explanation = policy.explain(Request.from_metadata(peer, method, headers))
     print(f"policy {policy.name!r} ({args.config or args.file}), caller {peer}, method {method}")

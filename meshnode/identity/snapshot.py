@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from meshnode.errors import InvalidIdentityError
 from meshnode.spiffeid import SpiffeID
 
 __all__ = ["Bundles", "IdentitySnapshot", "certs_pem", "utcnow"]
@@ -50,7 +51,8 @@ class IdentitySnapshot:
 
     def __post_init__(self) -> None:
         if not self.chain:
-            raise ValueError("identity snapshot needs at least the leaf certificate")
+            raise InvalidIdentityError(reason="an identity snapshot needs at least the leaf certificate",
+                                       component="identity")
         frozen = MappingProxyType({td: tuple(certs) for td, certs in self.bundles.items()})
         object.__setattr__(self, "bundles", frozen)
 

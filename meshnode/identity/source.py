@@ -69,7 +69,8 @@ class Publisher:
     def current(self) -> IdentitySnapshot:
         snapshot = self._current
         if snapshot is None:
-            raise IdentityUnavailableError(f"identity: {self.description} has not delivered an SVID yet")
+            raise IdentityUnavailableError(reason=f"{self.description} has not delivered an SVID yet",
+                                           component="identity")
         return snapshot
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:

@@ -208,7 +208,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         try:
             server.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError as exc:
-            raise ServeError(f"xds: cannot listen on unix:{self.socket_path}: {exc}") from exc
+            raise ServeError(reason=f"cannot listen on unix:{self.socket_path}: {exc}", component="xds") from exc
         await server.start()
         self._server = server
         log.debug("xds: ADS server listening on unix:%s", self.socket_path)
