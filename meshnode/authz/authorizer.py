@@ -192,7 +192,7 @@ class Authorizer:
         if trust is None:
             return resolve_peer(auth)
         if snapshot is not None:  # federated: the bundles of the generation in the cache key
-            return resolve_peer(auth, accepted=trust.accepted_trust_domains, bundles=snapshot.bundles)
+            return resolve_peer(auth, accepted=trust.accepted_trust_domains, bundles=snapshot)
         return resolve_peer(auth, accepted=trust.accepted_trust_domains or None)
 
     def _verdict(
