@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"probe: invalid ADDRESS {args.address!r}: expected host:port, e.g. {DEFAULT_ADDRESS}")
     deadline = time.monotonic() + args.timeout
+    # the one line below says what failed; gRPC core would add its own handshake log lines to the
+    # probe's output (what the kubelet shows in the pod's events). GRPC_VERBOSITY, when set, wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     raw = args.socket if args.socket is not None else os.environ.get(ENDPOINT_SOCKET_ENV)
     svid = fetch_svid(_socket_address(raw), deadline)
     from meshnode.spiffeid import dns_name_for
