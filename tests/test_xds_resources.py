@@ -15,8 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.identity.devca import DevCA, validate_dns_name
@@ -28,13 +26,14 @@ from meshnode.xds import resources as xres
 from meshnode.xds.credentials import verify_nothing_roots
 from meshnode.xds.files import RuntimeDir, spiffe_bundle_map
 from meshnode.xds.rpc_errors import SAN_MISMATCH, explain_details
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import unpack
 
 SERVER = "spiffe://example.org/ns/prod/server"
 
 
-def tls_of(cluster: cluster_pb2.Cluster) -> tls_pb2.UpstreamTlsContext:
-    tls = tls_pb2.UpstreamTlsContext()
-    assert cluster.transport_socket.typed_config.Unpack(tls)
+def tls_of(cluster: pb.Cluster) -> pb.UpstreamTlsContext:
+    tls: pb.UpstreamTlsContext = unpack(cluster.transport_socket.typed_config, pb.UpstreamTlsContext)
     return tls
 
 
@@ -62,7 +61,7 @@ def test_cluster_pins_the_peer_id_with_roots_of_its_own_trust_domain() -> None:
     peer = xres.PeerTarget("10.1.2.3:7002", parse_spiffe_id("spiffe://other.org/billing"))
     resources = xres.peer_resources({"billing": peer}, bundle_map=False)
     cluster = resources[xres.CLUSTER_TYPE]["billing"]
-    assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
+    assert cluster.type == pb.Cluster.LOGICAL_DNS
     socket_address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (socket_address.address, socket_address.port_value) == ("10.1.2.3", 7002)
     assert cluster.transport_socket.name == xres.TLS_TRANSPORT_SOCKET
