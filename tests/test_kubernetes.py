@@ -41,7 +41,7 @@ def objs() -> list[Obj]:
 def node_configs(objs: list[Obj]) -> dict[str, dict[str, Any]]:
     """Deployment name -> its node.toml, read from the ConfigMap its pods mount."""
     found = {}
-    for name, deployment in k8s.named(objs, "Deployment", "meshnode").items():
+    for name in k8s.named(objs, "Deployment", "meshnode"):
         cm = k8s.volume_for(objs, "Deployment", "meshnode", name, "meshnode", "/etc/meshnode")["configMap"]["name"]
         found[name] = tomllib.loads(k8s.config_map_data(objs, "meshnode", cm, "node.toml"))
     return found
@@ -158,7 +158,8 @@ def test_the_workload_api_socket_reaches_every_node(objs: list[Obj]) -> None:
     """agent socket -> host directory -> CSI driver -> csi.spiffe.io volume -> SPIFFE_ENDPOINT_SOCKET."""
     agent_socket = Path(k8s.hcl_string(k8s.config_map_data(objs, "spire-system", "spire-agent", "agent.conf"),
                                        "socket_path"))
-    agent_dir = k8s.volume_for(objs, "DaemonSet", "spire-system", "spire-agent", "spire-agent", str(agent_socket.parent))
+    agent_dir = k8s.volume_for(objs, "DaemonSet", "spire-system", "spire-agent", "spire-agent",
+                               str(agent_socket.parent))
     driver = k8s.container(objs, "DaemonSet", "spire-system", "spiffe-csi-driver", "spiffe-csi-driver")
     args = driver["args"]
     driver_dir = k8s.volume_for(objs, "DaemonSet", "spire-system", "spiffe-csi-driver", "spiffe-csi-driver",
@@ -176,7 +177,7 @@ def test_the_workload_api_socket_reaches_every_node(objs: list[Obj]) -> None:
 
 
 def test_every_node_toml_passes_check_config_only(objs: list[Obj], tmp_path: Path) -> None:
-    for name, deployment in k8s.named(objs, "Deployment", "meshnode").items():
+    for name in k8s.named(objs, "Deployment", "meshnode"):
         cm = k8s.volume_for(objs, "Deployment", "meshnode", name, "meshnode", "/etc/meshnode")["configMap"]["name"]
         path = tmp_path / f"{name}.toml"
         path.write_text(k8s.config_map_data(objs, "meshnode", cm, "node.toml"))

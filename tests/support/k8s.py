@@ -42,7 +42,8 @@ def key(obj: Obj) -> tuple[str, str, str]:
 
 
 def named(objs: list[Obj], kind: str, namespace: str = "") -> dict[str, Obj]:
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind and o["metadata"].get("namespace", "") == namespace}
+    return {o["metadata"]["name"]: o for o in objs
+            if o["kind"] == kind and o["metadata"].get("namespace", "") == namespace}
 
 
 def pods(objs: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
@@ -107,7 +108,7 @@ def reference_problems(objs: list[Obj]) -> list[str]:
         for wh in hook["webhooks"]:
             svc = wh["clientConfig"]["service"]
             if svc["name"] not in named(objs, "Service", svc["namespace"]):
-                problems.append(f"{where(hook)}: webhook {wh['name']} calls Service {svc['name']}, which does not exist")
+                problems.append(f"{where(hook)}: webhook {wh['name']} calls Service {svc['name']}, not here")
     return problems
 
 
