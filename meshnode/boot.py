@@ -278,7 +278,7 @@ def _identity(
             source, notes = open_identity(config, on_error=on_error)
         except MeshnodeError as exc:
             b.checks.append(Check("SVID obtained", False, str(exc), "see the message", type(exc), "always",
-                                  message=str(exc)))
+                                  message=str(exc), raised=exc))
             return None
         b.owns_source = True
         b.notes += notes

@@ -11,6 +11,7 @@ only this tree::
      |    +-- PolicyError            an authorization policy is invalid
      +-- IdentityError               identity problems (exit 3)
      |    +-- IdentityUnavailableError  no SVID could be obtained in time
+     |    |    +-- SvidNotDeliveredError  SVIDs came, none that [identity] spiffe_id / hint asks for
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
      |         +-- InvalidBundleError     a federated bundle file is refused (path, trust_domain, reason)
      +-- PeerError                   unknown peer, or a channel cannot be built
@@ -45,6 +46,7 @@ __all__ = [
     "PeerError",
     "PolicyError",
     "ServeError",
+    "SvidNotDeliveredError",
 ]
 
 #: Exit status for an invalid configuration (file, env, policy, CLI usage).
@@ -91,6 +93,34 @@ class IdentityError(MeshnodeError):
 
 class IdentityUnavailableError(IdentityError):
     """No SVID arrived from the configured source (in time)."""
+
+
+#: How many delivered SVIDs an error message lists (the ``delivered`` field holds them all).
+_MAX_LISTED = 8
+
+
+class SvidNotDeliveredError(IdentityUnavailableError):
+    """The Workload API delivered SVIDs, but none that ``[identity] spiffe_id`` / ``hint`` selects.
+
+    ``wanted``: what the configuration asks for; ``delivered``: one description
+    per SVID that came, in order; ``source``: where they came from. ``reason``
+    is the message without the source, for an update that is rejected later.
+    """
+
+    def __init__(self, wanted: str, delivered: tuple[str, ...], source: str) -> None:
+        self.wanted = wanted
+        self.delivered = delivered
+        self.source = source
+        shown = ", ".join(delivered[:_MAX_LISTED]) + (
+            f" and {len(delivered) - _MAX_LISTED} more" if len(delivered) > _MAX_LISTED else ""
+        )  # a hostile agent may send thousands: the message stays one bounded line
+        came = f"{len(delivered)} SVID{'s' if len(delivered) != 1 else ''}: {shown}"
+        self.reason = f"no SVID for {wanted}; it delivered {came}"
+        super().__init__(
+            f"identity: {source} delivered no SVID for {wanted}; it delivered {came}. To fix: register the "
+            "workload with that SPIFFE ID or hint (spire-server entry create -spiffeID ... -hint ...), or "
+            "change [identity] spiffe_id / hint to one the agent delivers"
+        )
 
 
 class InvalidIdentityError(IdentityError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig
+from meshnode.devagent.source import DevSource
 from meshnode.errors import (
     ConfigError,
     IdentityError,
@@ -22,7 +23,6 @@ from meshnode.errors import (
     InvalidIdentityError,
     MeshnodeError,
 )
-from meshnode.identity.dev import DevSource
 from meshnode.identity.federation import FederatedSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.guard import IdentityRules
@@ -43,7 +43,8 @@ class Check:
     ``required``: ``"production"`` checks stop a production node (staging logs
     them); ``"always"`` checks stop a node in every mode. ``error`` is the
     class raised when the check stops a node (its ``exit_code`` is the
-    process's); ``message``, when set, is that error's text.
+    process's); ``message``, when set, is that error's text; ``raised``, when
+    set, is the error itself (raised as it is, with its fields).
     """
 
     name: str
@@ -53,9 +54,12 @@ class Check:
     error: type[MeshnodeError] = ConfigError
     required: Literal["always", "production"] = "production"
     message: str = ""
+    raised: MeshnodeError | None = None
 
     def exception(self, checks: Sequence[Check] = ()) -> MeshnodeError:
         """The error a node stops with when this check fails (``checks``: the others, to name them)."""
+        if self.raised is not None:
+            return self.raised
         if self.message:
             return self.error(self.message)
         others = [c.name for c in checks if not c.ok and c is not self]
@@ -115,7 +119,10 @@ def _open_source(
         files = SvidFiles(idc.cert, idc.key, idc.bundle)
         return FileSource(files, on_error=on_error), []
     try:
-        return WorkloadApiSource(idc.socket, timeout=idc.timeout, on_error=on_error), []
+        source = WorkloadApiSource(
+            idc.socket, timeout=idc.timeout, on_error=on_error, spiffe_id=idc.spiffe_id, hint=idc.hint
+        )
+        return source, []
     except IdentityError as exc:
         if config.mode == "production":
             raise

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 
 from meshnode.authz.context import CURRENT_PEER
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import StaticSource
 from meshnode.identity.x509svid import build_snapshot

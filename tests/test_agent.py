@@ -35,10 +35,10 @@ from spiffe._proto import workload_pb2_grpc as pb_grpc
 from spiffe.workloadapi.errors import FetchX509SvidError, ValidateJwtSvidError
 
 from meshnode.cli import main as cli_main
-from meshnode.config.agent import AgentConfig, EntryConfig
+from meshnode.devagent.agent import DevAgent, DevAgentThread
+from meshnode.devagent.ca import DevCA
+from meshnode.devagent.config import AgentConfig, EntryConfig
 from meshnode.errors import ClosedError, ConfigError, ServeError
-from meshnode.identity.agent import DevAgent, DevAgentThread
-from meshnode.identity.devca import DevCA
 from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import dns_name_for, parse_spiffe_id
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from meshnode.config.agent import AgentConfig, EntryConfig, load_agent_config
+from meshnode.devagent.ca import DevCA
+from meshnode.devagent.config import AgentConfig, EntryConfig, load_agent_config
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA
 from meshnode.spiffeid import parse_spiffe_id
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "agent.toml"
@@ -89,7 +89,7 @@ def test_entry_problems(tmp_path: Path) -> None:
         tmp_path, HEAD + '[[entries]]\nname = "a"\nspiffe_id = "spiffe://example.org"\n',
         "names a trust domain, not a workload", InvalidSpiffeIdError,
     )
-    fails(tmp_path, HEAD + ALPHA + ALPHA, "two entries named 'alpha' would share the socket")
+    fails(tmp_path, HEAD + ALPHA + ALPHA, "two entries named 'alpha' hand out spiffe://example.org/node/alpha")
     fails(
         tmp_path, HEAD + '[[entries]]\nname = "../x"\nspiffe_id = "spiffe://example.org/a"\n',
         "entry name '../x' is not usable as a socket name",
@@ -132,3 +132,58 @@ def test_configs_built_in_code_are_validated_too() -> None:
         AgentConfig("example.org", Path("/tmp/s"), (alpha, alpha))
     with pytest.raises(ConfigError, match="svid_ttl must be a whole number of seconds from 2 to"):
         AgentConfig("example.org", Path("/tmp/s"), (alpha,), svid_ttl=0)
+
+
+# -- several SVIDs on one socket: [[entries]] that share a name -----------------------------
+
+ALPHA_EXTERNAL = '[[entries]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/node/alpha-external"\n'
+
+
+def test_entries_sharing_a_name_are_served_together_in_order(tmp_path: Path) -> None:
+    config = load_agent_config(write(tmp_path, HEAD + ALPHA + 'hint = "internal"\n' + ALPHA_EXTERNAL + (
+        'hint = "external"\nmap_dns = false\n'
+        '[[entries]]\nname = "beta"\nspiffe_id = "spiffe://example.org/node/alpha"\n'
+    )))
+    assert {name: [(str(e.spiffe_id), e.hint, e.map_dns) for e in entries]
+            for name, entries in config.sockets.items()} == {
+        "alpha": [("spiffe://example.org/node/alpha", "internal", True),
+                  ("spiffe://example.org/node/alpha-external", "external", False)],
+        "beta": [("spiffe://example.org/node/alpha", None, True)],  # the same ID on another socket is fine
+    }
+    assert config.entry("alpha").hint == "internal"  # the first is the socket's default SVID
+    assert [e.hint for e in config.entries_of("alpha")] == ["internal", "external"]
+
+
+def test_entries_sharing_a_name_must_agree_on_the_socket(tmp_path: Path) -> None:
+    fails(tmp_path, HEAD + ALPHA + 'hint = "a"\n' + ALPHA + 'hint = "b"\n',
+          "two entries named 'alpha' hand out spiffe://example.org/node/alpha; an entry name may repeat to serve "
+          "several SVIDs on one socket, each with its own spiffe_id")
+    fails(tmp_path, HEAD + ALPHA + 'hint = "same"\n' + ALPHA_EXTERNAL + 'hint = "same"\n',
+          "entries 'alpha' spiffe://example.org/node/alpha and spiffe://example.org/node/alpha-external have the "
+          "same hint 'same'")
+    fails(tmp_path, HEAD + ALPHA + "uid = 1000\n" + ALPHA_EXTERNAL,
+          "entries named 'alpha' disagree on uid (uid 1000 for spiffe://example.org/node/alpha, no uid for "
+          "spiffe://example.org/node/alpha-external); they share one socket, which has one uid")
+    fails(tmp_path, HEAD + ALPHA + "uid = 1000\n" + ALPHA_EXTERNAL + "uid = 1001\n", "disagree on uid")
+
+
+@pytest.mark.parametrize(
+    ("hint", "message"),
+    [
+        ('""', "'entries[0].hint' is empty"),
+        ('"in\\u0007ternal"', "'entries[0].hint' holds control or non-printable characters"),
+        ('"' + "h" * 1025 + '"', "'entries[0].hint' is 1025 characters long; the limit is 1024"),
+        ("7", "'entries[0].hint' must be a string"),
+    ],
+)
+def test_hint_problems(tmp_path: Path, hint: str, message: str) -> None:
+    fails(tmp_path, HEAD + ALPHA + f"hint = {hint}\n", message)
+
+
+def test_repeated_entries_built_in_code_are_validated_too() -> None:
+    alpha = EntryConfig("alpha", parse_spiffe_id("spiffe://example.org/node/alpha"), uid=1)
+    other = EntryConfig("alpha", parse_spiffe_id("spiffe://example.org/node/other"))
+    with pytest.raises(ConfigError, match="disagree on uid"):
+        AgentConfig("example.org", Path("/tmp/s"), (alpha, other))
+    with pytest.raises(ConfigError, match="hint is empty"):
+        EntryConfig("alpha", parse_spiffe_id("spiffe://example.org/node/alpha"), hint="")

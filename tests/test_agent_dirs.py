@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from spiffe import WorkloadApiClient
 
-from meshnode.config.agent import AgentConfig, EntryConfig, default_socket_dir, load_agent_config
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.ca import DevCA
+from meshnode.devagent.config import AgentConfig, EntryConfig, default_socket_dir, load_agent_config
 from meshnode.errors import ConfigError
-from meshnode.identity.agent import DevAgentThread
-from meshnode.identity.devca import DevCA
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import short_tmpdir
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from meshnode.config.agent import AgentConfig, EntryConfig, load_agent_config
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig, load_agent_config
 from meshnode.errors import ConfigError
-from meshnode.identity.agent import DevAgentThread
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import short_tmpdir
 from tests.support.agent_process import AgentProcess, fetch_spiffe_id
@@ -213,7 +213,7 @@ def test_a_connection_without_calls_is_closed_at_the_idle_timeout(workdir: Path)
 
 
 async def test_repeated_event_loop_errors_are_summarised(caplog: pytest.LogCaptureFixture) -> None:
-    from meshnode.identity.agent_limits import LoopErrors
+    from meshnode.devagent.limits import LoopErrors
 
     loop = asyncio.get_running_loop()
     errors = LoopErrors()

@@ -31,8 +31,8 @@ from meshnode.authz import (
     peer_id,
 )
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+from meshnode.devagent.ca import DevCA
 from meshnode.identity import StaticSource
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
 from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, serve, status_of

@@ -35,7 +35,7 @@ from meshnode.authz import (
 )
 from meshnode.authz.patterns import parse_pattern
 from meshnode.authz.scopes import AnyMethod, HeaderCondition, MethodPath, PathPattern, ServiceScope
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from tests.support.mtls import AuthorizedServer, status
 from tests.support.policies import HEADER_KEYS, UNIVERSE_VALUES, headers, peer_ids, policies

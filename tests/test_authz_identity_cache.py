@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from meshnode.authz import AcceptedTrust, Authorizer, Policy, allow
 from meshnode.authz.authorizer import peer_key
+from meshnode.devagent.ca import DevCA
 from meshnode.identity import StaticSource
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
 from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, serve

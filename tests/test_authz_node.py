@@ -17,8 +17,8 @@ from meshnode.boot import Boot, boot
 from meshnode.config.node import node_config_from_dict
 from meshnode.demo import EchoService, RelayService
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import ConfigError, PolicyError
-from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.node_policy import service_policy
 from meshnode.pipeline import discover

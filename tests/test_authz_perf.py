@@ -21,8 +21,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from meshnode.authz import AcceptedTrust, Authorizer, Policy, allow
+from meshnode.devagent.ca import DevCA
 from meshnode.identity import StaticSource
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
 from tests.support.authz import HOUR, SERVER_ID, ClientCert, RawCA, serve

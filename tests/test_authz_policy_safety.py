@@ -22,8 +22,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from meshnode.boot import boot
 from meshnode.config.node import node_config_from_dict
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import PolicyError
-from meshnode.identity.devca import DevCA
 from meshnode.testing import ManualSource, issue_snapshot
 
 SERVER = "spiffe://example.org/node/server"

@@ -19,8 +19,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from meshnode.authz import Authorizer, PolicyFile, Request, policy_from_allowlist, policy_source
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import PolicyError
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from meshnode.spiffeid import parse_spiffe_id
 from tests.support.authz import HOUR, ClientCert, serve

@@ -26,9 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.authz import AcceptedTrust, Authorizer, Policy, allow
 from meshnode.authz.identity import resolve_peer
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import InvalidIdentityError
 from meshnode.identity import StaticSource
-from meshnode.identity.devca import DevCA
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.identity.workload_api import WorkloadApiSource

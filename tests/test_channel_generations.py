@@ -14,7 +14,7 @@ import pytest
 
 from meshnode.channel import ChannelPlan, PeerChannel
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.testing import ManualSource
 from tests.support.channels import CLIENT_ID, SERVER_ID, echo_server, plan_for

@@ -11,7 +11,7 @@ import pytest
 from meshnode.channel import PeerChannel
 from meshnode.credentials import channel_credentials
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.probe import server_certificate
 from meshnode.spiffeid import dns_name_for

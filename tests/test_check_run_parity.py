@@ -19,8 +19,8 @@ import pytest
 
 from meshnode.boot import boot
 from meshnode.config.node import load_node_config
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import ConfigError
-from meshnode.identity.devca import DevCA
 from meshnode.testing import issue_snapshot
 from tests.support.procs import ROOT, Ended, Meshnode
 

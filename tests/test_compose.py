@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 import yaml
 
-from meshnode.config.agent import AgentConfig, EntryConfig, load_agent_config
 from meshnode.config.node import NodeConfig, load_node_config, parse_address
-from meshnode.identity.agent import DevAgentThread
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig, load_agent_config
 from meshnode.spiffeid import dns_name_for, parse_spiffe_id
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from meshnode.authz.a43 import parse_a43
 from meshnode.authz.config import load_policy_file
-from meshnode.config.agent import AgentConfig, load_agent_config
 from meshnode.config.node import LIMITS, NodeConfig, load_node_config
+from meshnode.devagent.config import AgentConfig, load_agent_config
 from meshnode.errors import EXIT_CONFIG, ConfigError, MeshnodeError, PolicyError
 from meshnode.preflight import dev_spiffe_id, static_checks
 from meshnode.spiffeid import parse_spiffe_id

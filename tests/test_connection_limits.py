@@ -20,8 +20,8 @@ from meshnode.config.node import node_config_from_dict
 from meshnode.credentials import channel_credentials
 from meshnode.demo import EchoService
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import ConfigError
-from meshnode.identity.devca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot, short_tmpdir

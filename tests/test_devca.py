@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import ConfigError, InvalidIdentityError
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import utcnow
 from meshnode.identity.x509chain import verify_chain
 from meshnode.spiffeid import dns_name_for

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import InvalidBundleError
 from meshnode.identity.bundle_dir import BundleDir
 from meshnode.identity.bundle_file import parse_pem_bundle, parse_spiffe_bundle
-from meshnode.identity.devca import DevCA
 from meshnode.identity.federation import FederatedSource
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.source import StaticSource

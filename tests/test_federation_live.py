@@ -28,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot, short_tmpdir

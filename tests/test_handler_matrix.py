@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from meshnode.authz import peer_id
 from meshnode.credentials import channel_credentials
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, issue_snapshot

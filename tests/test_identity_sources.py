@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from meshnode.devagent.ca import DevCA
+from meshnode.devagent.source import DevSource
 from meshnode.errors import InvalidIdentityError
-from meshnode.identity.dev import DevSource
-from meshnode.identity.devca import DevCA
 from meshnode.identity.federation import FederatedSource
 from meshnode.identity.files import FileSource, SvidFiles
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem

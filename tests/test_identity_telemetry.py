@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     logging.getLogger("meshnode.identity").addHandler(Keep())
     logging.getLogger("meshnode.identity").setLevel(logging.INFO)
 
-    from meshnode.identity.devca import DevCA
+    from meshnode.devagent.ca import DevCA
     from meshnode.testing import ManualSource
     from meshnode.node import Node
     from tests.support.nodes import node_config

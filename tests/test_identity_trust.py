@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from meshnode.credentials import ServerCredentials, channel_credentials
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.guard import GuardedSource, IdentityRules
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem, utcnow
 from meshnode.identity.source import StaticSource
@@ -296,14 +296,16 @@ def _bad_pushes(ca: DevCA, other_ca: DevCA) -> dict[str, tuple[Any, str]]:
     foreign = other_ca.issue(OTHER_BETA, HOUR)
     moved = ca.issue("spiffe://example.org/node/elsewhere", HOUR)
     expired = ca.issue(BETA, -dt.timedelta(seconds=1))
+    # [identity] spiffe_id selects among the SVIDs delivered: a push without it is rejected by the source
+    not_delivered = f'no SVID for [identity] spiffe_id = "{BETA}"; it delivered 1 SVID: '
     return {
         "another trust domain": (
             svid_response(OTHER_BETA, foreign.chain, foreign.private_key, other_ca.bundle, {"example.org": ca.bundle}),
-            "outside the trust domain 'example.org'",
+            not_delivered + f"{OTHER_BETA} (no hint)",
         ),
         "another SPIFFE ID than [identity] spiffe_id": (
             svid_response(str(moved.spiffe_id), moved.chain, moved.private_key, ca.bundle),
-            f"not the configured [identity] spiffe_id {BETA}",
+            not_delivered + "spiffe://example.org/node/elsewhere (no hint)",
         ),
         "a key that does not match the certificate": (
             svid_response(BETA, good.chain, other_key, ca.bundle),

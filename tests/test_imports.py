@@ -94,3 +94,43 @@ def test_lower_layers_never_import_the_node() -> None:
         ):
             continue
         assert "meshnode.node" not in targets, name
+
+
+def package_of(module: str) -> str:
+    """``meshnode.identity.files`` -> ``meshnode.identity``; a top-level module is its own package."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between meshnode's packages (and top-level modules)."""
+    out: dict[str, set[str]] = {}
+    for name, targets in edges.items():
+        here = package_of(name)
+        out.setdefault(here, set()).update(package_of(t) for t in targets if package_of(t) != here)
+    return out
+
+
+def test_identity_consumes_identities_only() -> None:
+    """Nothing under meshnode/identity imports the dev agent (which produces identities) or the
+    configuration (the node hands a source the values it needs)."""
+    offending = {
+        name: sorted(t for t in targets if package_of(t) in ("meshnode.devagent", "meshnode.config"))
+        for name, targets in graph().items()
+        if package_of(name) == "meshnode.identity"
+    }
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_the_dev_agent_lives_in_its_own_package() -> None:
+    mods = modules()
+    for gone in ("devca", "agent", "agent_server", "agent_sockets", "agent_limits", "peercred", "safe_dir", "dev"):
+        assert f"meshnode.identity.{gone}" not in mods
+    assert "meshnode.config.agent" not in mods
+    for module in ("ca", "agent", "server", "sockets", "limits", "peercred", "safe_dir", "config", "source"):
+        assert f"meshnode.devagent.{module}" in mods
+
+
+def test_the_package_graph_has_no_cycle() -> None:
+    """Not only modules: no two packages import each other (identity <-> config was one)."""
+    packages = package_edges(graph())
+    assert find_cycle(packages) is None, " -> ".join(find_cycle(packages) or [])

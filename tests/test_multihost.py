@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.config.node import node_config_from_dict
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.agent import DevAgentThread
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.node import Node
 from meshnode.spiffeid import parse_spiffe_id

@@ -133,3 +133,39 @@ def test_config_choices_are_validated_when_a_config_is_built_in_code() -> None:
     with pytest.raises(ConfigError, match=r"\[node\] mode"):
         NodeConfig("n", mode="prod")  # type: ignore[arg-type]
     assert NodeConfig("n").listen is None  # a client-only node
+
+
+def test_identity_spiffe_id_and_hint_select_for_the_workload_api(tmp_path: Path) -> None:
+    selection = 'spiffe_id = "spiffe://example.org/node/alpha"\nhint = "internal"\n'
+    text = GOOD.replace("timeout = 3\n", "timeout = 3\n" + selection)
+    identity = load_node_config(write(tmp_path, text), environ={}).identity
+    assert (str(identity.spiffe_id), identity.hint) == ("spiffe://example.org/node/alpha", "internal")
+    assert load_node_config(write(tmp_path, GOOD), environ={}).identity.hint is None
+
+
+@pytest.mark.parametrize(
+    ("hint", "message"),
+    [
+        ('""', "'identity.hint' is empty; leave the key out"),
+        ('"a\\u001b[31m"', "'identity.hint' holds control or non-printable characters"),
+        ('"' + "h" * 1025 + '"', "'identity.hint' is 1025 characters long; the limit is 1024"),
+        ("1", "'identity.hint' must be a string"),
+    ],
+)
+def test_a_bad_hint_names_the_key(tmp_path: Path, hint: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_node_config(write(tmp_path, GOOD.replace("timeout = 3\n", f"timeout = 3\nhint = {hint}\n")), environ={})
+    assert message in str(info.value) and str(tmp_path / "node.toml") in str(info.value)
+
+
+def test_a_hint_needs_the_workload_api_source(tmp_path: Path) -> None:
+    from meshnode.config.node import IdentityConfig
+
+    text = '[node]\nname="a"\n[identity]\nsource="dev"\nhint="internal"\n'
+    with pytest.raises(ConfigError, match=r"'identity\.hint' selects among the SVIDs a Workload API delivers; it "
+                                          r"applies only to source = \"workload-api\", not 'dev'"):
+        load_node_config(write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError, match=r"\[identity\] hint selects among"):
+        IdentityConfig(source="files", hint="internal")
+    with pytest.raises(ConfigError, match=r"\[identity\] hint is empty"):
+        IdentityConfig(hint="")

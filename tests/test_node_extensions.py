@@ -13,7 +13,7 @@ from meshnode.authz import peer_id
 from meshnode.config.node import node_config_from_dict
 from meshnode.credentials import channel_credentials
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.node import Node
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import ManualSource, as_caller, issue_snapshot

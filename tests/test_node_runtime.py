@@ -16,11 +16,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshnode.config.agent import AgentConfig, EntryConfig
 from meshnode.credentials import channel_credentials
 from meshnode.demo import EchoService
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.agent import DevAgentThread
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.node import Node
@@ -133,7 +133,7 @@ async def test_health_follows_svid_expiry_and_recovery(agent_dir: Path) -> None:
     beta_src = WorkloadApiSource(agents[0].socket_address("beta"), timeout=5)
     try:
         async with Node(node_config("beta", allow=[ALPHA]), services=[EchoService()], source=beta_src) as beta:
-            from meshnode.identity.devca import DevCA
+            from meshnode.devagent.ca import DevCA
             from meshnode.testing import issue_snapshot
 
             ca = DevCA("example.org", state_dir=agent_dir / "state")
@@ -211,7 +211,7 @@ def test_two_meshnode_run_processes_call_each_other(agent_dir: Path, tmp_path: P
         beta_port = beta.ready("beta")
         alpha = running.enter_context(Meshnode(["run", str(write("alpha", [ALPHA], {"beta": beta_port}))]))
         alpha_port = alpha.ready("alpha")
-        from meshnode.identity.devca import DevCA
+        from meshnode.devagent.ca import DevCA
         from meshnode.testing import issue_snapshot
 
         caller = issue_snapshot(DevCA("example.org", state_dir=agent_dir / "state"), ALPHA)

@@ -107,7 +107,7 @@ def test_files_source_with_expired_svid_exits_3(tmp_path: Path) -> None:
 
     from cryptography.hazmat.primitives import serialization
 
-    from meshnode.identity.devca import DevCA
+    from meshnode.devagent.ca import DevCA
     from meshnode.identity.snapshot import certs_pem
 
     ca = DevCA("example.org")
@@ -127,7 +127,7 @@ def test_files_source_with_expired_svid_exits_3(tmp_path: Path) -> None:
 
 
 def test_files_source_in_the_wrong_trust_domain_exits_3(tmp_path: Path) -> None:
-    from meshnode.identity.devca import DevCA
+    from meshnode.devagent.ca import DevCA
     from meshnode.testing import issue_snapshot
 
     snap = issue_snapshot(DevCA("other.org"), "spiffe://other.org/alpha")

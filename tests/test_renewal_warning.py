@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity_state import renewal_overdue_at
 from meshnode.node import Node
 from meshnode.testing import ManualSource, issue_snapshot

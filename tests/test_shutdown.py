@@ -12,7 +12,7 @@ import pytest
 
 from meshnode.credentials import channel_credentials
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot
 from tests.support.procs import Meshnode

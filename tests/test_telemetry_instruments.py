@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import IdentityUnavailableError
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.x509svid import build_snapshot
 from meshnode.telemetry import (

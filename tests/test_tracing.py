@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from meshnode.authz import peer_id
 from meshnode.demo import EchoService, RelayService
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.node import Node
 from meshnode.service import NodeService
 from meshnode.testing import ManualSource

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.config.agent import AgentConfig, EntryConfig
-from meshnode.identity.agent import DevAgentThread
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.workload_api import WorkloadApiSource
 from meshnode.spiffeid import parse_spiffe_id

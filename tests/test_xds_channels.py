@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import certs_pem
 from tests.support.xds import pem_key, run_scenario
 

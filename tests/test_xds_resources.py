@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from meshnode.devagent.ca import DevCA, validate_dns_name
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA, validate_dns_name
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import issue_snapshot, short_tmpdir

@@ -1,7 +1,7 @@
 """The benchmark's identities: one dev CA shared by every process.
 
 The runner creates the CA in a state directory; each server and client
-process loads it from there (:class:`~meshnode.identity.devca.DevCA` with
+process loads it from there (:class:`~meshnode.devagent.ca.DevCA` with
 ``state_dir``) and issues its own SVID, so no key crosses a process
 boundary. The rotation scenario does not use this CA: its processes get
 their SVIDs from a dev Workload API agent.
@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from meshnode.credentials import channel_credentials
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot

@@ -1,6 +1,6 @@
 """Rotation under load: a dev agent rotates SVIDs (and the CA) while a client calls a server.
 
-Both processes get their identities from a :class:`~meshnode.identity.agent.DevAgentThread`
+Both processes get their identities from a :class:`~meshnode.devagent.agent.DevAgentThread`
 that runs in the runner. The client is a meshnode Node calling through its
 peer channel; the server notes when a call first carries each client
 certificate. For every rotation the runner records the moment the agent
@@ -27,8 +27,8 @@ from typing import Any
 from meshnode.bench.pki import CLIENT_ID, SERVER_ID, TRUST_DOMAIN
 from meshnode.bench.protocol import Child
 from meshnode.bench.stats import percentile, spread
-from meshnode.config.agent import AgentConfig, EntryConfig
-from meshnode.identity.agent import DevAgentThread
+from meshnode.devagent.agent import DevAgentThread
+from meshnode.devagent.config import AgentConfig, EntryConfig
 from meshnode.spiffeid import parse_spiffe_id
 
 __all__ = ["agent_config", "run_rotations"]

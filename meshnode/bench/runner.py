@@ -32,8 +32,8 @@ from meshnode.bench.plan import VARIANTS, BenchSettings, Variant, Workload, spif
 from meshnode.bench.protocol import Child
 from meshnode.bench.rotation import agent_config, run_rotations
 from meshnode.bench.stats import ratio, spread, summarize_cells, summarize_handshakes
+from meshnode.devagent.agent import DevAgentThread
 from meshnode.errors import MeshnodeError
-from meshnode.identity.agent import DevAgentThread
 
 __all__ = ["run_bench"]
 

@@ -1,7 +1,8 @@
 """``meshnode agent --config agent.toml``: the dev SPIFFE Workload API agent.
 
 Serves every [[entries]] of agent.toml on <socket_dir>/<name>.sock until
-SIGTERM or SIGINT, then removes its sockets. Once every socket is bound it
+SIGTERM or SIGINT, then removes its sockets. [[entries]] tables that share a
+name are served together on that socket (several SVIDs, each with its hint). Once every socket is bound it
 prints one line on stdout, for parent processes to wait for:
 
     meshnode agent: ready trust_domain=example.org sockets=/tmp/meshnode-agent entries=alpha,beta
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from meshnode.errors import MeshnodeError
 
 if TYPE_CHECKING:
-    from meshnode.config.agent import AgentConfig
+    from meshnode.devagent.config import AgentConfig
 
 log = logging.getLogger("meshnode.cli.agent")
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from meshnode.cli._logging import setup_logging
-    from meshnode.config.agent import load_agent_config
+    from meshnode.devagent.config import load_agent_config
     from meshnode.fdlimit import raise_soft_limit
 
     setup_logging(args.verbose)
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> None:
     """Run an agent until SIGTERM/SIGINT; SIGUSR1/SIGUSR2 rotate SVIDs / the CA."""
-    from meshnode.identity.agent import DevAgent
+    from meshnode.devagent.agent import DevAgent
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -81,7 +82,7 @@ async def serve(config: AgentConfig) -> None:
             signal.SIGUSR2,
             on_signal("CA rotation", lambda: agent.rotate_ca(activate_after=config.ca_overlap)),
         )
-        names = ",".join(entry.name for entry in config.entries)
+        names = ",".join(config.sockets)  # one socket per name; a repeated name serves several SVIDs
         print(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
               f"entries={names}", flush=True)
         await stop.wait()

@@ -1,5 +1,8 @@
-"""Configuration: frozen, validated dataclasses; the only reader of config files."""
+"""Configuration of a node (``node.toml``): frozen, validated dataclasses; the only reader of its files.
 
-from meshnode.config.agent import AgentConfig, EntryConfig, load_agent_config
+The dev agent's ``agent.toml`` is read by :mod:`meshnode.devagent.config`.
+"""
 
-__all__ = ["AgentConfig", "EntryConfig", "load_agent_config"]
+from meshnode.config.node import NodeConfig, PeerConfig, load_node_config
+
+__all__ = ["NodeConfig", "PeerConfig", "load_node_config"]

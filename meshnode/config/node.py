@@ -20,6 +20,7 @@ socket = "unix:///run/spire/agent.sock"   # default: SPIFFE_ENDPOINT_SOCKET
 trust_domain = "example.org"
 timeout = 10.0                  # seconds to wait for the first SVID
 federates_with = []             # other trust domains whose callers this node accepts
+# workload-api: spiffe_id, hint  (take the SVID with this ID / hint when several are delivered)
 # files:  cert, key, bundle, federated_bundles_dir
 # dev:    spiffe_id, state_dir, svid_ttl
 
@@ -44,7 +45,7 @@ Every number has a documented range (:data:`LIMITS`, docs/configuration.md):
 ``nan``, ``inf`` and values gRPC could not take are refused with the key.
 
 Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
-(listen). This module and :mod:`meshnode.config.agent` are the only places
+(listen). This module and :mod:`meshnode.devagent.config` are the only places
 that read configuration files and the environment.
 """
 
@@ -69,11 +70,13 @@ from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_tru
 
 __all__ = [
     "LIMITS",
+    "MAX_HINT",
     "MODES",
     "AuthzSettings",
     "IdentityConfig",
     "NodeConfig",
     "PeerConfig",
+    "check_hint",
     "load_node_config",
     "node_config_from_dict",
     "parse_address",
@@ -170,11 +173,16 @@ class IdentityConfig:
     spiffe_id: SpiffeID | None = None
     state_dir: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+    #: workload-api: take the SVID delivered with this hint (with spiffe_id: with both)
+    hint: str | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.source, SOURCES, "[identity] source")
         check_limit("identity.timeout", self.timeout)
         check_limit("identity.svid_ttl", self.svid_ttl)
+        problem = _hint_problem(self.source, self.hint)
+        if problem is not None:
+            raise ConfigError(f"config: [identity] hint {problem}")
 
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
@@ -250,6 +258,31 @@ class NodeConfig:
         return parse_address(self.listen, "[node] listen")
 
 
+#: The longest hint a configuration may name (node.toml [identity] hint, agent.toml [[entries]] hint).
+MAX_HINT = 1024
+
+
+def check_hint(hint: str) -> str | None:
+    """What is wrong with ``hint`` as a configured SVID hint, or None."""
+    if not hint:
+        return "is empty; leave the key out, or name the hint of a registration entry"
+    if len(hint) > MAX_HINT:
+        return f"is {len(hint)} characters long; the limit is {MAX_HINT}"
+    if not hint.isprintable():
+        return "holds control or non-printable characters"
+    return None
+
+
+def _hint_problem(source: str, hint: str | None) -> str | None:
+    """What is wrong with ``[identity] hint`` for ``source``, or None."""
+    if hint is None:
+        return None
+    if source != "workload-api":
+        return (f"selects among the SVIDs a Workload API delivers; it applies only to source = \"workload-api\", "
+                f"not {source!r}: remove it")
+    return check_hint(hint)
+
+
 def _limit_problem(handshake_timeout: float, max_connections: int) -> tuple[str, str] | None:
     """(key, what is wrong) when a connection limit of [node] is out of range; nan and inf are."""
     low, high = HANDSHAKE_TIMEOUT_RANGE
@@ -283,6 +316,14 @@ def _trust_domain(section: Section, key: str, value: str) -> str:
         raise section.error(key, str(exc).removeprefix("spiffeid: ")) from None
 
 
+def _hint(s: Section, source: str) -> str | None:
+    hint: str | None = s.string("hint", None)
+    problem = _hint_problem(source, hint)
+    if problem is not None:
+        raise s.error("hint", problem)
+    return hint
+
+
 def _identity(s: Section, base: Path) -> IdentityConfig:
     source = s.choice("source", SOURCES, "workload-api")
     td = s.string("trust_domain", None)
@@ -301,6 +342,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         spiffe_id=_spiffe_id(s, "spiffe_id"),
         state_dir=_path(s, "state_dir", base),
         svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
+        hint=_hint(s, source),
     )
     if source == "files":
         for key in ("cert", "key", "bundle"):

@@ -1,4 +1,8 @@
-"""Identities: snapshots, sources (Workload API, files, dev CA) and the dev agent."""
+"""Identities as a node consumes them: snapshots, the source protocol, and the Workload API, files and guard sources.
+
+The dev CA, the dev agent and the in-process dev source, which produce identities, live in
+:mod:`meshnode.devagent`; nothing here imports that package or :mod:`meshnode.config`.
+"""
 
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot
 from meshnode.identity.source import IdentitySource, Publisher, StaticSource

@@ -6,6 +6,16 @@ Workload API server) through py-spiffe's ``X509Source``.
 * The first SVID must arrive within ``timeout`` seconds. When it does not,
   a short probe finds out why (no socket file, nobody listening, no
   registration entry, silent agent) so the error can say what to fix.
+* A response may carry several X509-SVIDs, each with a hint: the
+  :class:`~meshnode.identity.selection.SvidSelector` built from
+  ``[identity] spiffe_id`` / ``hint`` picks one (none set: the first, and the
+  others are named in one log line). py-spiffe 0.3 drops the hints and its
+  ``X509Source`` keeps only the SVID it picked, so the client
+  (:mod:`meshnode.identity.workload_client`) keeps each response it parsed,
+  with its hints, for the source to select from; ``X509Source`` still runs
+  the stream (first-update timeout, reconnects, fatal errors). When the configured SVID is not delivered at start, the
+  source raises :class:`~meshnode.errors.SvidNotDeliveredError` (exit 3);
+  an update without it later is a rejected update.
 * Updates stream in (SVID and bundle rotation, federated bundles). Each one
   is validated before it is published; a bad push keeps the last good SVID.
   Any exception from a push (also ``ValueError`` from malformed DER) is a
@@ -29,22 +39,22 @@ import os
 import socket as pysocket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from spiffe import WorkloadApiClient, X509Source
+from spiffe import X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.errors import PySpiffeError
-from spiffe.workloadapi.grpc.header_manipulator_client_interceptor import header_adder_interceptor
-from spiffe.workloadapi.workload_api_client import RetryPolicy, StreamCancelHandler
-from spiffe.workloadapi.x509_context import X509Context
 
-from meshnode.errors import IdentityUnavailableError, InvalidIdentityError
+from meshnode.errors import IdentityUnavailableError, InvalidIdentityError, SvidNotDeliveredError
 from meshnode.identity.rejects import Rejections, describe_error
+from meshnode.identity.selection import Offered, SvidSelector
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
+from meshnode.identity.workload_client import Delivery, WorkloadClient, open_x509_source, path_of
 from meshnode.identity.x509svid import build_snapshot
+from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 __all__ = ["ENDPOINT_ENV", "WorkloadApiSource", "diagnose_socket", "socket_address"]
 
@@ -76,14 +86,9 @@ def socket_address(configured: str | None) -> str:
     return value
 
 
-def _path_of(address: str) -> str:
-    path = address[len("unix:") :]
-    return "/" + path.lstrip("/")
-
-
 def diagnose_socket(address: str, timeout: float = 0.5) -> str:
     """Why ``address`` gives no SVID, in one sentence a person can act on."""
-    path = _path_of(address)
+    path = path_of(address)
     if not os.path.exists(path):
         return f"the socket file {path} does not exist (is the agent running, and is the socket mounted here?)"
     probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
@@ -119,67 +124,21 @@ def diagnose_socket(address: str, timeout: float = 0.5) -> str:
     return f"the agent on {path} answers now; it was late (try a larger [identity] timeout)"
 
 
-#: Reconnect backoff of the Workload API channel (gRPC's default: 1 s growing to 120 s).
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-#: py-spiffe's stream retry after the agent went away (its default: 0.1 s doubling up to 5 s).
-_RETRY = RetryPolicy(base_backoff_in_seconds=0.1, backoff_factor=2, max_backoff=1.0)
-
-
-class _Client(WorkloadApiClient):
-    """py-spiffe's Workload API client on a channel that reconnects within about a second.
-
-    py-spiffe 0.3 takes no channel options, so this overrides the one method
-    that builds the channel (same target, same security header) and passes a
-    shorter retry policy to the stream. Pinned by spiffe<0.4 in pyproject.
-    """
-
-    def __init__(self, address: str) -> None:
-        self._meshnode_target = "unix:" + _path_of(address)
-        super().__init__(address)
-
-    def _get_spiffe_grpc_channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(self._meshnode_target, options=CHANNEL_OPTIONS)
-        return grpc.intercept_channel(channel, header_adder_interceptor("workload.spiffe.io", "true"))
-
-    def stream_x509_contexts(
-        self,
-        on_success: Callable[[X509Context], None],
-        on_error: Callable[[Exception], None],
-        retry_connect: bool = True,
-        retry_policy: RetryPolicy | None = None,
-    ) -> StreamCancelHandler:
-        return super().stream_x509_contexts(on_success, on_error, retry_connect, retry_policy or _RETRY)
-
-
-def _open_x509_source(address: str, timeout: float) -> tuple[X509Source, _Client]:
-    """An X509Source on a client we own (X509Source does not close a client it was given)."""
-    client = _Client(address)
-    try:
-        return X509Source(workload_api_client=client, timeout_in_seconds=timeout), client
-    except BaseException:
-        client.close()
-        raise
-
-
-def _snapshot_from(source: X509Source) -> IdentitySnapshot:
-    return _snapshot_of(source.get_x509_context())
-
-
-def _snapshot_of(context: X509Context) -> IdentitySnapshot:
-    svid = context.default_svid
-    bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in context.x509_bundle_set.bundles}
+def _snapshot_of(delivery: Delivery, chosen: Offered) -> IdentitySnapshot:
+    svid = delivery.context.x509_svids[chosen.index]
+    bundles = {b.trust_domain.name: tuple(b.x509_authorities) for b in delivery.context.x509_bundle_set.bundles}
     return build_snapshot(svid.cert_chain, svid.private_key, bundles)  # type: ignore[arg-type]
 
 
-def _content_key(context: X509Context) -> str:
-    """A digest of a push's certificates: the same bad push is reported once, however often it comes."""
+def _content_key(delivery: Delivery) -> str:
+    """A digest of a push's certificates and hints: the same bad push is reported once, however often it comes."""
     digest = hashlib.sha256()
-    for cert in context.default_svid.cert_chain:
-        digest.update(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
-    for bundle in sorted(context.x509_bundle_set.bundles, key=lambda b: b.trust_domain.name):
+    for svid, hint in zip(delivery.context.x509_svids, delivery.hints, strict=False):
+        digest.update(hashlib.sha256(hint.encode()).digest())
+        for cert in svid.cert_chain:
+            digest.update(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+        digest.update(b"|")
+    for bundle in sorted(delivery.context.x509_bundle_set.bundles, key=lambda b: b.trust_domain.name):
         digest.update(bundle.trust_domain.name.encode())
         for ca in sorted(c.public_bytes(serialization.Encoding.DER) for c in bundle.x509_authorities):
             digest.update(hashlib.sha256(ca).digest())
@@ -187,7 +146,11 @@ def _content_key(context: X509Context) -> str:
 
 
 class WorkloadApiSource(Publisher):
-    """SVIDs and bundles streamed from the Workload API."""
+    """SVIDs and bundles streamed from the Workload API.
+
+    ``spiffe_id`` and ``hint`` select one of several SVIDs (see
+    :mod:`meshnode.identity.selection`); without them the first is taken.
+    """
 
     def __init__(
         self,
@@ -195,23 +158,29 @@ class WorkloadApiSource(Publisher):
         *,
         timeout: float = 10.0,
         on_error: Callable[[str], None] | None = None,
+        spiffe_id: SpiffeID | str | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__()
         self.address = socket_address(socket)
         self.description = f"workload-api {self.address}"
+        wanted = parse_spiffe_id(spiffe_id) if isinstance(spiffe_id, str) else spiffe_id
+        self.selector = SvidSelector(wanted, hint)
         self._timeout = timeout
         self._on_error = on_error
         self._rejections = Rejections(on_error)
+        self._noted: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._x509, self._client = self._open(timeout)
+        self._updated()  # a push that came before the subscription
         self._thread = threading.Thread(target=self._supervise, name="meshnode-workload-api", daemon=True)
         self._thread.start()
 
-    def _open(self, timeout: float) -> tuple[X509Source, _Client]:
+    def _open(self, timeout: float) -> tuple[X509Source, WorkloadClient]:
         started = time.monotonic()
         try:
-            source, client = _open_x509_source(self.address, timeout)
+            source, client = open_x509_source(self.address, timeout)
         except PySpiffeError as exc:
             waited = time.monotonic() - started >= timeout * 0.9
             reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
@@ -221,7 +190,14 @@ class WorkloadApiSource(Publisher):
                 + f": {reason}. To fix: {_FIX}"
             ) from exc
         try:
-            self._publish(_snapshot_from(source))
+            delivery = client.latest
+            if delivery is None:  # X509Source returns only after the client parsed a response
+                raise IdentityUnavailableError("identity: the Workload API client kept no response")
+            self._publish(self._snapshot(delivery))
+        except SvidNotDeliveredError:  # the configured SVID is not there: as if no SVID came (exit 3)
+            source.close()
+            client.close()
+            raise
         except Exception as exc:  # any unusable first SVID refuses the start, in one line
             source.close()
             client.close()
@@ -231,22 +207,61 @@ class WorkloadApiSource(Publisher):
         source.subscribe_for_updates(self._updated)
         return source, client
 
+    def _snapshot(self, delivery: Delivery) -> IdentitySnapshot:
+        """The snapshot of the SVID the selector takes from ``delivery``; raises SvidNotDeliveredError."""
+        offers = delivery.offers()
+        chosen = self.selector.select(offers)
+        if chosen is None:
+            raise SvidNotDeliveredError(
+                self.selector.describe(), tuple(o.describe() for o in offers), f"the Workload API at {self.address}"
+            )
+        snapshot = _snapshot_of(delivery, chosen)
+        self._note_choice(offers, chosen)
+        return snapshot
+
+    def _note_choice(self, offers: Sequence[Offered], chosen: Offered) -> None:
+        """With several SVIDs, say once (per set delivered) which one was taken and which others exist."""
+        if len(offers) < 2:
+            return
+        shown = tuple(o.describe() for o in offers)
+        if shown == self._noted:
+            return
+        self._noted = shown
+        rest = [o.describe() for o in offers if o is not chosen]
+        others = ", ".join(rest[:8]) + (f" and {len(rest) - 8} more" if len(rest) > 8 else "")
+        if self.selector.selects:
+            log.info("identity: the Workload API at %s delivered %d SVIDs; took %s for %s; the others: %s",
+                     self.address, len(offers), chosen.describe(), self.selector.describe(), others)
+        else:
+            log.info("identity: the Workload API at %s delivered %d SVIDs; took the first, %s; the others: %s "
+                     "(set [identity] spiffe_id or hint to choose one)",
+                     self.address, len(offers), chosen.describe(), others)
+
     def _updated(self) -> None:
-        """Runs on py-spiffe's watcher thread for every push: validate and publish.
+        """Runs on py-spiffe's watcher thread for every push: select, validate and publish.
 
         Never raises: a push that cannot be used is a rejected update,
         reported once per distinct content (py-spiffe would log a traceback
-        for every push that makes a subscriber raise).
+        for every push that makes a subscriber raise); a push without the
+        selected SVID, once per set of SVIDs delivered.
         """
         with self._lock:
-            source = self._x509
+            client = self._client
+        delivery = client.latest
+        if delivery is None:
+            return
         key: str | None = None
         try:
-            context = source.get_x509_context()
-            key = _content_key(context)
+            key = _content_key(delivery)
             if self._rejections.is_last(key):
                 return
-            published = self._publish(_snapshot_of(context))
+            published = self._publish(self._snapshot(delivery))
+        except SvidNotDeliveredError as exc:
+            self._rejections.reject(
+                ("not delivered", exc.delivered),
+                f"identity: ignoring an update from {self.address}, keeping the current SVID: {exc.reason}",
+            )
+            return
         except Exception as exc:
             message = describe_error(exc).removeprefix("identity: ")
             self._rejections.reject(
@@ -279,7 +294,7 @@ class WorkloadApiSource(Publisher):
             self._report(f"identity: the Workload API stream at {self.address} failed; reconnecting")
             while not self._stop.is_set():
                 try:
-                    replacement, replacement_client = _open_x509_source(self.address, 5.0)
+                    replacement, replacement_client = open_x509_source(self.address, 5.0)
                 except Exception as exc:  # each distinct reason once, not once per retry
                     self._rejections.reject(
                         describe_error(exc),

@@ -12,14 +12,14 @@ generation are read.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Final, Protocol
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.telemetry import attributes as attr
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "IDENTITY_UPDATE_REFUSED",
     "POLICY_RELOADED",
     "POLICY_RELOAD_FAILED",
+    "SnapshotView",
     "identity_event",
     "snapshot_attributes",
 ]
@@ -55,7 +56,33 @@ EVENTS: Final[Mapping[str, tuple[str, int]]] = {
 }
 
 
-def snapshot_attributes(snapshot: IdentitySnapshot) -> dict[str, AttributeValue]:
+class SnapshotView(Protocol):
+    """What telemetry reads from an identity snapshot (an ``IdentitySnapshot`` is one).
+
+    A Protocol rather than the class: telemetry consumes identities, and
+    ``meshnode.identity`` reports through telemetry, so neither package
+    imports the other both ways.
+    """
+
+    @property
+    def spiffe_id(self) -> object: ...
+
+    @property
+    def serial(self) -> str: ...
+
+    @property
+    def not_after(self) -> dt.datetime: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def bundles(self) -> Iterable[str]: ...
+
+    def seconds_left(self) -> float: ...
+
+
+def snapshot_attributes(snapshot: SnapshotView) -> dict[str, AttributeValue]:
     """What an event may say about a snapshot: ID, serial, not-after, generation, trust domains."""
     return {
         attr.LOCAL_SPIFFE_ID: str(snapshot.spiffe_id),
@@ -68,7 +95,7 @@ def snapshot_attributes(snapshot: IdentitySnapshot) -> dict[str, AttributeValue]
 
 def identity_event(
     name: str,
-    snapshot: IdentitySnapshot | None = None,
+    snapshot: SnapshotView | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
 ) -> None:
     """Record an identity or policy event (one of :data:`EVENTS`).

@@ -17,13 +17,13 @@ from opentelemetry import metrics
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.errors import IdentityUnavailableError
-from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.telemetry import attributes as attr
+from meshnode.telemetry.events import SnapshotView
 
 __all__ = ["ExpiryWatch", "Instruments", "instruments", "split_method"]
 
 #: Returns the current snapshot, None or raises IdentityUnavailableError when there is none.
-SnapshotGetter = Callable[[], IdentitySnapshot | None]
+SnapshotGetter = Callable[[], SnapshotView | None]
 
 _ERROR_TYPE = "error.type"  # OpenTelemetry's general semantic convention
 

@@ -24,7 +24,7 @@ Security notes
 * No gRPC setting makes the client check the SAN *type*: a DNS SAN spelled
   like the expected SPIFFE ID passes as well as the URI SAN. Every CA the
   node trusts for a trust domain must refuse such DNS SANs; meshnode's own
-  issuers do (:func:`meshnode.identity.devca.validate_dns_name`), SPIRE
+  issuers do (:func:`meshnode.devagent.ca.validate_dns_name`), SPIRE
   accepts only DNS names for ``-dns``. A test pins gRPC's behaviour.
 * Roots are scoped per trust domain: a peer is verified only with its own
   trust domain's bundle (one provider per trust domain; for nodes each reads

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from spiffe._proto import workload_pb2 as pb
 from spiffe._proto import workload_pb2_grpc as pb_grpc
+from spiffe.svid.x509_svid import X509Svid
 
 from tests.support.processes import meshnode_command
 
@@ -64,3 +65,10 @@ def fetch_spiffe_id(socket_path: Path, timeout: float = 10) -> str:
         first = next(stream)
         stream.cancel()
         return str(first.svids[0].spiffe_id)
+
+
+
+def x509_svids(response: pb.X509SVIDResponse) -> list[tuple[str, str, int]]:
+    """(spiffe_id, hint, leaf serial) of every X509-SVID in a response, in order."""
+    return [(s.spiffe_id, s.hint, X509Svid.parse_raw(s.x509_svid, s.x509_svid_key).leaf.serial_number)
+            for s in response.svids]

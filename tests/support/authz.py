@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshnode.identity.devca import DevCA, IssuedSVID
+from meshnode.devagent.ca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import certs_pem
 from meshnode.spiffeid import dns_name_for
 

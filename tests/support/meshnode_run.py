@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from meshnode.credentials import channel_credentials
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.spiffeid import dns_name_for
 from meshnode.testing import issue_snapshot
 from tests.support.processes import meshnode_command

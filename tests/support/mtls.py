@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from meshnode.authz import Authorizer
-from meshnode.identity.devca import DevCA, IssuedSVID
+from meshnode.devagent.ca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import certs_pem
 from meshnode.spiffeid import dns_name_for
 

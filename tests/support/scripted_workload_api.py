@@ -39,6 +39,24 @@ def x509_response(
     return pb.X509SVIDResponse(svids=[svid])
 
 
+def x509_svids_response(
+    svids: Sequence[tuple[Sequence[x509.Certificate], CertificateIssuerPrivateKeyTypes, str]],
+    bundle: Sequence[x509.Certificate],
+) -> pb.X509SVIDResponse:
+    """One X509SVIDResponse carrying several SVIDs in order: (chain, key, hint) each, with ``bundle``.
+
+    The response's ``spiffe_id`` fields are those of the leaves (the ID meshnode matches is the leaf's).
+    """
+    messages = []
+    for chain, key, hint in svids:
+        single = x509_response("", chain, key, bundle).svids[0]
+        uri = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        single.spiffe_id = uri.get_values_for_type(x509.UniformResourceIdentifier)[0]
+        single.hint = hint
+        messages.append(single)
+    return pb.X509SVIDResponse(svids=messages)
+
+
 class _Servicer(pb_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
     def __init__(self, api: ScriptedWorkloadApi) -> None:
         self._api = api

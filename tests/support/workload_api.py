@@ -80,7 +80,7 @@ class FakeWorkloadApi:
     """``with FakeWorkloadApi(path, first_response) as api: ... api.push(other) ...``
 
     A grpc.aio server on its own event loop in a daemon thread (run like the
-    dev agent's :class:`~meshnode.identity.agent.DevAgentThread`), so it never
+    dev agent's :class:`~meshnode.devagent.agent.DevAgentThread`), so it never
     shares a loop with the code under test.
     """
 

@@ -25,8 +25,8 @@ import grpc
 import grpc.experimental
 from cryptography import x509
 
+from meshnode.devagent.ca import DevCA
 from meshnode.errors import MeshnodeError
-from meshnode.identity.devca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot, certs_pem
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.xds import PeerTarget, XdsControlPlane

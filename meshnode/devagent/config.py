@@ -20,6 +20,17 @@
     dns_names = ["alpha.local"]          # optional, added to the mapped DNS SAN
     map_dns = true                       # false: no DNS SAN at all (SPIRE's default profile)
     uid = 1000                           # optional: only this uid may use the socket
+    hint = "internal"                    # optional: the SVID's hint (spire-server entry create -hint)
+
+    [[entries]]                          # the same name again: a second SVID on alpha.sock
+    name = "alpha"
+    spiffe_id = "spiffe://example.org/node/alpha-external"
+    hint = "external"
+    uid = 1000                           # a socket has one uid: repeat it (or leave it out) on every table
+
+Entries that share a ``name`` are served together on that socket, in the
+order they appear (the first is the default SVID); each has its own SPIFFE
+ID, hint and SAN options.
 
     [federation]                         # optional: foreign trust domain -> PEM bundle file
     "partner.org" = "partner-bundle.pem"
@@ -41,8 +52,9 @@ from types import MappingProxyType
 from cryptography import x509
 
 from meshnode.config._reader import Section, load_toml
+from meshnode.config.node import check_hint
+from meshnode.devagent.ca import validate_dns_name
 from meshnode.errors import ConfigError, InvalidIdentityError, InvalidSpiffeIdError
-from meshnode.identity.devca import validate_dns_name
 from meshnode.identity.x509svid import load_pem_certs
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 
@@ -93,6 +105,8 @@ class EntryConfig:
     dns_names: tuple[str, ...] = ()
     map_dns: bool = True
     uid: int | None = None
+    #: the SVID's hint on the Workload API (None: no hint)
+    hint: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -120,6 +134,8 @@ class EntryConfig:
                 ) from None
         if self.uid is not None and not 0 <= self.uid <= MAX_UID:
             raise ConfigError(f"agent: entry '{self.name}': uid must be from 0 to {MAX_UID}, not {self.uid}")
+        if self.hint is not None and (problem := check_hint(self.hint)) is not None:
+            raise ConfigError(f"agent: entry '{self.name}' ({self.spiffe_id}): hint {problem}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,8 @@ class AgentConfig:
     #: seconds a new connection has to start HTTP/2; seconds a connection without any call is kept
     handshake_timeout: float = 5.0
     idle_timeout: float = 300.0
+    #: socket name -> its entries in config order (the first is the default SVID); derived from entries
+    sockets: Mapping[str, tuple[EntryConfig, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key in CONNECTION_LIMIT_RANGES:
@@ -168,25 +186,23 @@ class AgentConfig:
                               f"not {self.ca_overlap!r}")
         if not self.entries:
             raise ConfigError("agent: no entries; add one [[entries]] table (name, spiffe_id) per workload")
-        seen: dict[str, str] = {}
+        sockets: dict[str, list[EntryConfig]] = {}
         for entry in self.entries:
             if not entry.spiffe_id.member_of(self.trust_domain):
                 raise ConfigError(
                     f"agent: entry '{entry.name}': {entry.spiffe_id} is outside the agent's trust domain "
                     f"'{self.trust_domain}'; the dev CA signs only IDs of its own trust domain"
                 )
-            path = str(self.socket_path(entry.name))
-            if path in seen:
-                raise ConfigError(
-                    f"agent: two entries named '{entry.name}' would share the socket {path}; "
-                    "give each entry its own name"
-                )
-            seen[path] = entry.name
+            _check_same_socket(sockets.setdefault(entry.name, []), entry)
+            sockets[entry.name].append(entry)
+        for name in sockets:
+            path = str(self.socket_path(name))
             if len(os.fsencode(os.path.abspath(path))) > _MAX_SOCKET_PATH:
                 raise ConfigError(
                     f"agent: socket path {path} is longer than {_MAX_SOCKET_PATH} bytes (a unix socket "
                     "limit); use a shorter socket_dir or entry name"
                 )
+        object.__setattr__(self, "sockets", MappingProxyType({n: tuple(e) for n, e in sockets.items()}))
         federation: dict[str, tuple[x509.Certificate, ...]] = {}
         for td, certs in self.federation.items():
             name = parse_trust_domain(td)
@@ -205,10 +221,40 @@ class AgentConfig:
         return self.socket_dir / f"{name}.sock"
 
     def entry(self, name: str) -> EntryConfig:
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(e.name for e in self.entries)})")
+        """The first entry called ``name``: the default SVID of its socket."""
+        return self.entries_of(name)[0]
+
+    def entries_of(self, name: str) -> tuple[EntryConfig, ...]:
+        """Every entry called ``name``, in config order: the SVIDs its socket serves."""
+        try:
+            return self.sockets[name]
+        except KeyError:
+            raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(self.sockets)})") from None
+
+
+def _check_same_socket(earlier: list[EntryConfig], entry: EntryConfig) -> None:
+    """Entries sharing a name share a socket: one uid, distinct SPIFFE IDs, distinct hints."""
+    for other in earlier:
+        if other.spiffe_id == entry.spiffe_id:
+            raise ConfigError(
+                f"agent: two entries named '{entry.name}' hand out {entry.spiffe_id}; an entry name may "
+                "repeat to serve several SVIDs on one socket, each with its own spiffe_id: remove one of them"
+            )
+        if entry.hint is not None and other.hint == entry.hint:
+            raise ConfigError(
+                f"agent: entries '{entry.name}' {other.spiffe_id} and {entry.spiffe_id} have the same hint "
+                f"{entry.hint!r}; a hint tells a workload's SVIDs apart: give each its own"
+            )
+        if other.uid != entry.uid:
+            raise ConfigError(
+                f"agent: entries named '{entry.name}' disagree on uid ({_uid(other.uid)} for {other.spiffe_id}, "
+                f"{_uid(entry.uid)} for {entry.spiffe_id}); they share one socket, which has one uid: set the "
+                "same uid on every [[entries]] table of that name"
+            )
+
+
+def _uid(uid: int | None) -> str:
+    return "no uid" if uid is None else f"uid {uid}"
 
 
 def _in_file(exc: ConfigError, source: Path) -> ConfigError:
@@ -227,9 +273,12 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
     dns_names = sec.strings("dns_names", ())
     map_dns = sec.boolean("map_dns", True)
     uid = sec.integer("uid", None, minimum=0, maximum=MAX_UID)
+    hint = sec.string("hint", None)
+    if hint is not None and (problem := check_hint(hint)) is not None:
+        raise sec.error("hint", problem)
     sec.done()
     try:
-        return EntryConfig(name=name, spiffe_id=spiffe_id, dns_names=dns_names, map_dns=map_dns, uid=uid)
+        return EntryConfig(name=name, spiffe_id=spiffe_id, dns_names=dns_names, map_dns=map_dns, uid=uid, hint=hint)
     except ConfigError as exc:
         raise _in_file(exc, source) from None
 
@@ -251,7 +300,7 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
 def default_socket_dir(environ: Mapping[str, str] | None = None) -> Path:
     """``$XDG_RUNTIME_DIR/meshnode-agent`` (the user's private runtime dir), else ``/tmp/meshnode-sockets-<uid>``.
 
-    The agent refuses either when another user could write it (see :mod:`meshnode.identity.safe_dir`).
+    The agent refuses either when another user could write it (see :mod:`meshnode.devagent.safe_dir`).
     """
     env = os.environ if environ is None else environ
     runtime = env.get("XDG_RUNTIME_DIR", "")

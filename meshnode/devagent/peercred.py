@@ -7,7 +7,7 @@ splices the connection to the entry's private grpc socket when the uid
 matches (or the entry has no ``uid``), or to a socket that answers
 PERMISSION_DENIED when it does not. Knowing the uid before any work is done
 is also what bounds connections per uid
-(:class:`~meshnode.identity.agent_limits.ConnectionLedger`).
+(:class:`~meshnode.devagent.limits.ConnectionLedger`).
 
 :func:`claim_socket_path` makes a socket path free to bind without ever
 stealing it: grpc and asyncio both unlink an existing socket file when they
@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshnode.devagent.limits import ConnectionLedger
 from meshnode.errors import ConfigError, ServeError
-from meshnode.identity.agent_limits import ConnectionLedger
 
 __all__ = ["PeerCredentials", "UidGate", "claim_socket_path", "peer_credentials"]
 

@@ -2,8 +2,11 @@
 
 The agent swaps its whole state (every entry's X509-SVID, the trust bundle,
 federated bundles, the JWT bundle) as one immutable :class:`AgentState` in a
-:class:`StateFeed`; each open stream sends the full state for its entry
-whenever the part it carries changes, as the Workload API spec asks.
+:class:`StateFeed`; each open stream sends the full state for its socket
+whenever the part it carries changes, as the Workload API spec asks. A
+socket serves every entry of its name: one X509-SVID each, in config order
+(the first is the default), each with its hint; FetchJWTSVID without a
+``spiffe_id`` returns one JWT-SVID per entry, as the spec asks.
 
 Like SPIRE, every call must carry the ``workload.spiffe.io: true`` header
 (else INVALID_ARGUMENT, "security header missing from request"). A caller
@@ -30,12 +33,12 @@ from google.protobuf.message import Message
 from spiffe._proto import workload_pb2 as pb
 from spiffe._proto import workload_pb2_grpc as pb_grpc
 
-from meshnode.config.agent import EntryConfig
-from meshnode.errors import InvalidSpiffeIdError
-from meshnode.identity.devca import DevCA, IssuedSVID
+from meshnode.devagent.ca import DevCA, IssuedSVID
+from meshnode.devagent.config import EntryConfig
+from meshnode.errors import ConfigError, InvalidSpiffeIdError
 from meshnode.spiffeid import parse_spiffe_id
 
-__all__ = ["HEADER_KEY", "AgentState", "DenyHandler", "StateFeed", "WorkloadAPIServicer"]
+__all__ = ["HEADER_KEY", "AgentState", "DenyHandler", "ServedSVID", "StateFeed", "WorkloadAPIServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,21 @@ _M = TypeVar("_M", bound=Message)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # grpcio ships no type hints: Any to mypy
 
 
+@dataclass(frozen=True)
+class ServedSVID:
+    """One X509-SVID a socket hands out, with its hint (None: none)."""
+
+    svid: IssuedSVID
+    hint: str | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class AgentState:
     """Everything the agent serves, at one generation."""
 
     generation: int
     trust_domain: str
-    svids: Mapping[str, IssuedSVID]  # by entry name
+    svids: Mapping[str, tuple[ServedSVID, ...]]  # by socket (entry name), in config order
     bundle: tuple[x509.Certificate, ...]
     federated: Mapping[str, tuple[x509.Certificate, ...]]
     jwks: bytes
@@ -104,15 +115,20 @@ def _federated(state: AgentState) -> dict[str, bytes]:
     return {_td_key(td): _der(certs) for td, certs in state.federated.items()}
 
 
-def x509_svid_response(state: AgentState, entry: str) -> pb.X509SVIDResponse:
-    svid = state.svids[entry]
+def _x509_svid(served: ServedSVID, bundle: bytes) -> pb.X509SVID:
+    svid = served.svid
     key = svid.private_key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    message = pb.X509SVID(
-        spiffe_id=str(svid.spiffe_id), x509_svid=_der(svid.chain), x509_svid_key=key, bundle=_der(state.bundle)
-    )
-    return pb.X509SVIDResponse(svids=[message], federated_bundles=_federated(state))
+    return pb.X509SVID(spiffe_id=str(svid.spiffe_id), x509_svid=_der(svid.chain), x509_svid_key=key,
+                       bundle=bundle, hint=served.hint or "")
+
+
+def x509_svid_response(state: AgentState, socket: str) -> pb.X509SVIDResponse:
+    """Every X509-SVID of the socket called ``socket``, in order, with the bundles."""
+    bundle = _der(state.bundle)
+    svids = [_x509_svid(served, bundle) for served in state.svids[socket]]
+    return pb.X509SVIDResponse(svids=svids, federated_bundles=_federated(state))
 
 
 def x509_bundles_response(state: AgentState) -> pb.X509BundlesResponse:
@@ -136,11 +152,16 @@ async def check_header(context: Context) -> None:
 
 
 class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
-    """The Workload API for one entry: the identity that entry's socket hands out."""
+    """The Workload API for one socket: the identities of the entries of its name."""
 
-    def __init__(self, feed: StateFeed, entry: EntryConfig, ca: DevCA, jwt_ttl: dt.timedelta) -> None:
+    def __init__(
+        self, feed: StateFeed, entries: Sequence[EntryConfig], ca: DevCA, jwt_ttl: dt.timedelta
+    ) -> None:
+        if not entries or len({e.name for e in entries}) != 1:
+            raise ConfigError("agent: a socket serves the entries of exactly one name")
         self._feed = feed
-        self._entry = entry
+        self._entries = tuple(entries)
+        self._name = entries[0].name
         self._ca = ca
         self._jwt_ttl = jwt_ttl
 
@@ -159,7 +180,7 @@ class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
 
     # grpc.aio wants the stream methods themselves to be async generator functions.
     async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> AsyncIterator[Any]:
-        async for message in self._stream(context, lambda state: x509_svid_response(state, self._entry.name)):
+        async for message in self._stream(context, lambda state: x509_svid_response(state, self._name)):
             yield message
 
     async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> AsyncIterator[Any]:
@@ -174,18 +195,23 @@ class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
         await check_header(context)
         if not request.audience:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        entries = self._entries
         if request.spiffe_id:
             try:
                 wanted = parse_spiffe_id(request.spiffe_id)
             except InvalidSpiffeIdError as exc:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"agent: {exc}")
-            if wanted != self._entry.spiffe_id:
+            entries = tuple(e for e in entries if e.spiffe_id == wanted)
+            if not entries:
                 await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"agent: no identity issued for {wanted}")
         audience = list(request.audience)
-        token = self._ca.sign_jwt(self._entry.spiffe_id, audience, self._jwt_ttl)
-        log.info("agent: issued JWT-SVID for %s (entry %s) audience %s, valid %d s",
-                 self._entry.spiffe_id, self._entry.name, audience, self._jwt_ttl.total_seconds())
-        return pb.JWTSVIDResponse(svids=[pb.JWTSVID(spiffe_id=str(self._entry.spiffe_id), svid=token)])
+        svids = []
+        for entry in entries:  # no spiffe_id asked: one JWT-SVID per identity, as the spec says
+            token = self._ca.sign_jwt(entry.spiffe_id, audience, self._jwt_ttl)
+            log.info("agent: issued JWT-SVID for %s (entry %s) audience %s, valid %d s",
+                     entry.spiffe_id, entry.name, audience, self._jwt_ttl.total_seconds())
+            svids.append(pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint or ""))
+        return pb.JWTSVIDResponse(svids=svids)
 
     async def ValidateJWTSVID(
         self, request: pb.ValidateJWTSVIDRequest, context: Context

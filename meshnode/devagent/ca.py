@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshnode.devagent.safe_dir import STATE_DIR, secure_dir
 from meshnode.errors import ConfigError, InvalidIdentityError
-from meshnode.identity.safe_dir import STATE_DIR, secure_dir
 from meshnode.identity.snapshot import utcnow
 from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_trust_domain
 

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from meshnode.identity.devca import DevCA
+from meshnode.devagent.ca import DevCA
 from meshnode.identity.rejects import describe_error
 from meshnode.identity.source import Publisher
 from meshnode.identity.x509svid import build_snapshot

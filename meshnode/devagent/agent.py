@@ -1,19 +1,21 @@
 """The dev Workload API agent: a dev CA behind SPIFFE Workload API sockets.
 
-:class:`DevAgent` serves every entry of an :class:`~meshnode.config.agent.AgentConfig`
-on its own unix socket, ``<socket_dir>/<name>.sock`` (the socket stands in for
-workload attestation), so py-spiffe, go-spiffe and spiffe-helper use it the
-way they use a SPIRE agent. One grpc.aio server per entry, all on one loop.
+:class:`DevAgent` serves the entries of an :class:`~meshnode.devagent.config.AgentConfig`
+on one unix socket per entry name, ``<socket_dir>/<name>.sock`` (the socket
+stands in for workload attestation), so py-spiffe, go-spiffe and
+spiffe-helper use it the way they use a SPIRE agent. Entries that share a
+name are served together on that socket, one X509-SVID each, with their
+hints. One grpc.aio server per socket, all on one loop.
 
 Rotation works like SPIRE's: each X509-SVID is re-issued at half its
 lifetime and pushed on every open stream; :meth:`DevAgent.rotate_ca` puts the
 next CA in the bundle before it signs anything, and drops the old CA once
 the SVIDs it signed have expired.
 
-Sockets are handled by :class:`~meshnode.identity.agent_sockets.AgentSockets`
+Sockets are handled by :class:`~meshnode.devagent.sockets.AgentSockets`
 (0777 like SPIRE's; an entry's ``uid`` restricts who gets its identity), with
 connection bounds per socket and per caller uid
-(:mod:`meshnode.identity.agent_limits`); refusals and event loop errors are
+(:mod:`meshnode.devagent.limits`); refusals and event loop errors are
 logged as one summary line per interval. This is a development agent: its CA
 key lives in memory or in ``state_dir``.
 
@@ -34,12 +36,12 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from meshnode.config.agent import AgentConfig, EntryConfig
+from meshnode.devagent.ca import DevCA, IssuedSVID
+from meshnode.devagent.config import AgentConfig, EntryConfig
+from meshnode.devagent.limits import ConnectionLimits, LoopErrors
+from meshnode.devagent.server import AgentState, ServedSVID, StateFeed, WorkloadAPIServicer
+from meshnode.devagent.sockets import AgentSockets, remove_stale_private_dirs
 from meshnode.errors import ClosedError, ConfigError, ServeError
-from meshnode.identity.agent_limits import ConnectionLimits, LoopErrors
-from meshnode.identity.agent_server import AgentState, StateFeed, WorkloadAPIServicer
-from meshnode.identity.agent_sockets import AgentSockets, remove_stale_private_dirs
-from meshnode.identity.devca import DevCA, IssuedSVID
 from meshnode.identity.snapshot import utcnow
 
 __all__ = ["DevAgent", "DevAgentThread"]
@@ -65,8 +67,8 @@ class DevAgent:
         if self.ca.trust_domain != config.trust_domain:
             raise ConfigError(f"agent: the CA is for '{self.ca.trust_domain}', the config for '{config.trust_domain}'")
         self._ttl = dt.timedelta(seconds=config.svid_ttl)
-        self._svids: dict[str, IssuedSVID] = {}
-        self._renew_at: dict[str, dt.datetime] = {}
+        self._svids: dict[EntryConfig, IssuedSVID] = {}
+        self._renew_at: dict[EntryConfig, dt.datetime] = {}
         self._generation = 0
         self._feed: StateFeed | None = None
         self._sockets = AgentSockets(config.socket_dir, ConnectionLimits(
@@ -89,21 +91,22 @@ class DevAgent:
         for stale in remove_stale_private_dirs():
             log.info("agent: removed %s, left behind by an agent that was killed", stale)
         try:
-            self._sockets.ledger.check_budget(len(self.config.entries))
-            self._sockets.claim([self.socket_path(entry.name) for entry in self.config.entries])
+            sockets = self.config.sockets
+            self._sockets.ledger.check_budget(len(sockets))
+            self._sockets.claim([self.config.socket_path(name) for name in sockets])
             self._issue(self.config.entries)
             feed = self._feed = StateFeed(self._next_state())
-            for entry in self.config.entries:
-                servicer = WorkloadAPIServicer(feed, entry, self.ca, self._ttl)
-                await self._sockets.serve(self.socket_path(entry.name), servicer, entry.uid)
+            for name, entries in sockets.items():
+                servicer = WorkloadAPIServicer(feed, entries, self.ca, self._ttl)
+                await self._sockets.serve(self.config.socket_path(name), servicer, entries[0].uid)
         except BaseException:
             await self.close()
             raise
         self._spawn(self._renew_loop())
         self._spawn(self._summary_loop())
         self._state = _State.SERVING
-        log.info("agent: serving trust domain %s: %d entries in %s",
-                 self.config.trust_domain, len(self.config.entries), self.config.socket_dir)
+        log.info("agent: serving trust domain %s: %d entries on %d sockets in %s", self.config.trust_domain,
+                 len(self.config.entries), len(self.config.sockets), self.config.socket_dir)
 
     async def close(self) -> None:
         """Stop serving and remove this agent's sockets; idempotent."""
@@ -133,9 +136,14 @@ class DevAgent:
         return self.config.socket_path(self.config.entry(name).name)
 
     def svid(self, name: str) -> IssuedSVID:
-        """The X509-SVID the entry called ``name`` is handed now."""
+        """The default X509-SVID (the first entry's) the socket ``name`` hands out now."""
         self._require_serving()
-        return self._svids[self.config.entry(name).name]
+        return self._svids[self.config.entry(name)]
+
+    def svids(self, name: str) -> tuple[IssuedSVID, ...]:
+        """Every X509-SVID the socket ``name`` hands out now, in order."""
+        self._require_serving()
+        return tuple(self._svids[entry] for entry in self.config.entries_of(name))
 
     # -- rotation -----------------------------------------------------------
 
@@ -181,7 +189,7 @@ class DevAgent:
         """Re-issue each SVID at half its lifetime."""
         while True:
             now = utcnow()
-            due = [entry for entry in self.config.entries if self._renew_at[entry.name] <= now]
+            due = [entry for entry in self.config.entries if self._renew_at[entry] <= now]
             if due:
                 try:
                     self._issue(due)
@@ -234,8 +242,8 @@ class DevAgent:
             issued_at = utcnow()
             svid = self.ca.issue(entry.spiffe_id, self._ttl, dns_names=entry.dns_names, map_dns=entry.map_dns)
             not_after = svid.chain[0].not_valid_after_utc
-            self._svids[entry.name] = svid
-            self._renew_at[entry.name] = issued_at + (not_after - issued_at) / 2
+            self._svids[entry] = svid
+            self._renew_at[entry] = issued_at + (not_after - issued_at) / 2
             log.info("agent: issued X509-SVID %s for entry %s: serial %x, not after %s",
                      entry.spiffe_id, entry.name, svid.chain[0].serial_number, not_after.isoformat())
 
@@ -244,7 +252,10 @@ class DevAgent:
         return AgentState(
             generation=self._generation,
             trust_domain=self.config.trust_domain,
-            svids=MappingProxyType(dict(self._svids)),
+            svids=MappingProxyType({
+                name: tuple(ServedSVID(self._svids[entry], entry.hint) for entry in entries)
+                for name, entries in self.config.sockets.items()
+            }),
             bundle=self.ca.bundle,
             federated=self.config.federation,
             jwks=self.ca.jwks(),
@@ -335,6 +346,9 @@ class DevAgentThread:
 
     def svid(self, name: str) -> IssuedSVID:
         return self.agent.svid(name)
+
+    def svids(self, name: str) -> tuple[IssuedSVID, ...]:
+        return self.agent.svids(name)
 
     def rotate_svids(self) -> None:
         self._call(self.agent.rotate_svids())

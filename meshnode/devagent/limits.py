@@ -1,6 +1,6 @@
 """Connection bounds of the dev agent: per socket, per caller uid, and under the open-file limit.
 
-Every public socket of the agent is a :class:`~meshnode.identity.peercred.UidGate`,
+Every public socket of the agent is a :class:`~meshnode.devagent.peercred.UidGate`,
 which knows the caller's uid before it costs anything but the accepted
 socket. :class:`ConnectionLedger` decides there whether the connection
 may stay: at most ``max_connections`` at once per socket, at most
@@ -30,7 +30,7 @@ from meshnode.logsummary import EventSummary
 
 __all__ = ["FDS_PER_CONNECTION", "ConnectionLedger", "ConnectionLimits", "LoopErrors", "Ticket"]
 
-log = logging.getLogger("meshnode.identity.agent")
+log = logging.getLogger("meshnode.devagent.agent")
 
 #: descriptors one gated connection holds: the caller's socket, the gate's upstream socket, gRPC's end
 FDS_PER_CONNECTION = 3

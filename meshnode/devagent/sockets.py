@@ -2,9 +2,9 @@
 
 grpc cannot tell which listening socket a call arrived on, so each entry
 gets its own server, bound in a private 0700 directory behind a
-:class:`~meshnode.identity.peercred.UidGate` on the public socket. The gate
+:class:`~meshnode.devagent.peercred.UidGate` on the public socket. The gate
 knows each caller's uid: it enforces the connection bounds
-(:mod:`meshnode.identity.agent_limits`) and, for an entry with ``uid``,
+(:mod:`meshnode.devagent.limits`) and, for an entry with ``uid``,
 sends other callers to a PERMISSION_DENIED server for their uid. The gRPC
 servers close connections that do not start HTTP/2 within
 ``handshake_timeout`` or carry no call for ``idle_timeout``.
@@ -28,11 +28,11 @@ from pathlib import Path
 import grpc
 from spiffe._proto import workload_pb2_grpc as pb_grpc
 
+from meshnode.devagent.limits import ConnectionLedger, ConnectionLimits
+from meshnode.devagent.peercred import PeerCredentials, UidGate, claim_socket_path
+from meshnode.devagent.safe_dir import SOCKET_DIR, secure_dir
+from meshnode.devagent.server import DenyHandler, WorkloadAPIServicer
 from meshnode.errors import ClosedError, ConfigError, ServeError
-from meshnode.identity.agent_limits import ConnectionLedger, ConnectionLimits
-from meshnode.identity.agent_server import DenyHandler, WorkloadAPIServicer
-from meshnode.identity.peercred import PeerCredentials, UidGate, claim_socket_path
-from meshnode.identity.safe_dir import SOCKET_DIR, secure_dir
 from meshnode.private_dirs import make_private_dir, remove_stale
 
 __all__ = ["AgentSockets", "remove_stale_private_dirs"]
