@@ -321,3 +321,13 @@ def test_chain_failures_name_the_trust_domain_and_cause() -> None:
     assert "bundle of trust domain 'example.org'" in (explain_details("b", peer, details) or "")
     assert "no trust bundle for 'example.org'" in (explain_details("b", peer, details, no_bundle=True) or "")
     assert explain_details("b", peer, "Socket closed") is None
+
+
+def test_resources_travel_under_envoy_type_urls_and_unpack_only_as_their_type() -> None:
+    cluster = xres.peer_resources({"b": xres.PeerTarget("127.0.0.1:7001", parse_spiffe_id(SERVER))},
+                                  bundle_map=False)[xres.CLUSTER_TYPE]["b"]
+    packed = cluster.transport_socket.typed_config
+    assert packed.type_url == "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    assert xres.CLUSTER_TYPE == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    with pytest.raises(ValueError, match=re.escape("expected type.googleapis.com/envoy.config.cluster.v3.Cluster")):
+        unpack(packed, pb.Cluster)
