@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
-from meshnode.authz.config import load_policy_file
-from meshnode.authz.policy import Policy, Request
-from meshnode.authz.scopes import check_method_path
-from meshnode.config.node import load_node_config
 from meshnode.errors import InvalidSpiffeIdError, PolicyError
-from meshnode.spiffeid import parse_spiffe_id
+
+if TYPE_CHECKING:
+    from meshnode.authz.policy import Policy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from meshnode.authz.config import load_policy_file
+
     warnings: list[str] = []
     policy = load_policy_file(args.file, warnings)
     for note in warnings:
@@ -85,6 +86,7 @@ def run_check(args: argparse.Namespace) -> int:
 def _effective_policy(path: str) -> Policy:
     """The policy `meshnode run path` would enforce (the node's boot plan, without its identity)."""
     from meshnode.boot import boot
+    from meshnode.config.node import load_node_config
 
     config = load_node_config(path)
     with contextlib.closing(boot(config, offline=True)) as booted:
@@ -98,6 +100,11 @@ def _effective_policy(path: str) -> Policy:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from meshnode.authz.config import load_policy_file
+    from meshnode.authz.policy import Request
+    from meshnode.authz.scopes import check_method_path
+    from meshnode.spiffeid import parse_spiffe_id
+
     policy = _effective_policy(args.config) if args.config else load_policy_file(args.file)
     try:
         peer = parse_spiffe_id(args.peer)
