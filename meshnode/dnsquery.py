@@ -10,7 +10,7 @@ the smallest TTL among them.
 
 Everything in a reply is untrusted: a reply from another address, with
 another ID or question, or that does not parse within its own length is
-refused with :class:`DnsError` (never another exception). DNS is not what
+refused with a :class:`~meshnode.errors.PeerError` (never another exception). DNS is not what
 makes a peer trusted, the handshake is: a forged answer can only point the
 node at endpoints whose certificates then fail.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from meshnode.errors import PeerError
 
-__all__ = ["AAAA", "A", "Answer", "DnsError", "build_query", "parse_reply", "query"]
+__all__ = ["AAAA", "A", "Answer", "build_query", "parse_reply", "query"]
 
 A = 1
 AAAA = 28
@@ -38,12 +38,8 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 
 
-class DnsError(PeerError):
-    """A DNS question got no usable answer (``reason`` says why)."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+def _error(reason: str) -> PeerError:
+    return PeerError(reason=reason, component="dns")
 
 
 @dataclass(frozen=True)
@@ -58,12 +54,12 @@ class Answer:
 def _encode_name(name: str) -> bytes:
     labels = name.rstrip(".").split(".")
     if not name.strip(".") or len(name.rstrip(".")) > _MAX_NAME:
-        raise DnsError(f"dns: {name!r} is not a name to ask about", reason="bad_name")
+        raise _error(f"{name!r} is not a name to ask about")
     out = bytearray()
     for label in labels:
         raw = label.encode("idna") if not label.isascii() else label.encode("ascii")
         if not 0 < len(raw) < 64:
-            raise DnsError(f"dns: {name!r} has an empty or too long label", reason="bad_name")
+            raise _error(f"{name!r} has an empty or too long label")
         out += bytes([len(raw)]) + raw
     return bytes(out + b"\0")
 
@@ -80,36 +76,36 @@ def _skip_name(data: bytes, at: int) -> int:
     """The offset after the (possibly compressed) name at ``at``."""
     for _ in range(128):  # a name has at most 127 labels: no pointer loop can hold us
         if at >= len(data):
-            raise DnsError("dns: a name runs past the end of the reply", reason="malformed")
+            raise _error("a name runs past the end of the reply")
         length = data[at]
         if length == 0:
             return at + 1
         if length & 0xC0 == 0xC0:
             if at + 2 > len(data):
-                raise DnsError("dns: a name pointer runs past the end of the reply", reason="malformed")
+                raise _error("a name pointer runs past the end of the reply")
             return at + 2
         if length & 0xC0:
-            raise DnsError("dns: a label of an unknown kind", reason="malformed")
+            raise _error("a label of an unknown kind")
         at += 1 + length
-    raise DnsError("dns: a name with too many labels", reason="malformed")
+    raise _error("a name with too many labels")
 
 
 def parse_reply(data: bytes, ident: int, question: bytes, rtype: int) -> Answer:
     """The address records of ``data``, the reply to ``question`` (its wire form) with ID ``ident``."""
     if len(data) < _HEADER.size:
-        raise DnsError("dns: a reply shorter than a DNS header", reason="malformed")
+        raise _error("a reply shorter than a DNS header")
     rid, flags, qdcount, ancount, _ns, _ar = _HEADER.unpack_from(data)
     if rid != ident or not flags & 0x8000:
-        raise DnsError("dns: a reply to another question", reason="mismatch")
+        raise _error("a reply to another question")
     rcode = flags & 0x000F
     if rcode == 3:
         return Answer((), None)  # NXDOMAIN: the name has no endpoints now
     if rcode != 0:
-        raise DnsError(f"dns: the server answered with error code {rcode}", reason=f"rcode_{rcode}")
+        raise _error(f"the server answered with error code {rcode}")
     truncated = bool(flags & 0x0200)
     at = _HEADER.size
     if qdcount != 1 or data[at:at + len(question)].lower() != question.lower():
-        raise DnsError("dns: the reply does not repeat the question", reason="mismatch")
+        raise _error("the reply does not repeat the question")
     at += len(question)
     size = 4 if rtype == A else 16
     addresses: list[str] = []
@@ -119,13 +115,13 @@ def parse_reply(data: bytes, ident: int, question: bytes, rtype: int) -> Answer:
         if at + _RR.size > len(data):
             if truncated:
                 break
-            raise DnsError("dns: a record runs past the end of the reply", reason="malformed")
+            raise _error("a record runs past the end of the reply")
         kind, klass, rr_ttl, rdlength = _RR.unpack_from(data, at)
         at += _RR.size
         if at + rdlength > len(data):
             if truncated:
                 break
-            raise DnsError("dns: record data runs past the end of the reply", reason="malformed")
+            raise _error("record data runs past the end of the reply")
         if kind == rtype and klass == _CLASS_IN and rdlength == size:
             raw = data[at:at + rdlength]
             addresses.append(str(ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw)))
@@ -158,13 +154,13 @@ def _read(sock: socket.socket, count: int, deadline: float) -> bytes:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         chunk = sock.recv(count - len(out))
         if not chunk:
-            raise DnsError("dns: the server closed the TCP connection mid-reply", reason="malformed")
+            raise _error("the server closed the TCP connection mid-reply")
         out += chunk
     return bytes(out)
 
 
 def query(server: tuple[str, int], name: str, rtype: int, timeout: float = 3.0) -> Answer:
-    """Ask ``server`` (IP, port) for the ``rtype`` records of ``name``; blocking, raises DnsError."""
+    """Ask ``server`` (IP, port) for the ``rtype`` records of ``name``; blocking, raises PeerError."""
     ident = secrets.randbelow(1 << 16)
     payload = build_query(ident, name, rtype)
     question = payload[_HEADER.size:payload.index(b"\0", _HEADER.size) + 5]
@@ -176,9 +172,9 @@ def query(server: tuple[str, int], name: str, rtype: int, timeout: float = 3.0) 
         if answer.truncated:
             answer = parse_reply(_tcp(server, payload, deadline), ident, question, rtype)
     except TimeoutError:
-        raise DnsError(f"dns: no answer from {where} within {timeout:g} s for {name}", reason="timeout") from None
+        raise _error(f"no answer from {where} within {timeout:g} s for {name}") from None
     except OSError as exc:
-        raise DnsError(f"dns: cannot ask {where} about {name}: {exc.strerror or exc}", reason="unreachable") from None
+        raise _error(f"cannot ask {where} about {name}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeError, struct.error) as exc:  # malformed input the checks above let through
-        raise DnsError(f"dns: a malformed reply from {where}: {exc}", reason="malformed") from None
+        raise _error(f"a malformed reply from {where}: {exc}") from None
     return answer

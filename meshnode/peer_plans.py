@@ -66,7 +66,8 @@ def list_target(peer_name: str, endpoints: tuple[HostPort, ...]) -> str:
     family with more endpoints is used and the others are left out (logged).
     """
     if not endpoints:
-        raise PeerError(f"peers: peer '{peer_name}' has no endpoints now (its names resolve to no address)")
+        raise PeerError(reason=f"peer '{peer_name}' has no endpoints now (its names resolve to no address)",
+                        component="peers")
     v4 = [e for e in endpoints if e.ip is not None and e.ip.version == 4]
     v6 = [e for e in endpoints if e.ip is not None and e.ip.version == 6]
     if v4 and v6:

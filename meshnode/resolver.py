@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 
 from meshnode.config.targets import MAX_ENDPOINTS, EndpointSpec, HostPort
-from meshnode.dnsquery import AAAA, A, DnsError, query
+from meshnode.dnsquery import AAAA, A, query
 from meshnode.errors import PeerError
 
 __all__ = ["DEFAULT_TTL", "MIN_TTL", "Resolution", "resolve"]
@@ -49,9 +49,9 @@ def _system(host: str, port: int) -> list[HostPort]:
     except socket.gaierror as exc:
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return []  # no such name (now): no endpoints
-        raise PeerError(f"resolver: cannot resolve {host}: {exc.strerror}") from None
+        raise PeerError(reason=f"cannot resolve {host}: {exc.strerror}", component="resolver") from None
     except (OSError, UnicodeError) as exc:
-        raise PeerError(f"resolver: cannot resolve {host}: {exc}") from None
+        raise PeerError(reason=f"cannot resolve {host}: {exc}", component="resolver") from None
     return [HostPort(str(info[4][0]).partition("%")[0], port) for info in infos]
 
 
@@ -61,8 +61,8 @@ def _server(server: HostPort, host: str, port: int, timeout: float) -> tuple[lis
     for rtype in (A, AAAA):
         try:
             answer = query((server.host, server.port), host, rtype, timeout)
-        except DnsError as exc:
-            raise PeerError(f"resolver: {exc}".replace("resolver: dns: ", "resolver: ")) from None
+        except PeerError as exc:
+            raise PeerError(reason=exc.reason, component="resolver") from None
         out += [HostPort(address, port) for address in answer.addresses]
         if answer.ttl is not None:
             ttl = min(ttl, float(answer.ttl))

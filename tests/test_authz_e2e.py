@@ -32,6 +32,7 @@ from meshnode.authz import (
 )
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.devagent.ca import DevCA
+from meshnode.errors import ServeError
 from meshnode.identity import StaticSource
 from meshnode.identity.snapshot import certs_pem
 from meshnode.identity.x509svid import build_snapshot
@@ -327,7 +328,7 @@ async def test_a_refused_call_fails_closed_when_abort_does_not_raise(name: str) 
     handler = probe.handlers()[name]
     wrapped = Authorizer(POLICY).wrap_handler(f"/t.Probe/{name}", handler)
     context = ReturningAbortContext()
-    with pytest.raises(RuntimeError, match="abort"):
+    with pytest.raises(ServeError, match="abort"):
         if handler.response_streaming:
             async for _ in wrapped.unary_stream(b"", context):
                 pass

@@ -117,7 +117,7 @@ def test_too_many_endpoints_are_refused(tmp_path: Path) -> None:
 
 def test_configs_built_in_code_get_the_same_checks() -> None:
     sid = parse_spiffe_id(BETA)
-    with pytest.raises(ConfigError, match=r"\[peers.b\] address and addresses are both set"):
+    with pytest.raises(ConfigError, match=r"\[peers.b\] addresses and address are both set"):
         PeerConfig("b", "10.0.0.1:1", sid, addresses=("10.0.0.2:1",))
     with pytest.raises(ConfigError, match=r"\[peers.b\] retries must be a whole number from 0 to 4"):
         PeerConfig("b", "10.0.0.1:1", sid, retries=9)
@@ -154,7 +154,7 @@ def test_dns_mode_targets_are_grpc_targets() -> None:
 
 
 def test_an_endpoint_spec_refuses_both_forms_and_neither() -> None:
-    with pytest.raises(ConfigError, match="both set"):
+    with pytest.raises(ConfigError, match="addresses and address are both set"):
         endpoint_spec("a:1", ("b:1",))
     with pytest.raises(ConfigError, match="address is required"):
         endpoint_spec(None, None)

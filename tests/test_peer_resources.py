@@ -12,9 +12,6 @@ from __future__ import annotations
 import datetime as dt
 
 from cryptography import x509
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import health_check_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshnode.config.node import PeerConfig
 from meshnode.config.targets import HostPort
@@ -22,22 +19,24 @@ from meshnode.devagent.ca import DevCA
 from meshnode.endpoint_monitor import _presented, identity_failure
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.xds import resources as xres
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import unpack
 
 BETA = "spiffe://example.org/node/beta"
 E1, E2, E3 = HostPort("10.0.0.1", 7001), HostPort("10.0.0.2", 7001), HostPort("fd00::3", 7001)
 
 
-def route_action(listener: object) -> object:
-    manager = hcm_pb2.HttpConnectionManager()
-    listener.api_listener.api_listener.Unpack(manager)  # type: ignore[attr-defined]
-    return manager.route_config.virtual_hosts[0].routes[0].route
+def route_action(listener: pb.Listener) -> pb.RouteAction:
+    manager = unpack(listener.api_listener.api_listener, pb.HttpConnectionManager)
+    action: pb.RouteAction = manager.route_config.virtual_hosts[0].routes[0].route
+    return action
 
 
 def test_a_peer_with_endpoints_gets_an_eds_cluster_and_its_endpoints() -> None:
     peer = xres.PeerTarget("dns:///beta:7001", parse_spiffe_id(BETA), (E1, E2, E3))
     resources = xres.peer_resources({"beta": peer}, bundle_map=True)
     cluster = resources[xres.CLUSTER_TYPE]["beta"]
-    assert cluster.type == cluster_pb2.Cluster.EDS
+    assert cluster.type == pb.Cluster.EDS
     assert cluster.eds_cluster_config.eds_config.HasField("ads")
     assert not cluster.HasField("load_balancing_policy")  # round robin: gRPC's default for a Cluster
     assert cluster.transport_socket.name == xres.TLS_TRANSPORT_SOCKET  # every endpoint: the same ID check
@@ -46,26 +45,26 @@ def test_a_peer_with_endpoints_gets_an_eds_cluster_and_its_endpoints() -> None:
     addresses = [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
                  for e in locality.lb_endpoints]
     assert addresses == [("10.0.0.1", 7001), ("10.0.0.2", 7001), ("fd00::3", 7001)]
-    assert {e.health_status for e in locality.lb_endpoints} == {health_check_pb2.HEALTHY}
+    assert {e.health_status for e in locality.lb_endpoints} == {pb.HEALTHY}
 
 
 def test_a_host_port_peer_keeps_its_logical_dns_cluster() -> None:
     config = PeerConfig("beta", "beta.internal:7001", parse_spiffe_id(BETA))
     resources = xres.peer_resources({"beta": xres.PeerTarget.of(config)}, bundle_map=True)
-    assert resources[xres.CLUSTER_TYPE]["beta"].type == cluster_pb2.Cluster.LOGICAL_DNS
+    assert resources[xres.CLUSTER_TYPE]["beta"].type == pb.Cluster.LOGICAL_DNS
     assert xres.ENDPOINTS_TYPE not in resources
 
 
 def test_retries_become_the_routes_retry_policy() -> None:
     peer = xres.PeerTarget("x", parse_spiffe_id(BETA), (E1,), retries=3,
                            retry_on=("UNAVAILABLE", "RESOURCE_EXHAUSTED"))
-    policy = route_action(xres.listener("beta", peer)).retry_policy  # type: ignore[attr-defined]
+    policy = route_action(xres.listener("beta", peer)).retry_policy
     assert policy.retry_on == "unavailable,resource-exhausted"
     assert policy.num_retries.value == 3
     assert policy.retry_back_off.base_interval.ToMilliseconds() == 25
     assert policy.retry_back_off.max_interval.ToMilliseconds() == 250
     off = xres.PeerTarget("x", parse_spiffe_id(BETA), (E1,), retries=0)
-    assert not route_action(xres.listener("beta", off)).HasField("retry_policy")  # type: ignore[attr-defined]
+    assert not route_action(xres.listener("beta", off)).HasField("retry_policy")
 
 
 def test_pick_first_is_the_pick_first_extension() -> None:
@@ -83,9 +82,9 @@ def test_draining_endpoints_are_marked_unless_all_drain() -> None:
         cla = xres.peer_resources({"beta": target}, bundle_map=False)[xres.ENDPOINTS_TYPE]["beta"]
         return [e.health_status for e in cla.endpoints[0].lb_endpoints]
 
-    assert statuses(peer) == [health_check_pb2.HEALTHY, health_check_pb2.DRAINING]
+    assert statuses(peer) == [pb.HEALTHY, pb.DRAINING]
     everyone = peer.with_endpoints((E1, E2), frozenset({E1, E2}))
-    assert statuses(everyone) == [health_check_pb2.HEALTHY, health_check_pb2.HEALTHY]  # better than no endpoint
+    assert statuses(everyone) == [pb.HEALTHY, pb.HEALTHY]  # better than no endpoint
     assert peer.with_endpoints((E1,)).draining == frozenset()  # a removed endpoint is forgotten
 
 

@@ -9,7 +9,14 @@ verified by and their endpoints as resolved now, and every check, then what
 
 ``--json`` prints the same report as one JSON object.
 
-Exit status: 0 when every production check passes; 1 when one fails;
+``--config-only`` runs the same plan without obtaining an identity (no
+Workload API, no SVID files, no dev CA): the configuration, the services it
+names, the policy and the production rules that depend on configuration
+alone. For CI and for rendered manifests (``deploy/kubernetes``), where no
+agent runs.
+
+Exit status: 0 when every production check passes (with
+``--config-only``: every check that needs no identity); 1 when one fails;
 2 when the configuration is invalid.
 """
 
@@ -20,12 +27,14 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshnode.boot import Boot, PeerPlan, boot
-from meshnode.cli._logging import setup_logging
-from meshnode.config.node import NodeConfig, load_node_config
-from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshnode.boot import Boot, PeerPlan
+    from meshnode.config.node import NodeConfig
+    from meshnode.identity.snapshot import IdentitySnapshot
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("config", help="path to node.toml")
     p.add_argument("--socket", help="Workload API socket to use instead of the configured one")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--config-only", action="store_true",
+                   help="check the configuration, services and policy without obtaining an identity")
     p.set_defaults(func=run)
 
 
@@ -83,7 +94,7 @@ def _endpoint_line(p: dict[str, Any]) -> str:
     return f"{len(p['endpoints'])} now: {listed}{more}  ({p['lb']}, {retries}{timeout})"
 
 
-def report(b: Boot, path: str) -> dict[str, Any]:
+def report(b: Boot, path: str, *, config_only: bool = False) -> dict[str, Any]:
     """What check prints: the boot plan's findings and what `run` would do."""
     config = b.config
     refused = b.refusal()
@@ -92,6 +103,7 @@ def report(b: Boot, path: str) -> dict[str, Any]:
         "node": config.name,
         "mode": config.mode,
         "config": path,
+        "config_only": config_only,
         "listen": config.listen,
         "identity": _identity(b, b.snapshot) if b.snapshot is not None else None,
         "notes": list(b.notes),
@@ -113,6 +125,8 @@ def report(b: Boot, path: str) -> dict[str, Any]:
 
 def _print(r: dict[str, Any]) -> None:
     print(f"meshnode check: node {r['node']} (mode {r['mode']}, config {r['config']})")
+    if r["config_only"]:
+        print("identity         not obtained (--config-only): its checks are not run")
     ident = r["identity"]
     if ident is not None:
         tds = ", ".join(f"{td} ({n} CA)" for td, n in ident["trust_domains"].items())
@@ -145,24 +159,36 @@ def _print(r: dict[str, Any]) -> None:
     for warning in r["warnings"]:
         print(f"  warning: {warning}")
     run = r["run"]
-    if run["starts"]:
+    if r["config_only"] and run["starts"]:
+        print("run              would go on to obtain the identity (not tried: --config-only)")
+    elif run["starts"]:
         print(f"run              would start (mode {r['mode']})")
     else:
         print(f"run              would refuse to start (exit {run['exit']}): {run['error']}")
     failed = [c for c in r["checks"] if not c["ok"]]
-    if r["ready_for_production"]:
+    if r["config_only"]:
+        verdict = "valid for production" if r["ready_for_production"] else "NOT valid for production"
+        print(f"result: configuration {verdict} ({len(failed)} of {len(r['checks'])} checks fail; "
+              "identity not checked)")
+    elif r["ready_for_production"]:
         print(f"result: ready for production ({len(r['checks'])} checks pass)")
     else:
         print(f"result: NOT ready for production ({len(failed)} of {len(r['checks'])} checks fail)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshnode.boot import boot
+    from meshnode.cli._logging import setup_logging
+    from meshnode.config.node import load_node_config
+
+    if args.config_only and args.socket:
+        raise ConfigError("check: --socket has no use with --config-only (no identity is obtained)")
     setup_logging(False)
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
-    with contextlib.closing(boot(config)) as booted:
-        r = report(booted, args.config)
+    with contextlib.closing(boot(config, offline=args.config_only)) as booted:
+        r = report(booted, args.config, config_only=args.config_only)
     if args.json:
         print(json.dumps(r, indent=2))
     else:

@@ -18,8 +18,9 @@ form                                  kind         endpoints
 ===================================== ============ =========================================
 
 Parsing only: nothing here resolves a name (see :mod:`meshnode.resolver`).
-Errors are :class:`~meshnode.errors.ConfigError` without the ``config:``
-prefix's key, which the reader adds.
+Errors are :class:`~meshnode.errors.ConfigError` whose ``key`` is
+``address`` or ``addresses`` and whose ``reason`` says what is wrong with
+it (the reader puts the table in front).
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _bad(key: str, reason: str) -> ConfigError:
+    return ConfigError(f"{key} {reason}", reason=reason, key=key)
+
+
 def parse_host_port(value: str, *, allow_zero_port: bool = False) -> HostPort:
-    """``host:port`` or ``[v6]:port`` -> HostPort; raises ConfigError saying what is wrong."""
+    """``host:port`` or ``[v6]:port`` -> HostPort; raises ConfigError (``reason``: what is wrong)."""
     host, sep, port_text = value.rpartition(":")
     # isdigit() alone accepts '²' and other digits int() refuses; five ASCII digits at most
     if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
@@ -140,23 +145,30 @@ def _dns(value: str) -> EndpointSpec:
 def endpoint_spec(address: str | None, addresses: tuple[str, ...] | None) -> EndpointSpec:
     """Parse ``address`` or ``addresses`` (exactly one of them); raises ConfigError."""
     if address is not None and addresses is not None:
-        raise ConfigError("address and addresses are both set: keep one (addresses lists endpoints)")
+        raise _bad("addresses", "and address are both set: keep one (addresses lists endpoints)")
     if addresses is not None:
         if not addresses:
-            raise ConfigError("addresses is empty: list at least one host:port")
+            raise _bad("addresses", "is empty: list at least one host:port")
         if len(addresses) > MAX_ENDPOINTS:
-            raise ConfigError(f"addresses lists {len(addresses)} endpoints; at most {MAX_ENDPOINTS}")
+            raise _bad("addresses", f"lists {len(addresses)} endpoints; at most {MAX_ENDPOINTS}")
         hosts = []
         for i, item in enumerate(addresses):
             if "://" in item or item.startswith(("ipv4:", "ipv6:", "dns:", "unix:")):
-                raise ConfigError(f"addresses item {i} {_show(item)} must be host:port (targets go in address)")
+                raise _bad("addresses", f"item {i} {_show(item)} must be host:port (targets go in address)")
             try:
                 hosts.append(parse_host_port(item))
             except ConfigError as exc:
-                raise ConfigError(f"addresses item {i} {exc}") from None
+                raise _bad("addresses", f"item {i} {exc.reason}") from None
         return EndpointSpec("static", tuple(dict.fromkeys(hosts)), None, ", ".join(addresses))
     if address is None:
-        raise ConfigError("address is required (host:port, dns:///host:port, ipv4:..., or use addresses)")
+        raise _bad("address", "is required (host:port, dns:///host:port, ipv4:..., or use addresses)")
+    try:
+        return _address(address)
+    except ConfigError as exc:
+        raise _bad("address", exc.reason) from None
+
+
+def _address(address: str) -> EndpointSpec:
     if address.startswith("dns:"):
         return _dns(address)
     if address.startswith("ipv4:"):

@@ -170,7 +170,8 @@ class XdsControlPlane:
         targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
         reserved = sorted(name for name in targets if name.startswith(("meshnode.a87-probe", "meshnode.health.")))
         if reserved:
-            raise PeerError(f"xds: peer name {reserved[0]!r} is reserved for meshnode (A87 probe, health watch)")
+            raise PeerError(reason=f"peer name {reserved[0]!r} is reserved for meshnode (A87 probe, health watch)",
+                            component="xds")
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClosedError("xds: the control plane is closed")
@@ -178,9 +179,10 @@ class XdsControlPlane:
                 unknown = sorted({p.trust_domain for p in targets.values()} - self._bootstrap.trust_domains)
                 if unknown:
                     raise PeerError(
-                        f"xds: node '{self.node_name}' started with roots for "
+                        reason=f"node '{self.node_name}' started with roots for "
                         f"{', '.join(sorted(self._bootstrap.trust_domains))}; peers in {', '.join(unknown)} "
-                        "need a restart of the node (gRPC reads certificate providers from the bootstrap)"
+                        "need a restart of the node (gRPC reads certificate providers from the bootstrap)",
+                        component="xds"
                     )
             self._peers = targets
             self._serve_locked()
@@ -198,7 +200,7 @@ class XdsControlPlane:
                 return False
             peer = self._peers.get(name)
             if peer is None:
-                raise PeerError(f"xds: no spiffe-id peer named {name!r}")
+                raise PeerError(reason=f"no spiffe-id peer named {name!r}", component="xds")
             if peer.endpoints == endpoints:
                 return False
             self._peers[name] = peer.with_endpoints(endpoints)
@@ -228,7 +230,7 @@ class XdsControlPlane:
         with self._lock:
             peer = self._peers.get(name)
             if peer is None:
-                raise PeerError(f"xds: no spiffe-id peer named {name!r}")
+                raise PeerError(reason=f"no spiffe-id peer named {name!r}", component="xds")
             resource = health_resource_name(name, endpoint)
             self._health[resource] = PeerTarget(str(endpoint), peer.spiffe_id, retries=0)
             self._serve_locked()
@@ -267,7 +269,8 @@ class XdsControlPlane:
         try:
             with self._lock:
                 if self._snapshot is None:
-                    raise IdentityUnavailableError("xds: start() needs an identity; update_identity() first")
+                    raise IdentityUnavailableError(reason="start() needs an identity; update_identity() first",
+                                                   component="xds")
                 self._write_locked()  # the final set of trust domains
                 tds = self._trust_domains()
                 kit = a87.probe_kit() if self.bundle_map else None
@@ -364,14 +367,14 @@ class XdsControlPlane:
         if self._state is _State.CLOSED:
             raise ClosedError("xds: the control plane is closed")
         if self._state is not _State.STARTED:
-            raise PeerError("xds: the control plane has not been started; await start() first")
+            raise PeerError(reason="the control plane has not been started; await start() first", component="xds")
 
     def target(self, name: str) -> str:
         """The channel target of peer ``name``; checks that the bootstrap is still in force."""
         self._require_started()
         if name not in self._peers:
             known = ", ".join(sorted(self._peers)) or "none"
-            raise PeerError(f"xds: no spiffe-id peer named {name!r} (configured: {known})")
+            raise PeerError(reason=f"no spiffe-id peer named {name!r} (configured: {known})", component="xds")
         assert self._token is not None
         _bootstrap.verify_installed(self._token)
         return f"xds:///{name}"

@@ -21,7 +21,7 @@ from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
 from meshnode.config.targets import HostPort
 from meshnode.identity.snapshot import IdentitySnapshot
-from meshnode.identity.source import IdentitySource
+from meshnode.identity.source import SvidSource
 from meshnode.xds.control_plane import XdsControlPlane
 from meshnode.xds.endpoint_health import EndpointHealth
 from meshnode.xds.resources import PeerTarget
@@ -63,7 +63,7 @@ class NodeXds:
 
 async def start_control_plane(
     node_name: str,
-    source: IdentitySource,
+    source: SvidSource,
     peers: Mapping[str, PeerConfig],
     options: tuple[tuple[str, Any], ...] = (),
     *,

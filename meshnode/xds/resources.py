@@ -46,23 +46,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.extensions.load_balancing_policies.pick_first.v3 import pick_first_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from meshnode.config.node import RETRYABLE_CODES, parse_address
 from meshnode.config.targets import MAX_ENDPOINTS, EndpointSpec, HostPort
 from meshnode.errors import ConfigError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.xds.bootstrap import IDENTITY_PROVIDER, roots_provider
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import pack, type_url
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -82,9 +74,9 @@ __all__ = [
     "validate_peer_name",
 ]
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINTS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER_TYPE = type_url(pb.Listener)
+CLUSTER_TYPE = type_url(pb.Cluster)
+ENDPOINTS_TYPE = type_url(pb.ClusterLoadAssignment)
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 #: type URL -> resource name -> resource message
@@ -221,18 +213,12 @@ def san_regex(spiffe_id: SpiffeID) -> str:
     return "".join(c if c.isalnum() or c in "/:_" else "\\" + c for c in str(spiffe_id))
 
 
-def _pack(message: Any) -> Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def retry_policy(retries: int, retry_on: tuple[str, ...]) -> Any:
     """gRFC A44's retry policy: ``retries`` more attempts on ``retry_on``, exponential backoff."""
-    return route_components_pb2.RetryPolicy(
+    return pb.RetryPolicy(
         retry_on=",".join(code.lower().replace("_", "-") for code in retry_on),
         num_retries=wrappers_pb2.UInt32Value(value=retries),
-        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+        retry_back_off=pb.RetryPolicy.RetryBackOff(
             base_interval=_duration(RETRY_BASE_INTERVAL), max_interval=_duration(RETRY_MAX_INTERVAL)
         ),
     )
@@ -245,39 +231,34 @@ def _duration(seconds: float) -> Any:
 
 def listener(name: str, peer: PeerTarget | None = None) -> Any:
     """The Listener behind ``xds:///name``: every call goes to the Cluster ``name``, with ``peer``'s retries."""
-    action = route_components_pb2.RouteAction(cluster=name)
+    action = pb.RouteAction(cluster=name)
     if peer is not None and peer.retries > 0:
         action.retry_policy.CopyFrom(retry_policy(peer.retries, peer.retry_on))
-    route = route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix=""), route=action)
-    manager = hcm_pb2.HttpConnectionManager(
-        route_config=route_pb2.RouteConfiguration(
+    route = pb.Route(match=pb.RouteMatch(prefix=""), route=action)
+    manager = pb.HttpConnectionManager(
+        route_config=pb.RouteConfiguration(
             name=name,
-            virtual_hosts=[route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])],
+            virtual_hosts=[pb.VirtualHost(name=name, domains=["*"], routes=[route])],
         ),
-        http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
-        ],
+        http_filters=[pb.HttpFilter(name="envoy.filters.http.router", typed_config=pack(pb.Router()))],
     )
-    api_listener = api_listener_pb2.ApiListener(api_listener=_pack(manager))
-    return listener_pb2.Listener(name=name, api_listener=api_listener)
+    return pb.Listener(name=name, api_listener=pb.ApiListener(api_listener=pack(manager)))
 
 
 def _lb_endpoint(host: str, port: int, *, draining: bool = False) -> Any:
-    return endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
-        ),
-        health_status=health_check_pb2.DRAINING if draining else health_check_pb2.HEALTHY,
+    return pb.LbEndpoint(
+        endpoint=pb.Endpoint(address=pb.Address(socket_address=pb.SocketAddress(address=host, port_value=port))),
+        health_status=pb.DRAINING if draining else pb.HEALTHY,
     )
 
 
 def load_assignment(name: str, endpoints: tuple[HostPort, ...], draining: frozenset[HostPort] = frozenset()) -> Any:
     """The ClusterLoadAssignment ``name``: every endpoint, in one locality; ``draining`` ones marked so."""
-    return endpoint_pb2.ClusterLoadAssignment(
+    return pb.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(
-                locality=base_pb2.Locality(zone=LOCALITY),
+            pb.LocalityLbEndpoints(
+                locality=pb.Locality(zone=LOCALITY),
                 lb_endpoints=[_lb_endpoint(e.host, e.port, draining=e in draining) for e in endpoints],
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
             )
@@ -287,42 +268,40 @@ def load_assignment(name: str, endpoints: tuple[HostPort, ...], draining: frozen
 
 def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provider: str) -> Any:
     """The Cluster for ``peer``: its endpoints, and TLS pinned to its SPIFFE ID."""
-    tls = tls_pb2.UpstreamTlsContext(
-        common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
-                instance_name=identity_provider
-            ),
-            validation_context=common_pb2.CertificateValidationContext(
-                ca_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
-                    instance_name=roots_provider
-                ),
+    tls = pb.UpstreamTlsContext(
+        common_tls_context=pb.CommonTlsContext(
+            tls_certificate_provider_instance=pb.CertificateProviderPluginInstance(instance_name=identity_provider),
+            validation_context=pb.CertificateValidationContext(
+                ca_certificate_provider_instance=pb.CertificateProviderPluginInstance(instance_name=roots_provider),
                 match_subject_alt_names=[
-                    string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=san_regex(peer.spiffe_id)))
+                    pb.StringMatcher(safe_regex=pb.RegexMatcher(regex=san_regex(peer.spiffe_id)))
                 ],
             ),
         )
     )
+    transport = pb.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(tls))
     if peer.endpoints is None:
-        result = cluster_pb2.Cluster(
+        return pb.Cluster(
             name=name,
-            type=cluster_pb2.Cluster.LOGICAL_DNS,
-            load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            type=pb.Cluster.LOGICAL_DNS,
+            load_assignment=pb.ClusterLoadAssignment(
                 cluster_name=name,
-                endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(peer.host,
-                                                                                                  peer.port)])],
+                endpoints=[pb.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(peer.host, peer.port)])],
             ),
+            transport_socket=transport,
         )
-    else:
-        result = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
-        result.eds_cluster_config.eds_config.CopyFrom(config_source_pb2.ConfigSource(
-            ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3,
+    result = pb.Cluster(
+        name=name,
+        type=pb.Cluster.EDS,
+        eds_cluster_config=pb.Cluster.EdsClusterConfig(
+            eds_config=pb.ConfigSource(ads=pb.AggregatedConfigSource(), resource_api_version=pb.V3)
+        ),
+        transport_socket=transport,
+    )
+    if peer.lb == "pick_first":
+        result.load_balancing_policy.policies.add().typed_extension_config.CopyFrom(pb.TypedExtensionConfig(
+            name="envoy.load_balancing_policies.pick_first", typed_config=pack(pb.PickFirst()),
         ))
-        if peer.lb == "pick_first":
-            policy = result.load_balancing_policy.policies.add()
-            policy.typed_extension_config.name = "envoy.load_balancing_policies.pick_first"
-            policy.typed_extension_config.typed_config.Pack(pick_first_pb2.PickFirst())
-    result.transport_socket.name = TLS_TRANSPORT_SOCKET
-    result.transport_socket.typed_config.Pack(tls)
     return result
 
 
