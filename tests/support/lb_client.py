@@ -39,9 +39,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from meshnode.config.node import load_node_config
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.node import Node
-from meshnode.telemetry.attributes import PEER_ENDPOINT_REJECTED
-
 PEER = "beta"
+#: the metric's name as users see it (meshnode.telemetry.attributes.PEER_ENDPOINT_REJECTED)
+PEER_ENDPOINT_REJECTED = "meshnode.peer.endpoint_rejected"
 
 
 class Driver:
