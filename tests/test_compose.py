@@ -426,9 +426,13 @@ def test_relay_flow_is_addressed_and_authorized_hop_by_hop(flavor: str, spire_ca
     nodes = node_services(flavor)
     for name, config in nodes.items():
         for peer in config.peers.values():
-            host, port = parse_address(peer.address, "peer address")
+            (target,) = peer.endpoints.hosts  # one service name: every replica of it is an endpoint
+            host, port = target.host, target.port
             assert host in nodes, f"{name}: peer {peer.name} at {host}, which is no node service"
             assert port == nodes[host].host_port[1], f"{name}: {host} listens on {nodes[host].listen}"
+            replicas = services(flavor)[host].get("deploy", {}).get("replicas", 1)
+            if replicas > 1:  # gRPC would take the first address only: each replica must be an endpoint
+                assert peer.endpoints.kind == "dns" and peer.lb == "round_robin", f"{name}: {peer.name}"
             assert str(peer.spiffe_id) == registered[host].spiffe_id, f"{name}: {host} is registered differently"
         for allowed in config.authz.allow:
             assert allowed in {w.spiffe_id for w in registered.values()}, f"{name} allows unregistered {allowed}"
@@ -443,6 +447,7 @@ def test_relay_flow_is_addressed_and_authorized_hop_by_hop(flavor: str, spire_ca
         caller, at = registered[at].spiffe_id, hop
         assert caller in nodes[at].authz.allow, f"{at} must allow {caller}"
     assert client["route"] == ["beta", "gamma"]
+    assert services(flavor)["beta"]["deploy"]["replicas"] == 2  # the demo's peer with replicas
 
 
 # -- meshnode check, staging, against a real dev agent ---------------------

@@ -219,7 +219,7 @@ def test_peer_ids_are_the_ids_the_clusterspiffeid_gives_those_pods(objs: list[Ob
     for name, config in configs.items():
         assert config["identity"]["trust_domain"] == "example.org"
         for peer_name, peer in config.get("peers", {}).items():
-            host, _, port = peer["address"].rpartition(":")
+            host, _, port = peer["address"].removeprefix("dns:///").rpartition(":")
             service, namespace, *rest = host.split(".")
             assert (namespace, rest) == ("meshnode", ["svc", "cluster", "local"]), peer["address"]
             svc = k8s.named(objs, "Service", namespace)[service]
@@ -227,6 +227,9 @@ def test_peer_ids_are_the_ids_the_clusterspiffeid_gives_those_pods(objs: list[Ob
             (behind,) = [n for n, d in k8s.named(objs, "Deployment", namespace).items()
                          if k8s.selects(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
             assert peer["spiffe_id"] == ids[behind], (name, peer_name)
+            replicas = k8s.named(objs, "Deployment", namespace)[behind]["spec"].get("replicas", 1)
+            if replicas > 1:  # every pod behind the headless Service must be an endpoint
+                assert peer["address"].startswith("dns:///"), (name, peer_name)
             edges.append((name, behind))
     assert sorted(edges) == [("alpha", "beta"), ("beta", "gamma")]
 
