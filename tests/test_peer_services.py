@@ -176,6 +176,8 @@ def test_a_replica_stopped_gracefully_fails_no_call_even_without_retries(verify:
         client = m.client(verify, extra="retries = 0")
         client.ask("load 8")
         until(client, lambda w: len(w["counts"]) == 3, "calls on every replica")
+        if verify == "spiffe-id":  # the node's own health watches (dns mode: gRPC's, up before any call)
+            client.wait_health_watched([r.address for r in m.replicas.values()])
         stopped = m.replicas["beta-3"]
         assert stopped.process.terminate() == 0
         _, windows = until(client, lambda w: w["calls"] >= 500 and "beta-3" not in w["counts"],

@@ -111,6 +111,10 @@ class XdsControlPlane:
     # -- state ------------------------------------------------------------
 
     @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    @property
     def runtime_dir(self) -> Path:
         return self._dir.path
 

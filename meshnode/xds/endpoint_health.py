@@ -48,12 +48,14 @@ class EndpointHealth:
         self._cp = control_plane
         self._options = options
         self._watches: dict[tuple[str, HostPort], asyncio.Task[None]] = {}
+        self._seen: dict[tuple[str, HostPort], bool] = {}  # a status arrived from the endpoint
 
     def update(self, peer: str, endpoints: tuple[HostPort, ...]) -> None:
         """Watch exactly ``endpoints`` of ``peer`` from now on (on the event loop)."""
         wanted = set(endpoints)
         for key in [k for k in self._watches if k[0] == peer and k[1] not in wanted]:
             self._watches.pop(key).cancel()
+            self._seen.pop(key, None)
             self._cp.drop_health_target(*key)
         for endpoint in endpoints:
             if (peer, endpoint) not in self._watches:
@@ -71,6 +73,10 @@ class EndpointHealth:
             while True:
                 try:
                     async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True):
+                        if (peer, endpoint) not in self._seen:
+                            log.debug("peers: watching the health of endpoint %s of peer '%s': %s", endpoint, peer,
+                                      health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                        self._seen[(peer, endpoint)] = True
                         self._set(peer, endpoint, reply.status == health_pb2.HealthCheckResponse.SERVING)
                         backoff = 1.0
                 except grpc.aio.AioRpcError as err:

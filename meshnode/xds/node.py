@@ -12,6 +12,7 @@ client reconnect.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,10 @@ from meshnode.xds.control_plane import XdsControlPlane
 from meshnode.xds.endpoint_health import EndpointHealth
 from meshnode.xds.resources import PeerTarget
 
-__all__ = ["NodeXds", "start_control_plane"]
+__all__ = ["HEALTH_WATCH_DELAY", "NodeXds", "start_control_plane"]
+
+#: Seconds after a peer's channel is made before its endpoints' health watches start.
+HEALTH_WATCH_DELAY = 1.0
 
 
 class NodeXds:
@@ -37,14 +41,24 @@ class NodeXds:
         self.control_plane = control_plane
         self._options = options
         self.health = EndpointHealth(control_plane, options)
-        for name, peer in control_plane.peers.items():
-            if peer.endpoints is not None:
-                self.health.update(name, peer.endpoints)
+        self._watching: set[str] = set()  # peers whose endpoints' health is watched
+        self._closing = False
 
     def plan(self, name: str) -> ChannelPlan:
         cp = self.control_plane
-        return ChannelPlan(key="xds", target=cp.target(name), credentials=cp.channel_credentials(),
+        plan = ChannelPlan(key="xds", target=cp.target(name), credentials=cp.channel_credentials(),
                            options=self._options, not_after=None)
+        if name not in self._watching:
+            # a peer's endpoints are watched once its channel exists, a moment after, so the watches'
+            # handshakes do not compete with the channel's first call
+            self._watching.add(name)
+            asyncio.get_running_loop().call_later(HEALTH_WATCH_DELAY, self._watch, name)
+        return plan
+
+    def _watch(self, name: str) -> None:
+        peer = self.control_plane.peers.get(name)
+        if peer is not None and peer.endpoints is not None and not self._closing:
+            self.health.update(name, peer.endpoints)
 
     def explain(self, name: str, err: grpc.aio.AioRpcError) -> str | None:
         return self.control_plane.explain(name, err)
@@ -54,9 +68,11 @@ class NodeXds:
 
     def set_endpoints(self, name: str, endpoints: tuple[HostPort, ...]) -> None:
         self.control_plane.set_endpoints(name, endpoints)
-        self.health.update(name, endpoints)
+        if name in self._watching:
+            self.health.update(name, endpoints)
 
     async def close(self) -> None:
+        self._closing = True
         await self.health.close()
         await self.control_plane.close()
 

@@ -19,7 +19,8 @@ Commands (stdin, one per line), each answered by one line
 * ``identity``: serial of the client's SVID and how many it has had;
 * ``quit``.
 
-A failure is ``[code, details]``. The node logs to stderr (level INFO).
+A failure is ``[code, details]``. The node logs to stderr (level INFO;
+``meshnode.peers`` DEBUG: the endpoints whose health the node watches).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from meshnode.config.node import load_node_config
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.node import Node
+
 PEER = "beta"
 #: the metric's name as users see it (meshnode.telemetry.attributes.PEER_ENDPOINT_REJECTED)
 PEER_ENDPOINT_REJECTED = "meshnode.peer.endpoint_rejected"
@@ -135,6 +137,7 @@ async def main(path: str) -> None:
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.getLogger("meshnode.peers").setLevel(logging.DEBUG)  # which endpoints' health is watched
     loop = asyncio.get_running_loop()
     async with Node(load_node_config(path)) as node:
         driver = Driver(node, reader)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +115,14 @@ class Client:
 
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def wait_health_watched(self, endpoints: list[str], timeout: float = 60.0) -> None:
+        """Wait until the node watches the health of every endpoint (spiffe-id peers: its own watches)."""
+        deadline = time.monotonic() + timeout
+        while not all(f"watching the health of endpoint {e} " in self.log() for e in endpoints):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"health of {endpoints} not watched after {timeout} s\n{self.log()}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
