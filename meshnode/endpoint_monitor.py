@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from meshnode.channelz import SubchannelView, read_subchannels
+from meshnode.config._reader import printable
 from meshnode.errors import PeerError
 from meshnode.probe import server_certificate
 from meshnode.spiffeid import SpiffeID
@@ -90,16 +91,21 @@ def _endpoint(address: str) -> str:
     return address.partition(":")[2] if address.startswith(("ipv4:", "ipv6:")) else address
 
 
+def _clean(text: str, limit: int = 300) -> str:
+    """An untrusted string (from a certificate) as one printable line of at most ``limit`` characters."""
+    return printable(text[:limit])
+
+
 def _presented(cert: x509.Certificate) -> tuple[str, list[str]]:
-    """(the SPIFFE ID or a description, the DNS names) of a certificate."""
+    """(the SPIFFE ID or a description, the DNS names) of a certificate, printable."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "a certificate without subject alternative names", []
+    except (x509.ExtensionNotFound, ValueError):
+        return "a certificate without (readable) subject alternative names", []
     uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
-    dns = [str(d) for d in sans.get_values_for_type(x509.DNSName)]
+    dns = [_clean(str(d), 100) for d in sans.get_values_for_type(x509.DNSName)]
     if len(uris) == 1:
-        return uris[0][:300], dns
+        return _clean(uris[0]), dns
     if not uris:
         return "a certificate without a SPIFFE ID", dns
     return f"a certificate with {len(uris)} SPIFFE IDs", dns
@@ -194,7 +200,7 @@ class EndpointMonitor:
             cert = await asyncio.to_thread(self._probe, endpoint)
             presented, dns = _presented(cert)
         except (PeerError, OSError, ValueError) as exc:
-            presented, dns = f"a certificate that could not be read again ({exc})", []
+            presented, dns = f"a certificate that could not be read again ({_clean(str(exc), 200)})", []
         key = (peer.name, endpoint, presented)
         if key in self._reported:
             return
@@ -214,7 +220,7 @@ class EndpointMonitor:
         log.warning(
             "peers: endpoint %s of peer '%s' %s%s: gRPC refused its handshake and sends it no calls. Check which "
             "workload listens there (or what the DNS answer lists). [%s]",
-            endpoint, peer.name, what, extra, failure[:300],
+            endpoint, peer.name, what, extra, _clean(failure),
         )
 
     async def close(self) -> None:

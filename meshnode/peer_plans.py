@@ -32,7 +32,7 @@ from meshnode.config.targets import HostPort
 from meshnode.errors import PeerError
 from meshnode.xds.resources import RETRY_BASE_INTERVAL, RETRY_MAX_INTERVAL
 
-__all__ = ["endpoints_key", "grpc_target", "list_target", "service_config"]
+__all__ = ["channelz_target", "endpoints_key", "grpc_target", "list_target", "service_config"]
 
 log = logging.getLogger("meshnode.peers")
 
@@ -95,3 +95,10 @@ def grpc_target(peer: PeerConfig, resolved: tuple[HostPort, ...] | None) -> tupl
         return list_target(peer.name, spec.hosts), ""
     endpoints = resolved or ()
     return list_target(peer.name, endpoints), endpoints_key(endpoints)
+
+
+def channelz_target(target: str) -> str:
+    """The target as channelz names the channel: gRPC puts ``dns:///`` before a bare ``host:port``."""
+    if target.startswith(("dns:", "ipv4:", "ipv6:", "unix:", "xds:")):
+        return target
+    return f"dns:///{target}"

@@ -41,7 +41,7 @@ from meshnode.endpoint_watch import EndpointWatch
 from meshnode.errors import MeshnodeError, PeerError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
-from meshnode.peer_plans import grpc_target, service_config
+from meshnode.peer_plans import channelz_target, grpc_target, service_config
 from meshnode.resolver import Resolution, resolve
 
 __all__ = ["Liveness", "PeerChannels", "explain_dns_error"]
@@ -200,7 +200,7 @@ class PeerChannels:
     def _dns_plan(self, peer: PeerConfig, snapshot: IdentitySnapshot) -> ChannelPlan:
         td = peer.spiffe_id.trust_domain
         target, endpoints = grpc_target(peer, self.endpoints(peer.name))
-        self.monitor.watch(target, self._monitored(peer))
+        self.monitor.watch(channelz_target(target), self._monitored(peer))
         return ChannelPlan(
             key=f"{snapshot.svid_fingerprint}:{snapshot.bundle_fingerprint(td)}:{endpoints}",
             target=target,
