@@ -116,3 +116,15 @@ def test_the_monitor_names_what_a_certificate_presents() -> None:
     leaf: x509.Certificate = ca.issue("spiffe://example.org/node/mallory", dt.timedelta(hours=1)).chain[0]
     presented, dns = _presented(leaf)
     assert presented == "spiffe://example.org/node/mallory" and dns
+
+
+def test_what_a_hostile_certificate_presents_stays_one_line() -> None:
+    from cryptography.x509 import load_pem_x509_certificate
+
+    from tests.support.xds import RawCA
+
+    _key, chain = RawCA("hostile").issue(uris=["spiffe://example.org/x\nmeshnode.peers WARNING forged"],
+                                         dns=["a\rb.example"])
+    presented, dns = _presented(load_pem_x509_certificate(chain))
+    assert presented == "spiffe://example.org/x\\nmeshnode.peers WARNING forged"
+    assert dns == ["a\\rb.example"]
