@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CORE_VARIANTS = {"A", "B", "C", "D", "E"}
+CORE_VARIANTS = {"A", "B", "C", "D", "E", "E3"}
 
 
 def _positive(value: Any) -> bool:
@@ -39,6 +39,7 @@ def test_quick_bench_exits_0_and_prints_the_table(quick_run: tuple[subprocess.Co
     assert "| workload | variant | calls/s |" in proc.stdout
     assert "## Targets" in proc.stdout
     assert (out / "bench.md").read_text() in proc.stdout
+    assert "Client CPU per call, 3 endpoints vs 1 (E3 / E" in proc.stdout  # a peer of 3 endpoints vs 1
 
 
 @pytest.mark.slow
@@ -48,6 +49,7 @@ def test_every_variant_made_calls_without_errors(quick_run: tuple[subprocess.Com
     ran = set(result["variants"])
     assert CORE_VARIANTS <= ran
     assert ("F" in ran) != ("F" in result["skipped"])  # spiffe-id channels ran, or say why not
+    assert ("F3" in ran) != ("F3" in result["skipped"])
     summary = result["throughput"]["summary"]
     assert len(summary) == 4  # unary and stream, 1 and many callers
     for workload, rows in summary.items():
@@ -76,7 +78,7 @@ def test_handshakes_rotation_and_first_calls_are_reported(
     assert rotation["rotations"] >= 1 and rotation["ca_rotations"] >= 1
     assert rotation["calls"] > 0 and rotation["failed_calls"] == 0, rotation["error_samples"]
     assert _positive(rotation["pickup_ms"]["median"])  # the server saw the new client certificates
-    for name in ("C", "E"):
+    for name in ("C", "E", "E3"):
         assert _positive(result["first_calls"][name]["ms"]["median"]), name
     statuses = {t["target"]: t["status"] for t in result["targets"]}
     assert set(statuses.values()) <= {"PASS", "MISS", "INFO", "n/a"}
