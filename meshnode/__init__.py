@@ -16,7 +16,7 @@ Everything else lives in its own module (``meshnode.authz``,
 ``meshnode.identity``, ``meshnode.telemetry``, ``meshnode.testing``...).
 """
 
-from meshnode.authz import Authorizer, AuthzInterceptor, NoPeerIdentityError, Policy, peer_id
+from meshnode.authz import Authorizer, AuthzInterceptor, NoPeerIdentityError, Policy, peer_id, peer_jwt, peer_mtls_id
 from meshnode.channel import PeerChannel
 from meshnode.config.node import NodeConfig, PeerConfig, load_node_config
 from meshnode.errors import (
@@ -27,6 +27,7 @@ from meshnode.errors import (
     IdentityUnavailableError,
     InvalidIdentityError,
     InvalidSpiffeIdError,
+    JwtSvidError,
     LifecycleError,
     MeshnodeError,
     NotStartedError,
@@ -53,6 +54,7 @@ __all__ = [
     "IdentityUnavailableError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "JwtSvidError",
     "LifecycleError",
     "MeshnodeError",
     "NoPeerIdentityError",
@@ -74,4 +76,6 @@ __all__ = [
     "only",
     "parse_spiffe_id",
     "peer_id",
+    "peer_jwt",
+    "peer_mtls_id",
 ]

@@ -14,6 +14,7 @@ only this tree::
      |    |    +-- SvidNotDeliveredError  SVIDs came, none that [identity] spiffe_id / hint asks for
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
      |         +-- InvalidBundleError     a federated bundle file is refused (path, trust_domain, reason)
+     |    +-- JwtSvidError              a JWT-SVID cannot be obtained (client) or is not valid (server) (reason)
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
      +-- LifecycleError              an object was used in the wrong state
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidBundleError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "JwtSvidError",
     "LifecycleError",
     "MeshnodeError",
     "NotStartedError",
@@ -148,6 +150,18 @@ class InvalidBundleError(InvalidIdentityError):
         self.path = path
         where = path if path is not None else f"for '{trust_domain}'"
         super().__init__(f"identity: federated bundle {where}: {reason}", reason=reason)
+
+
+class JwtSvidError(IdentityError):
+    """A JWT-SVID cannot be obtained (client side) or is not valid (server side).
+
+    ``reason`` says why in one line, never with the token itself (a bearer
+    credential must not reach logs or status details).
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class PeerError(MeshnodeError):
