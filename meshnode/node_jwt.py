@@ -135,9 +135,7 @@ def _client(
                                 ConfigError, "always", message=message))
             continue
         result.call_auth[peer.name] = tokens.slot(peer.audience, chosen)
-    problems = tokens.start()
-    for problem in problems:
-        log.warning("jwt: %s; calls needing it fail with UNAUTHENTICATED until it is obtained (retrying)", problem)
+    problems = tokens.start()  # each problem is logged once by its slot
     checks.append(Check(
         "JWT-SVIDs for jwt = true peers obtained", not problems,
         "; ".join(problems) or ", ".join(sorted({p.audience for p in peers})),

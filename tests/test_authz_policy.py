@@ -43,7 +43,8 @@ def test_public_names_are_pinned() -> None:
             "Explanation", "IdPattern", "JwtAuthn", "NoPeerIdentityError", "Not", "PathPrefix", "PeerMatcher", "Policy",
             "PolicyFile", "PolicySource", "Request", "Rule", "StaticPolicy", "TrustDomain", "TrustInfo",
             "TrustSnapshot", "Verdict", "allow", "deny", "load_a43_file", "load_policy_file", "merge_policies",
-            "parse_a43", "parse_peer", "peer_id", "peer_jwt", "peer_mtls_id", "policy_from_allowlist", "policy_source", "restrict",
+            "parse_a43", "parse_peer", "peer_id", "peer_jwt", "peer_mtls_id", "policy_from_allowlist", "policy_source",
+            "restrict",
         ]
     )
     for name in meshnode.authz.__all__:

@@ -381,6 +381,11 @@ class Authorizer:
     # -- tooling ----------------------------------------------------------
 
     @property
+    def jwt(self) -> JwtAuthn | None:
+        """The JWT step (``[authz] jwt``), None when calls' tokens are not looked at."""
+        return self._jwt
+
+    @property
     def active(self) -> ActivePolicy:
         return self._source.current()
 

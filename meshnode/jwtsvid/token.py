@@ -230,6 +230,7 @@ class Token:
     audience: tuple[str, ...]
     expiry: float  # epoch seconds
     issued_at: float  # epoch seconds: its iat, or when it arrived when it has none (or a later one)
+    received: float = 0.0  # epoch seconds, by this workload's clock
 
     @classmethod
     def read(cls, value: str, *, received: float, leeway: float = 0.0) -> Token:
@@ -240,11 +241,16 @@ class Token:
         subject, audience, exp = check_claims(claims, now=received, leeway=leeway)
         iat = _number(claims, "iat")
         issued = min(iat, received) if iat is not None else received
-        return cls(value, subject, audience, exp, issued)
+        return cls(value, subject, audience, exp, issued, received)
 
     def refresh_at(self) -> float:
-        """When to renew it: at half its life (epoch seconds)."""
-        return self.issued_at + (self.expiry - self.issued_at) / 2
+        """When to renew it (epoch seconds): at half its life, but not within a second of its arrival.
+
+        The floor keeps a clock ahead of the issuer's (``iat`` far in the past)
+        from turning renewals into a loop of fetches.
+        """
+        half = self.issued_at + (self.expiry - self.issued_at) / 2
+        return max(half, self.received + min(1.0, (self.expiry - self.received) / 2))
 
     def expired(self, now: float) -> bool:
         return now >= self.expiry

@@ -44,6 +44,7 @@ log = logging.getLogger("meshnode.jwt")
 Header = tuple[str, str]
 Stamp = tuple[int, int, int, int]
 _FIRST_BACKOFF = 0.5
+_UNSEEN = object()  # a token file not looked at yet (its stamp may well be None: missing)
 _MAX_BACKOFF = 10.0
 
 
@@ -105,7 +106,7 @@ class TokenSlot:
         self._rejections = rejections
         self._current: tuple[Header, float] | None = None  # (metadata pair, expiry): one read on a call's path
         self._token: Token | None = None
-        self._stamp: Stamp | None = None
+        self._stamp: Stamp | object | None = _UNSEEN
         self._backoff = _FIRST_BACKOFF
         self._retry_at = 0.0
         #: why the last fetch failed ("" after a good one)

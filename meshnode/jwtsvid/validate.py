@@ -117,6 +117,8 @@ class JwtValidator:
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._jws = jwt.PyJWS()
+        #: how many signatures were verified (cache misses that got that far): the cost the cache saves
+        self.verified = 0
 
     # -- the per-call entry ---------------------------------------------------
 
@@ -161,6 +163,7 @@ class JwtValidator:
         if key is None:
             raise _fail(f"its key id {kid!r} is not in the JWT bundle of '{td}' (an unknown or retired key)")
         _check_key(alg, key, kid)
+        self.verified += 1
         try:
             self._jws.decode_complete(token, key=key, algorithms=[alg])
         except jwt.InvalidSignatureError:
