@@ -166,7 +166,7 @@ def _server(
         checks.append(Check("JWT bundles available", False, message, "set [identity] jwt_bundles_dir", ConfigError,
                             "always", message=message))
         return
-    merged = MergedJwtBundles(sources)
+    merged = sources[0] if len(sources) == 1 else MergedJwtBundles(sources)  # one source: nothing to merge per call
     own = str(source.current().spiffe_id)
     validator = JwtValidator(merged, audiences=(own, *authz.jwt_audiences), trust_domains=accepted)
     result.authn = JwtAuthn(validator, "required" if authz.jwt == "required" else "optional", authz.principal,
