@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import subprocess
 from collections.abc import Iterator
@@ -130,3 +131,49 @@ def test_meshnode_run_relays_with_a_jwt_svid_and_refuses_calls_without(agent_dir
         assert "carries no JWT-SVID" in (refused.value.details() or "")
         for node in (alpha, beta):
             assert node.terminate() == 0, node.output()
+
+
+def test_the_readme_example_configs_load() -> None:
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## JWT-SVIDs"):readme.index("## Traces")]
+    alpha_text, beta_text = re.findall(r"```toml\n(.*?)```", section, re.S)
+    base = {"node": {"name": "n", "listen": "127.0.0.1:0"}, "identity": {"source": "dev"}}
+    alpha = node_config_from_dict({**base, **tomllib.loads(alpha_text)}, environ={})
+    beta = node_config_from_dict({**base, **tomllib.loads(beta_text)}, environ={})
+    assert alpha.peers["beta"].jwt and alpha.peers["beta"].audience == "spiffe://example.org/node/beta"
+    assert str(alpha.peers["beta"].spiffe_id) == "spiffe://example.org/gateway"
+    assert (beta.authz.principal, beta.authz.jwt) == ("jwt", "required")
+
+
+def test_boot_checks_the_jwt_bundles_and_the_first_tokens(tmp_path: Path) -> None:
+    """`meshnode check` and `meshnode run` share these checks: production refuses a node that cannot
+    validate tokens (no JWT bundle arrived) or cannot get the first token for a jwt = true peer."""
+    from meshnode.boot import boot
+    from meshnode.devagent.ca import DevCA
+    from tests.support.federation import x509_key
+
+    ca = DevCA("example.org")
+    snap = issue_snapshot(ca, ALPHA)
+    for name, data in (("c.pem", snap.chain_pem), ("k.pem", snap.key_pem), ("b.pem", snap.bundle_pem("example.org"))):
+        (tmp_path / name).write_bytes(data)
+    identity = {**FILES, "cert": str(tmp_path / "c.pem"), "key": str(tmp_path / "k.pem"),
+                "bundle": str(tmp_path / "b.pem"), "jwt_bundles_dir": str(tmp_path / "jwt")}
+    data: dict[str, Any] = {"node": {"name": "alpha", "listen": "127.0.0.1:0", "mode": "production"},
+                            "identity": identity, "authz": {"allow": [BETA], "jwt": "required"},
+                            "peers": {"beta": {**PEER, "jwt": True, "jwt_token_file": str(tmp_path / "beta.jwt")}}}
+    with contextlib.closing(boot(node_config_from_dict(data, environ={}))) as booted:
+        refused = booted.refusal()
+        assert refused is not None and refused.name == "JWT-SVIDs for jwt = true peers obtained"
+        assert f"the token file {tmp_path / 'beta.jwt'} does not exist" in refused.detail
+        bundles = next(c for c in booted.checks if c.name == "JWT bundles obtained")
+        assert not bundles.ok and "no trust domain yet" in bundles.detail
+    (tmp_path / "beta.jwt").write_text(ca.sign_jwt(ALPHA, [BETA], dt.timedelta(minutes=5)))
+    (tmp_path / "jwt").mkdir()
+    keys = [x509_key(c) for c in ca.bundle] + json.loads(ca.jwks())["keys"]
+    (tmp_path / "jwt" / "example.org.json").write_text(json.dumps({"keys": keys}))
+    with contextlib.closing(boot(node_config_from_dict(data, environ={}))) as booted:
+        assert booted.refusal() is None, [c for c in booted.checks if not c.ok]
+        assert booted.jwt is not None and booted.jwt.authn is not None and set(booted.jwt.call_auth) == {"beta"}
