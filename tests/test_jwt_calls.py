@@ -157,7 +157,7 @@ async def test_raw_client_tokens_from_the_workload_api_are_checked(make_agent: C
         "signature tampered": (tampered(good), "signature does not verify"),
         "alg none": (unsigned(claims(sub=CLIENT), kid=ca.jwt_key_id), "not signed"),
         "HMAC": (forge(b"k" * 64, claims(sub=CLIENT), alg="HS256", kid=ca.jwt_key_id), 'alg "HS256" is not allowed'),
-        "unknown kid": (forge(stranger, claims(sub=CLIENT), kid="not-a-key"), "key id 'not-a-key' is not in"),
+        "unknown kid": (forge(stranger, claims(sub=CLIENT), kid="not-a-key"), "key id \"not-a-key\" is not in"),
         "another trust domain": (forge(stranger, claims(sub="spiffe://evil.org/client")),
                                  "trust domain 'evil.org', which this server does not accept"),
         "sub not a SPIFFE ID": (with_payload(good, claims(sub="client")), "is not a SPIFFE ID"),

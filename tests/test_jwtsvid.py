@@ -137,11 +137,11 @@ def test_the_key_comes_from_the_bundle_of_the_subjects_trust_domain() -> None:
     partner = ec_key()
     v = validator(bundle("example.org", k1=KEY), bundle("partner.org", p1=partner), tds=("example.org", "partner.org"))
     # partner.org's key signs a token for an example.org subject: not a key of the issuer's trust domain
-    assert "key id 'p1' is not in the JWT bundle of 'example.org'" in refused(v, forge(partner, claims(), kid="p1"))
+    assert "key id \"p1\" is not in the JWT bundle of 'example.org'" in refused(v, forge(partner, claims(), kid="p1"))
     assert isinstance(v.check(forge(partner, claims(sub="spiffe://partner.org/w"), kid="p1")), JwtSvid)
     # the same kid in both bundles: only the subject's trust domain's key counts
     v = validator(bundle("example.org", k1=KEY), bundle("partner.org", k1=partner), tds=("example.org", "partner.org"))
-    assert "signature does not verify with key 'k1' of 'example.org'" in refused(v, forge(partner, claims()))
+    assert "signature does not verify with key \"k1\" of 'example.org'" in refused(v, forge(partner, claims()))
 
 
 def test_subjects_of_trust_domains_not_accepted_are_refused() -> None:
@@ -155,7 +155,7 @@ def test_subjects_of_trust_domains_not_accepted_are_refused() -> None:
 
 def test_unknown_kid_missing_kid_and_tampering_are_refused() -> None:
     v = validator(bundle("example.org", k1=KEY))
-    assert "key id 'k9' is not in the JWT bundle" in refused(v, forge(KEY, claims(), kid="k9"))
+    assert "key id \"k9\" is not in the JWT bundle" in refused(v, forge(KEY, claims(), kid="k9"))
     assert "has no kid" in refused(v, forge(KEY, claims(), kid=None))
     good = forge(KEY, claims())
     assert "signature does not verify" in refused(v, tampered(good))
@@ -189,7 +189,7 @@ def test_a_cached_token_is_verified_once_until_the_bundle_changes() -> None:
     results = {id(v.check(token)) for _ in range(1000)}
     assert v.verified == 1 and len(results) == 1
     source.set({"example.org": bundle("example.org", k2=OTHER_KEY)})  # k1 retired: no token of it stays accepted
-    assert "key id 'k1' is not in the JWT bundle" in refused(v, token)
+    assert "key id \"k1\" is not in the JWT bundle" in refused(v, token)
     assert v.verified == 1  # refused at the key look-up, before any signature
     source.set({"example.org": bundle("example.org", k1=KEY)})
     assert isinstance(v.check(token), JwtSvid) and v.verified == 2
@@ -300,3 +300,16 @@ def test_tokens_read_by_their_holder() -> None:
     assert "value" not in repr(token) and token.value not in repr(token)
     with pytest.raises(JwtSvidError, match="expired"):
         Token.read(forge(KEY, claims(ttl=-100)), received=time.time())
+
+
+def test_token_values_are_clipped_in_reasons_and_claims_are_read_only() -> None:
+    v = validator(bundle("example.org", k1=KEY))
+    reason = refused(v, forge(KEY, claims(), kid="x" * 5000))  # a reason reaches status details and audit logs
+    assert "key id" in reason and len(reason) < 200
+    reason = refused(v, forge(KEY, claims(aud=["y" * 800] * 5)))
+    assert "names none of this server's audiences" in reason and len(reason) < 400
+    result = v.check(forge(KEY, {**claims(), "groups": ["a"], "meta": {"x": [1]}}))
+    assert isinstance(result, JwtSvid)
+    assert result.claims["groups"] == ("a",) and result.claims["meta"]["x"] == (1,)
+    with pytest.raises(TypeError):  # one object serves every call with this token: nobody may change it
+        result.claims["meta"]["x"] = 2  # type: ignore[index]

@@ -87,13 +87,12 @@ from meshnode.jwtsvid.token import JwtSvid
 from meshnode.jwtsvid.validate import JwtRejection
 from meshnode.pipeline import AuthzInterceptor, Pipeline
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
+from meshnode.telemetry.attributes import PEER_JWT_SUBJECT, PEER_MTLS_SPIFFE_ID
 from meshnode.telemetry.instruments import split_method
 
 __all__ = ["Authorizer", "Verdict", "peer_key"]
 
 _NO_IDENTITY = PeerIdentity(None, "the connection carries no TLS client identity")
-_PEER_MTLS = "meshnode.peer.mtls_spiffe_id"
-_PEER_JWT_SUBJECT = "meshnode.peer.jwt_subject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +313,9 @@ class Authorizer:
                 "jwt_subject": str(jwt.subject) if jwt is not None else None,
             }
             if mtls is not None:
-                span[_PEER_MTLS] = str(mtls)
+                span[PEER_MTLS_SPIFFE_ID] = str(mtls)
             if jwt is not None:
-                span[_PEER_JWT_SUBJECT] = str(jwt.subject)
+                span[PEER_JWT_SUBJECT] = str(jwt.subject)
         service, name = split_method(method)
         counted: dict[str, AttributeValue] = {
             "meshnode.authz.decision": outcome,

@@ -42,6 +42,7 @@ __all__ = [
     "Token",
     "check_claims",
     "check_header",
+    "shown",
     "split_token",
     "subject_of",
 ]
@@ -111,10 +112,12 @@ class Header:
     kid: str
 
 
-def _shown(value: object) -> str:
+def shown(value: object, limit: int = 40) -> str:
+    """A value taken from a token, for a message: quoted, printable, at most ``limit`` characters (it is
+    outside input; a message goes to the caller, the audit log and spans)."""
     text = json.dumps(value) if isinstance(value, str) else type(value).__name__
     text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_header(header: Mapping[str, Any]) -> Header:
@@ -122,14 +125,14 @@ def check_header(header: Mapping[str, Any]) -> Header:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
         allowed = ", ".join(sorted(ALGORITHMS))
-        raise _fail(f"alg {_shown(alg)} is not allowed for JWT-SVIDs (allowed: {allowed})")
+        raise _fail(f"alg {shown(alg)} is not allowed for JWT-SVIDs (allowed: {allowed})")
     extra = sorted(set(header) - HEADERS)
     if extra:
-        raise _fail(f"its header has {', '.join(_shown(e) for e in extra[:4])}; a JWT-SVID header holds only "
+        raise _fail(f"its header has {', '.join(shown(e) for e in extra[:4])}; a JWT-SVID header holds only "
                     "alg, kid and typ")
     typ = header.get("typ")
     if typ is not None and typ not in TYPES:
-        raise _fail(f"typ {_shown(typ)} is not JWT or JOSE")
+        raise _fail(f"typ {shown(typ)} is not JWT or JOSE")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise _fail("its header has no kid (the key id that selects the signing key in the bundle)")
@@ -170,7 +173,7 @@ def subject_of(claims: Mapping[str, Any]) -> SpiffeID:
     try:
         return parse_spiffe_id(sub)
     except InvalidSpiffeIdError as exc:
-        raise _fail(f"sub {_shown(sub)} is not a SPIFFE ID ({exc.reason})") from None
+        raise _fail(f"sub {shown(sub)} is not a SPIFFE ID ({exc.reason})") from None
 
 
 def check_claims(claims: Mapping[str, Any], *, now: float, leeway: float) -> tuple[SpiffeID, tuple[str, ...], float]:
@@ -194,6 +197,15 @@ def check_claims(claims: Mapping[str, Any], *, now: float, leeway: float) -> tup
     return subject, audience, exp
 
 
+def _frozen(value: Any) -> Any:
+    """JSON values made read-only: objects become mappings, arrays tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True, eq=False)
 class JwtSvid:
     """A validated JWT-SVID, as a handler sees it (:func:`meshnode.peer_jwt`); never the token itself.
@@ -210,7 +222,8 @@ class JwtSvid:
     issued_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
+        # one object serves every call carrying the token: nested values are frozen too
+        object.__setattr__(self, "claims", _frozen(dict(self.claims)))
 
     @property
     def trust_domain(self) -> str:

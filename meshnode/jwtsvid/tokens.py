@@ -34,7 +34,7 @@ from typing import Protocol
 
 from meshnode.errors import JwtSvidError
 from meshnode.identity.rejects import Rejections, describe_error
-from meshnode.jwtsvid.token import MAX_TOKEN_CHARS, Token
+from meshnode.jwtsvid.token import MAX_TOKEN_CHARS, Token, shown
 
 __all__ = ["Header", "PeerTokens", "TokenFetcher", "TokenFile", "TokenSlot"]
 
@@ -76,13 +76,16 @@ class TokenFile:
     def fetch(self, audience: str) -> str:
         try:
             with open(self.path, "rb") as f:
-                data = f.read(MAX_TOKEN_CHARS + 2)
+                data = f.read(MAX_TOKEN_CHARS + 64)
         except FileNotFoundError:
             reason = f"{self.description} does not exist"
             raise JwtSvidError(f"jwt: {reason}", reason=reason) from None
         except OSError as exc:
             reason = f"{self.description} cannot be read ({exc.strerror})"
             raise JwtSvidError(f"jwt: {reason}", reason=reason) from None
+        if len(data) >= MAX_TOKEN_CHARS + 64:
+            reason = f"{self.description} is larger than a JWT-SVID may be ({MAX_TOKEN_CHARS} characters)"
+            raise JwtSvidError(f"jwt: {reason}", reason=reason)
         try:
             return data.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -169,9 +172,9 @@ class TokenSlot:
             raw = self.fetcher.fetch(self.audience)
             token = Token.read(raw, received=self._clock())
             if self.audience not in token.audience:
+                named = ", ".join(shown(a) for a in token.audience[:4])
                 raise JwtSvidError("jwt: wrong audience", reason=(
-                    f"{self.fetcher.description} gave a JWT-SVID for audience {list(token.audience)[:4]}, "
-                    f"not {self.audience!r}"))
+                    f"{self.fetcher.description} gave a JWT-SVID for audience [{named}], not {self.audience!r}"))
         except JwtSvidError as exc:
             self._failed(exc.reason)
             return False

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshnode.errors import JwtSvidError
 from meshnode.jwtsvid.bundle import JwtBundleSet, PublicKey
-from meshnode.jwtsvid.token import JwtSvid, check_claims, check_header, split_token, subject_of
+from meshnode.jwtsvid.token import JwtSvid, check_claims, check_header, shown, split_token, subject_of
 
 __all__ = ["LEEWAY", "JwtBundleSource", "JwtRejection", "JwtValidator"]
 
@@ -84,9 +84,9 @@ def _fail(reason: str) -> JwtSvidError:
 def _check_key(alg: str, key: PublicKey, kid: str) -> None:
     if alg.startswith("ES"):
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _CURVES[alg]):
-            raise _fail(f"the key {kid!r} is not a {_CURVES[alg].name} EC key, as alg {alg} needs")
+            raise _fail(f"the key {shown(kid)} is not a {_CURVES[alg].name} EC key, as alg {alg} needs")
     elif not isinstance(key, rsa.RSAPublicKey):
-        raise _fail(f"the key {kid!r} is not an RSA key, as alg {alg} needs")
+        raise _fail(f"the key {shown(kid)} is not an RSA key, as alg {alg} needs")
 
 
 class JwtValidator:
@@ -161,19 +161,20 @@ class JwtValidator:
             raise _fail(f"there is no JWT bundle for trust domain '{td}' (the trust domain of its subject)")
         key = bundle.keys.get(kid)
         if key is None:
-            raise _fail(f"its key id {kid!r} is not in the JWT bundle of '{td}' (an unknown or retired key)")
+            raise _fail(f"its key id {shown(kid)} is not in the JWT bundle of '{td}' (an unknown or retired key)")
         _check_key(alg, key, kid)
         self.verified += 1
         try:
             self._jws.decode_complete(token, key=key, algorithms=[alg])
         except jwt.InvalidSignatureError:
-            raise _fail(f"its signature does not verify with key {kid!r} of '{td}'") from None
+            raise _fail(f"its signature does not verify with key {shown(kid)} of '{td}'") from None
         except Exception as exc:  # PyJWT may raise TypeError/ValueError for odd input: still a refusal
             raise _fail(f"its signature cannot be checked ({type(exc).__name__})") from None
         subject, audience, exp = check_claims(claims, now=now, leeway=self._leeway)
         if not self.audiences.intersection(audience):
             accepted = ", ".join(sorted(self.audiences)[:4])
-            raise _fail(f"its audience {list(audience)[:4]} names none of this server's audiences ({accepted})")
+            named = ", ".join(shown(a) for a in audience[:4]) + (", ..." if len(audience) > 4 else "")
+            raise _fail(f"its audience [{named}] names none of this server's audiences ({accepted})")
         iat = claims.get("iat")
         issued = (dt.datetime.fromtimestamp(iat, dt.UTC)
                   if isinstance(iat, (int, float)) and not isinstance(iat, bool) and abs(iat) < 1e11 else None)
