@@ -533,3 +533,23 @@ async def test_a_grpc_js_client_with_a_workload_api_token(
         assert bad["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
         assert "signature does not verify" in bad["details"]
     assert [(s["principal"], s["sub"]) for s in echo.seen] == [(CLIENT, CLIENT)]
+
+
+async def test_a43_policy_files_decide_on_the_principal(make_agent: Callable[..., DevAgentThread],
+                                                        tmp_path: Path) -> None:
+    agent = make_agent()
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"name": "jwt-principal", "allow_rules": [
+        {"name": "client-says", "source": {"principals": [CLIENT]},
+         "request": {"paths": ["/meshnode.demo.v1.Echo/Say"]}},
+    ]}))
+    client_token = await asyncio.to_thread(workload_token, agent, "client", BETA)
+    gamma_token = await asyncio.to_thread(workload_token, agent, "gamma", BETA)
+    authz = {"principal": "jwt", "jwt_forwarders": [PROXY], "allow": [], "policy": str(policy)}
+    async with serving(agent, "beta", authz) as beta:
+        async with raw_channel(agent, "proxy", beta.port) as channel:
+            code, _, reply = await say(channel, bearer(client_token))
+            assert code is grpc.StatusCode.OK and reply.caller == CLIENT
+            code, details, _ = await say(channel, bearer(gamma_token))
+            assert code is grpc.StatusCode.PERMISSION_DENIED
+            assert details == f"authz: {GAMMA} is not allowed to call /meshnode.demo.v1.Echo/Say"
