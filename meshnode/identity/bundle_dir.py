@@ -24,7 +24,6 @@ good bundle of every trust domain:
 * a file gone on two scans in a row takes the bundle of its trust domain
   with it: from then on that trust domain is not trusted for new handshakes.
 
-
 The same polling serves other kinds of bundle files: a :class:`BundleKind`
 says which suffixes a directory holds, how each file is parsed, what
 consumers get per trust domain, and whether the node's own trust domain may
