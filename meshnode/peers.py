@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from meshnode.channel import ChannelPlan, PeerChannel
+from meshnode.channel import CallAuth, ChannelPlan, PeerChannel
 from meshnode.config.node import PeerConfig
 from meshnode.credentials import channel_credentials
 from meshnode.errors import PeerError
@@ -86,8 +86,11 @@ class PeerChannels:
         liveness: Liveness = Liveness(),  # frozen: safe as a default
         tracing: bool = False,
         tracer_provider: Any = None,
+        call_auth: Mapping[str, CallAuth] | None = None,
     ) -> None:
+        """``call_auth``: per-call credentials by peer name (the JWT-SVID slots of ``jwt = true`` peers)."""
         self._source = source
+        self._call_auth = dict(call_auth or {})
         self._node_name = node_name
         self._peers = dict(peers)
         self._liveness = liveness
@@ -153,12 +156,12 @@ class PeerChannels:
             xds = self._xds
             channel = PeerChannel(
                 name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
-                explain=lambda err: xds.explain(name, err),
+                explain=lambda err: xds.explain(name, err), call_auth=self._call_auth.get(name),
             )
         else:
             channel = PeerChannel(
                 name, snapshot, lambda s: self._dns_plan(peer, s), interceptors=self._interceptors(peer),
-                explain=lambda err: explain_dns_error(peer, err),
+                explain=lambda err: explain_dns_error(peer, err), call_auth=self._call_auth.get(name),
             )
         self._channels[name] = channel
         # a rotation published after the read above found no channel to update: replay the latest

@@ -4,7 +4,9 @@ Every variant is a (server, client channel) pair. ``B`` is the baseline the
 others are divided by; ``E`` and ``F`` call the ``C`` server, so their
 difference to ``C`` is the cost of meshnode's client side. ``P`` and ``Q``
 (not in a default run: ``--variants B,C,P,Q``) are the policy-scale
-scenario: their difference is what one header rule costs.
+scenario: their difference is what one header rule costs. ``J`` is ``E``
+with JWT-SVIDs (client ``jwt = true``, server ``jwt = "required"``): J/E is
+what validating a token on every call costs the server.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("E", "C server; client through a meshnode Node peer channel, verify=dns", "C", "node-dns"),
     Variant("F", "C server; client through a meshnode Node peer channel, verify=spiffe-id (xDS)", "C",
             "node-spiffe-id", own_process=True),
+    Variant("J", 'C + [authz] jwt = "required"; client through a meshnode Node peer channel, verify=dns, jwt = true',
+            "J", "node-dns-jwt"),
     Variant("P", "C with a policy file of 10,001 allow rules, the caller's last", "P", "mtls"),
     Variant("Q", "P + one deny rule with a header condition on the called service", "Q", "mtls"),
 )
@@ -80,7 +84,7 @@ class BenchSettings:
     spiffe_id_rotations: int = 4  # through a spiffe-id channel (only when F runs)
     spiffe_id_rotation_interval: float = 1.5  # gRPC's file_watcher re-reads every second
     pin: bool = True
-    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
+    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "J")
     quick: bool = False
 
     def __post_init__(self) -> None:

@@ -13,6 +13,9 @@ Variants (what the runner compares):
   client's last (:mod:`meshnode.bench.policies`);
 * ``Q``: ``P`` plus one deny rule with a header condition on the Echo
   service (what used to turn the decision cache off for every call);
+* ``J``: ``C`` with ``[authz] jwt = "required"``: every call must carry a
+  JWT-SVID of the shared dev CA (its JWT key is the CA's, loaded from the
+  state directory like the X.509 CA);
 * ``H``: two bare servers on two ports, ``static`` (``ssl_server_credentials``)
   and ``dynamic`` (meshnode's :class:`~meshnode.credentials.ServerCredentials`),
   for the handshake rate;
@@ -49,7 +52,7 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "D", "H", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "D", "H", "J", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -67,12 +70,14 @@ async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCreden
     return port
 
 
-def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None) -> Any:
+def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None, jwt: bool = False) -> Any:
     from meshnode.config.node import node_config_from_dict
 
     authz: dict[str, Any] = {"allow": [CLIENT_ID], "audit": "on_deny"}
     if policy is not None:
         authz = {"policy": str(policy), "audit": "on_deny"}
+    if jwt:
+        authz["jwt"] = "required"
     return node_config_from_dict(
         {
             "node": {"name": name, "listen": _LISTEN, "mode": "development", "shutdown_grace": 0.0},
@@ -146,11 +151,15 @@ async def start(
             "static": await _bare(stack, pki.static_server_credentials()),
             "dynamic": await _bare(stack, dynamic.credentials),
         }, commands
-    if variant in ("C", "D", "P", "Q"):
+    if variant in ("C", "D", "J", "P", "Q"):
         from meshnode.bench.policies import write_policy
         from meshnode.identity.source import StaticSource
+        from meshnode.testing import ManualSource
 
-        source = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+        source: StaticSource = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+        if variant == "J":  # a source on the shared dev CA: its JWT bundle verifies the client's tokens
+            source.close()
+            source = ManualSource(pki.ca, SERVER_ID, ttl=pki.ttl)
         stack.callback(source.close)
         provider = None
         if variant == "D":
@@ -159,7 +168,7 @@ async def start(
         policy = None
         if variant in ("P", "Q"):
             policy = write_policy(state_dir / f"policy-{variant}.json", header_rule=variant == "Q")
-        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy)
+        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy, jwt=variant == "J")
         return {"main": await _node(stack, config, BenchEcho(), source=source, tracer_provider=provider)}, commands
     raise ValueError(f"unknown server variant {variant!r}; use one of {', '.join(SERVER_VARIANTS)}")
 
