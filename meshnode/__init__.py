@@ -26,7 +26,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from meshnode.authz import Authorizer, AuthzInterceptor, NoPeerIdentityError, Policy, peer_id
+    from meshnode.authz import (
+        Authorizer,
+        AuthzInterceptor,
+        NoPeerIdentityError,
+        Policy,
+        peer_id,
+        peer_jwt,
+        peer_mtls_id,
+    )
     from meshnode.channel import PeerChannel
     from meshnode.config.node import NodeConfig, PeerConfig, load_node_config
     from meshnode.errors import (
@@ -37,6 +45,7 @@ if TYPE_CHECKING:
         IdentityUnavailableError,
         InvalidIdentityError,
         InvalidSpiffeIdError,
+        JwtSvidError,
         LifecycleError,
         MeshnodeError,
         NotStartedError,
@@ -63,6 +72,7 @@ __all__ = [
     "IdentityUnavailableError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "JwtSvidError",
     "LifecycleError",
     "MeshnodeError",
     "NoPeerIdentityError",
@@ -84,17 +94,22 @@ __all__ = [
     "only",
     "parse_spiffe_id",
     "peer_id",
+    "peer_jwt",
+    "peer_mtls_id",
 ]
 
 #: public name -> the module that defines it
 _LAZY = {
-    **dict.fromkeys(["Authorizer", "AuthzInterceptor", "NoPeerIdentityError", "Policy", "peer_id"], "meshnode.authz"),
+    **dict.fromkeys(
+        ["Authorizer", "AuthzInterceptor", "NoPeerIdentityError", "Policy", "peer_id", "peer_jwt", "peer_mtls_id"],
+        "meshnode.authz",
+    ),
     "PeerChannel": "meshnode.channel",
     **dict.fromkeys(["NodeConfig", "PeerConfig", "load_node_config"], "meshnode.config.node"),
     **dict.fromkeys(
         ["AlreadyStartedError", "ClosedError", "ConfigError", "IdentityError", "IdentityUnavailableError",
-         "InvalidIdentityError", "InvalidSpiffeIdError", "LifecycleError", "MeshnodeError", "NotStartedError",
-         "PeerError", "PolicyError", "ServeError"],
+         "InvalidIdentityError", "InvalidSpiffeIdError", "JwtSvidError", "LifecycleError", "MeshnodeError",
+         "NotStartedError", "PeerError", "PolicyError", "ServeError"],
         "meshnode.errors",
     ),
     **dict.fromkeys(["IdentitySnapshot", "IdentitySource", "StaticSource"], "meshnode.identity"),

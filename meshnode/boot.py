@@ -18,7 +18,9 @@ when that one failed):
    services' rules, the built-in health/reflection rules) and whether it can
    allow anyone (:mod:`meshnode.node_policy`); a client-only node (no
    ``[node] listen``) has none;
-5. **plans**: what the server binds and registers, and how peers are dialled
+5. **JWT-SVIDs**: the tokens sent to ``jwt = true`` peers (first ones
+   fetched now) and the validator of ``[authz] jwt`` (:mod:`meshnode.node_jwt`);
+6. **plans**: what the server binds and registers, and how peers are dialled
    (with each peer's endpoints as resolved now; a peer that cannot be
    resolved is a warning, not a refusal: it may come later).
 
@@ -41,6 +43,7 @@ from opentelemetry import metrics
 
 from meshnode.authz.authorizer import Authorizer
 from meshnode.authz.identity import AcceptedTrust
+from meshnode.authz.jwt import JwtAuthn
 from meshnode.authz.policy import Policy
 from meshnode.authz.source import PolicySource
 from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig
@@ -49,6 +52,7 @@ from meshnode.fdlimit import connection_budget, current_limit
 from meshnode.identity.guard import GuardedSource
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
+from meshnode.node_jwt import NodeJwt, node_jwt
 from meshnode.node_policy import allows_only_builtins, node_policy_source, production_check, reload_check
 from meshnode.peers import Liveness
 from meshnode.pipeline import ServiceMethods, discover
@@ -140,6 +144,7 @@ class Boot:
     policy: PolicySource | None = None
     server: ServerPlan | None = None  # None: a client-only node (no [node] listen)
     peers: PeerPlan | None = None
+    jwt: NodeJwt | None = None  # JWT-SVID tokens and validator; boot owns it until take_jwt()
 
     def refusal(self, mode: str | None = None) -> Check | None:
         """The check that stops the node in ``mode`` (default: the configured mode), or None."""
@@ -163,8 +168,11 @@ class Boot:
         meter_provider: metrics.MeterProvider | None = None,
         span_attributes: Mapping[str, Any] | None = None,
         record_spans: bool = True,
+        jwt: JwtAuthn | None = None,
     ) -> Authorizer:
-        """The node's authorizer; it takes over the policy source (closing the authorizer closes it)."""
+        """The node's authorizer; it takes over the policy source (closing the authorizer closes it).
+
+        ``jwt``: the JWT step (default: the one boot built, while it still holds it)."""
         if self.policy is None or self.source is None:
             raise MeshnodeError("boot: no policy to authorize with (a client-only node, or boot failed)")
         policy, self.policy = self.policy, None
@@ -173,7 +181,13 @@ class Boot:
             policy, trust=AcceptedTrust(self.source, self.accepted), audit=authz.audit, dry_run=authz.dry_run,
             meter_provider=meter_provider, own_policy=True, span_attributes=span_attributes,
             record_spans=record_spans,
+            jwt=jwt if jwt is not None else self.jwt.authn if self.jwt is not None else None,
         )
+
+    def take_jwt(self) -> NodeJwt:
+        """The JWT side (token thread, bundle sources), now the caller's to close."""
+        taken, self.jwt = self.jwt, None
+        return taken if taken is not None else NodeJwt()
 
     def hand_over(self) -> IdentitySource:
         """The identity source, now the caller's to close (when boot opened it)."""
@@ -183,6 +197,9 @@ class Boot:
 
     def close(self) -> None:
         """Close what boot opened and nobody took over; idempotent."""
+        jwt, self.jwt = self.jwt, None
+        if jwt is not None:
+            jwt.close()
         policy, self.policy = self.policy, None
         close = getattr(policy, "close", None)
         if close is not None:
@@ -242,6 +259,10 @@ def _boot(
             return
         b.accepted = config.identity.accepted_trust_domains(snapshot.trust_domain)
         b.warnings += _missing_bundle_warnings(config, snapshot)
+        assert b.source is not None
+        b.jwt, jwt_checks = node_jwt(config, b.source, b.accepted, serves=config.listen is not None,
+                                     on_error=on_error)
+        b.checks += jwt_checks
     liveness = Liveness(keepalive=config.keepalive, connect_timeout=config.connect_timeout)
     if offline:
         b.peers = PeerPlan(config.peers, liveness)

@@ -18,6 +18,14 @@ current generation per call (one attribute read). A call that gives no
 deadline gets the peer's ``timeout`` when one is configured. Failed calls whose
 details name a TLS identity problem are re-raised with an explanation that
 says what to fix.
+
+Per-call credentials (``call_auth``, ``[peers.NAME] jwt = true``): every
+call gets the metadata pair the callable returns (``authorization: Bearer
+<JWT-SVID>``, from a :class:`~meshnode.jwtsvid.tokens.TokenSlot`: no wait,
+no I/O), unless the call's own metadata already has an ``authorization``
+entry (a proxy forwarding its caller's token). When it returns a reason
+instead, the call is not sent: it fails at once with UNAUTHENTICATED and
+that reason.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ import grpc
 from meshnode.errors import ClosedError
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
 
-__all__ = ["ChannelPlan", "PeerChannel"]
+__all__ = ["CallAuth", "ChannelPlan", "PeerChannel"]
 
 log = logging.getLogger("meshnode.channel")
 
 Explain = Callable[[grpc.aio.AioRpcError], "str | None"]
+#: per-call credentials: the metadata pair to add, or why the call must not be sent
+CallAuth = Callable[[], "tuple[str, str] | str"]
 
 #: channel.close() tasks still running (held so they are not garbage-collected mid-way)
 _CLOSING: set[asyncio.Future[Any]] = set()
@@ -156,6 +166,13 @@ class _MultiCallable:
         gen = self._owner._active
         if gen is None:
             raise ClosedError(f"channel: the channel to peer '{self._owner.peer_name}' is closed")
+        auth = self._owner._call_auth
+        if auth is not None:
+            header = auth()
+            if isinstance(header, str):  # no usable credential: the call is never sent without it
+                return _RefusedCall(grpc.StatusCode.UNAUTHENTICATED,
+                                    f"meshnode: call to peer '{self._owner.peer_name}' not sent: {header}")
+            args, kwargs = _with_header(args, kwargs, header)
         if gen is not self._gen:
             self._real = gen.callable(self._kind, self._method, self._ser, self._deser, self._registered)
             self._gen = gen
@@ -168,13 +185,87 @@ class _MultiCallable:
         return _TranslatedCall(call, self._owner.explain)
 
 
+def _merged(metadata: Any, header: tuple[str, str]) -> Any:
+    if metadata is None:
+        return (header,)
+    items = tuple(metadata)
+    if any(key == header[0] for key, _ in items):
+        return metadata  # the caller set its own (a proxy forwarding a token): sent as given
+    return (*items, header)
+
+
+def _with_header(args: tuple[Any, ...], kwargs: dict[str, Any], header: tuple[str, str]) -> tuple[Any, Any]:
+    """The call's arguments with ``header`` added to its metadata (keyword, or third positional of a stream)."""
+    if len(args) > 2:  # stream-request calls take (request_iterator, timeout, metadata, ...) positionally
+        return (*args[:2], _merged(args[2], header), *args[3:]), kwargs
+    return args, {**kwargs, "metadata": _merged(kwargs.get("metadata"), header)}
+
+
+class _RefusedCall:
+    """A call that was never sent: awaiting, reading or iterating it raises the refusal."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+    def __await__(self) -> Any:
+        raise self._error
+        yield  # a generator: awaitable
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        raise self._error
+        yield  # an async generator
+
+    async def read(self) -> Any:
+        raise self._error
+
+    async def write(self, request: Any) -> None:
+        raise self._error
+
+    async def done_writing(self) -> None:
+        return None
+
+    async def wait_for_connection(self) -> None:
+        raise self._error
+
+    async def code(self) -> grpc.StatusCode:
+        return self._error.code()
+
+    async def details(self) -> str:
+        return str(self._error.details())
+
+    async def initial_metadata(self) -> Any:
+        return self._error.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return self._error.trailing_metadata()
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        callback(self)
+
+
 class PeerChannel:
     """A channel to one configured peer that survives identity rotation.
 
     ``plan(snapshot)`` returns the :class:`ChannelPlan` for a snapshot;
     call :meth:`update` with every new snapshot (from any thread), and
     when what the plan depends on changed (the peer's endpoints): a plan
-    with a new key swaps the channel.
+    with a new key swaps the channel. ``call_auth``: per-call credentials
+    (see the module docstring).
     """
 
     def __init__(
@@ -186,9 +277,11 @@ class PeerChannel:
         interceptors: Sequence[Any] = (),
         explain: Explain | None = None,
         warm_timeout: float = 3.0,
+        call_auth: CallAuth | None = None,
         timeout: float | None = None,
     ) -> None:
         self.peer_name = peer_name
+        self._call_auth = call_auth
         #: The deadline (seconds) of calls that give none; None: no deadline.
         self.timeout = timeout
         self._plan = plan

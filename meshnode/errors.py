@@ -14,6 +14,7 @@ only this tree::
      |    |    +-- SvidNotDeliveredError  SVIDs came, none that [identity] spiffe_id / hint asks for
      |    +-- InvalidIdentityError      an SVID/bundle exists but is unusable
      |         +-- InvalidBundleError     a federated bundle file is refused (path, trust_domain, reason)
+     |    +-- JwtSvidError              a JWT-SVID cannot be obtained (client) or is not valid (server) (reason)
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
      +-- LifecycleError              an object was used in the wrong state
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidBundleError",
     "InvalidIdentityError",
     "InvalidSpiffeIdError",
+    "JwtSvidError",
     "LifecycleError",
     "MeshnodeError",
     "NoPeerIdentityError",
@@ -182,6 +184,14 @@ class InvalidBundleError(InvalidIdentityError):
         super().__init__(
             f"identity: federated bundle {where}: {reason}", reason=reason, trust_domain=trust_domain, path=path
         )
+
+
+class JwtSvidError(IdentityError):
+    """A JWT-SVID cannot be obtained (client side) or is not valid (server side).
+
+    ``reason`` says why in one line, never with the token itself (a bearer
+    credential must not reach logs or status details).
+    """
 
 
 class PeerError(MeshnodeError):

@@ -39,6 +39,7 @@ from meshnode.identity.guard import GuardedSource
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.identity_state import IdentityState
+from meshnode.node_jwt import NodeJwt
 from meshnode.peers import PeerChannels
 from meshnode.server import MeshServer
 from meshnode.service import NodeService
@@ -88,6 +89,7 @@ class Node:
         self._state: IdentityState | None = None
         self._peers: PeerChannels | None = None
         self._authorizer: Authorizer | None = None
+        self._jwt: NodeJwt | None = None
         self._closed = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -157,12 +159,13 @@ class Node:
         self.notes.extend(plan.notes)
         plan.enforce()
         source = self._source = plan.hand_over()
+        self._jwt = plan.take_jwt() if plan.jwt is not None else NodeJwt()
         snapshot = source.current()
         tracing = _tracing_enabled(self._tracer_provider)
         if plan.server is not None:
             self._authorizer = plan.authorizer(
                 span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
-                record_spans=tracing,
+                record_spans=tracing, jwt=self._jwt.authn,
             )
             tracing_interceptors: list[grpc.aio.ServerInterceptor] = []
             if tracing:
@@ -181,7 +184,8 @@ class Node:
         assert plan.peers is not None
         self._peers = PeerChannels(
             source, plan.peers.peers, node_name=config.name, liveness=plan.peers.liveness,
-            tracing=tracing, tracer_provider=self._tracer_provider, resolved=plan.peers.resolved,
+            tracing=tracing, tracer_provider=self._tracer_provider, call_auth=self._jwt.call_auth,
+            resolved=plan.peers.resolved,
         )
         await self._peers.start()
         if self._server is not None:
@@ -226,6 +230,8 @@ class Node:
                 await self._peers.close()
             if self._authorizer is not None:
                 self._authorizer.close()
+            if self._jwt is not None:
+                self._jwt.close()
             if self._boot is not None:
                 self._boot.close()
             if self._creds is not None:

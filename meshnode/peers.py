@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from meshnode.channel import ChannelPlan, PeerChannel
+from meshnode.channel import CallAuth, ChannelPlan, PeerChannel
 from meshnode.config.node import PeerConfig
 from meshnode.config.targets import HostPort
 from meshnode.credentials import channel_credentials
@@ -110,10 +110,13 @@ class PeerChannels:
         liveness: Liveness = Liveness(),  # frozen: safe as a default
         tracing: bool = False,
         tracer_provider: Any = None,
+        call_auth: Mapping[str, CallAuth] | None = None,
         resolved: Mapping[str, Resolution] | None = None,
         monitor: EndpointMonitor | None = None,
     ) -> None:
+        """``call_auth``: per-call credentials by peer name (the JWT-SVID slots of ``jwt = true`` peers)."""
         self._source = source
+        self._call_auth = dict(call_auth or {})
         self._node_name = node_name
         self._peers = dict(peers)
         self._liveness = liveness
@@ -228,12 +231,14 @@ class PeerChannels:
             self.monitor.watch(f"xds:///{name}", self._monitored(peer))
             channel = PeerChannel(
                 name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
-                explain=lambda err: xds.explain(name, err), timeout=peer.timeout,
+                explain=lambda err: xds.explain(name, err), call_auth=self._call_auth.get(name),
+                timeout=peer.timeout,
             )
         else:
             channel = PeerChannel(
                 name, snapshot, lambda s: self._dns_plan(peer, s), interceptors=self._interceptors(peer),
-                explain=lambda err: explain_dns_error(peer, err), timeout=peer.timeout,
+                explain=lambda err: explain_dns_error(peer, err), call_auth=self._call_auth.get(name),
+                timeout=peer.timeout,
             )
         self._channels[name] = channel
         # a rotation published after the read above found no channel to update: replay the latest

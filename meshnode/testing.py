@@ -16,11 +16,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from meshnode.authz.context import CURRENT_PEER
+from meshnode.authz.context import CURRENT_CALLER, CURRENT_PEER, Caller
 from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import StaticSource
 from meshnode.identity.x509svid import build_snapshot
+from meshnode.jwtsvid.token import JwtSvid
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 
 __all__ = [
@@ -96,8 +97,12 @@ def short_tmpdir(prefix: str = "mn-") -> Path:
 
 
 @contextlib.contextmanager
-def as_caller(spiffe_id: str | SpiffeID) -> Iterator[SpiffeID]:
+def as_caller(
+    spiffe_id: str | SpiffeID, *, mtls: str | SpiffeID | None = None, jwt: JwtSvid | None = None
+) -> Iterator[SpiffeID]:
     """Within the block, ``peer_id()`` is ``spiffe_id``: call a handler directly, as that peer.
+
+    ``peer_mtls_id()`` is ``mtls`` (default: ``spiffe_id``), ``peer_jwt()`` is ``jwt``.
 
     ```python
     with as_caller("spiffe://example.org/node/alpha"):
@@ -107,8 +112,11 @@ def as_caller(spiffe_id: str | SpiffeID) -> Iterator[SpiffeID]:
     Only ``peer_id()`` changes: no policy is consulted (test the policy through a Node).
     """
     peer = spiffe_id if isinstance(spiffe_id, SpiffeID) else parse_spiffe_id(spiffe_id)
+    tls = peer if mtls is None else mtls if isinstance(mtls, SpiffeID) else parse_spiffe_id(mtls)
     token = CURRENT_PEER.set(peer)
+    caller = CURRENT_CALLER.set(Caller(peer, tls, jwt))
     try:
         yield peer
     finally:
+        CURRENT_CALLER.reset(caller)
         CURRENT_PEER.reset(token)

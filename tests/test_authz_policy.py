@@ -39,11 +39,12 @@ def test_public_names_are_pinned() -> None:
     assert sorted(meshnode.authz.__all__) == sorted(
         [
             "AUDIT_LOGGER", "AcceptedTrust", "ActivePolicy", "AllOf", "AnyOf", "AnyPeer", "AuditCondition",
-            "Authorizer", "AuthzInterceptor", "Decision", "Effect", "ExactID",
-            "Explanation", "IdPattern", "NoPeerIdentityError", "Not", "PathPrefix", "PeerMatcher", "Policy",
+            "Authorizer", "AuthzInterceptor", "Caller", "Decision", "Effect", "ExactID",
+            "Explanation", "IdPattern", "JwtAuthn", "NoPeerIdentityError", "Not", "PathPrefix", "PeerMatcher", "Policy",
             "PolicyFile", "PolicySource", "Request", "Rule", "StaticPolicy", "TrustDomain", "TrustInfo",
             "TrustSnapshot", "Verdict", "allow", "deny", "load_a43_file", "load_policy_file", "merge_policies",
-            "parse_a43", "parse_peer", "peer_id", "policy_from_allowlist", "policy_source", "restrict",
+            "parse_a43", "parse_peer", "peer_id", "peer_jwt", "peer_mtls_id", "policy_from_allowlist", "policy_source",
+            "restrict",
         ]
     )
     for name in meshnode.authz.__all__:

@@ -52,6 +52,10 @@ ROWS: dict[str, tuple[str, str, str, str, dict[str, object]]] = {
         "production", "", 'source = "workload-api"\nsocket = "unix:///nonexistent/agent.sock"\n'
         'trust_domain = "example.org"\ntimeout = 1.0', ALLOW, {}),
     "staging, dev source": ("staging", "", 'source = "dev"\ntrust_domain = "example.org"', ALLOW, {}),
+    "production, files, jwt required, no jwt_bundles_dir": ("production", "", "files", ALLOW + '\njwt = "required"',
+                                                            {}),
+    "production, files, jwt required, jwt_bundles_dir missing": ("production", "", "files-jwt-dir",
+                                                                 ALLOW + '\njwt = "required"', {}),
 }
 
 
@@ -72,6 +76,8 @@ def write_row(tmp: Path, row: tuple[str, str, str, str, dict[str, object]]) -> P
             body += 'trust_domain = "example.org"\n'
         if identity == "files-other-id":
             body += f'spiffe_id = "{ID}"\n'
+        if identity == "files-jwt-dir":
+            body += 'jwt_bundles_dir = "jwt-bundles"\n'
         identity = body
     listen = "" if node_extra == "no-listen" else 'listen = "127.0.0.1:0"\n'
     extra = "" if node_extra == "no-listen" else node_extra

@@ -12,9 +12,11 @@ import meshnode
 EXPECTED = {
     "AlreadyStartedError", "Authorizer", "AuthzInterceptor", "ClosedError", "ConfigError", "IdentityError",
     "IdentitySnapshot", "IdentitySource", "IdentityUnavailableError", "InvalidIdentityError", "InvalidSpiffeIdError",
-    "LifecycleError", "MeshnodeError", "Node", "NodeConfig", "NodeService", "NoPeerIdentityError", "NotStartedError",
+    "JwtSvidError", "LifecycleError", "MeshnodeError", "Node", "NodeConfig", "NodeService", "NoPeerIdentityError",
+    "NotStartedError",
     "PeerChannel", "PeerConfig", "PeerError", "Policy", "PolicyError", "ServeError", "SpiffeID", "StaticSource",
     "__version__", "dns_name_for", "load_node_config", "only", "parse_spiffe_id", "peer_id",
+    "peer_jwt", "peer_mtls_id",
 }  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent

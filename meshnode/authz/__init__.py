@@ -25,14 +25,18 @@ Inside a handler::
 
     from meshnode.authz import peer_id
     caller = peer_id()        # SpiffeID; NoPeerIdentityError outside an authorized call
+
+With JWT-SVIDs on calls (``JwtAuthn``, see meshnode.authz.jwt), ``peer_id()`` is
+the principal; ``peer_mtls_id()`` the TLS peer and ``peer_jwt()`` the validated token.
 """
 
 from meshnode.authz.a43 import load_a43_file, parse_a43
 from meshnode.authz.audit import AUDIT_LOGGER, AuditCondition
 from meshnode.authz.authorizer import Authorizer, Verdict
 from meshnode.authz.config import load_policy_file, policy_source
-from meshnode.authz.context import NoPeerIdentityError, peer_id
+from meshnode.authz.context import Caller, NoPeerIdentityError, peer_id, peer_jwt, peer_mtls_id
 from meshnode.authz.identity import AcceptedTrust, TrustInfo, TrustSnapshot
+from meshnode.authz.jwt import JwtAuthn
 from meshnode.authz.matchers import (
     AllOf,
     AnyOf,
@@ -71,11 +75,13 @@ __all__ = [
     "AuditCondition",
     "Authorizer",
     "AuthzInterceptor",
+    "Caller",
     "Decision",
     "Effect",
     "ExactID",
     "Explanation",
     "IdPattern",
+    "JwtAuthn",
     "NoPeerIdentityError",
     "Not",
     "PathPrefix",
@@ -98,6 +104,8 @@ __all__ = [
     "parse_a43",
     "parse_peer",
     "peer_id",
+    "peer_jwt",
+    "peer_mtls_id",
     "policy_from_allowlist",
     "policy_source",
     "restrict",

@@ -10,7 +10,9 @@ meshnode never configures handlers). Fields::
      "dry_run": false, "reason": "..."}
 
 In dry-run mode a call the policy denies still runs; its record says
-``"decision": "deny", "dry_run": true``. Which decisions are recorded is
+``"decision": "deny", "dry_run": true``. With JWT-SVIDs (``[authz] jwt``)
+records also carry ``"mtls_peer_id"`` (the TLS peer) and ``"jwt_subject"``
+(the token's ``sub``, null without a token); ``peer_id`` is the principal. Which decisions are recorded is
 an :class:`AuditCondition`; a policy file can ask for more (A59's
 ``audit_logging_options.audit_condition``), never for less.
 """
@@ -21,6 +23,7 @@ import datetime as dt
 import enum
 import json
 import logging
+from collections.abc import Mapping
 
 from meshnode.errors import PolicyError
 
@@ -86,6 +89,7 @@ class Auditor:
         policy_version: int,
         dry_run: bool,
         reason: str,
+        extra: Mapping[str, str | None] | None = None,
     ) -> None:
         if not self._log.isEnabledFor(logging.INFO):
             return
@@ -101,5 +105,7 @@ class Auditor:
             "dry_run": dry_run,
             "reason": reason,
         }
+        if extra:
+            entry.update(extra)
         # The message is the JSON itself; %s keeps logging's lazy formatting contract.
         self._log.info("%s", json.dumps(entry, separators=(",", ":"), ensure_ascii=False))

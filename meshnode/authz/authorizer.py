@@ -14,6 +14,17 @@ Outcomes
   never the policy; in dry-run mode the call runs and is recorded as a deny;
 * allowed -> the handler runs.
 
+With a :class:`~meshnode.authz.jwt.JwtAuthn` (``[authz] jwt``), the
+call's JWT-SVID is checked right after the mTLS identity: a token that is
+present and invalid, or missing when required, is UNAUTHENTICATED with the
+reason; with ``principal = "jwt"`` the token's subject is the caller the
+policy decides on, and an mTLS peer other than the subject must be a
+listed forwarder (else PERMISSION_DENIED naming both). Verdicts then also
+key on the validated token (the validator's cached object for it, or the
+refusal), so a cache hit still costs no signature check (see
+:mod:`meshnode.jwtsvid.validate`); spans and audit records carry both
+identities (``meshnode.peer.mtls_spiffe_id``, ``meshnode.peer.jwt_subject``).
+
 Cost, and why the cache is sound
 --------------------------------
 Reading ``auth_context()`` costs ~9 us and a bare RPC ~300 us of server CPU.
@@ -65,14 +76,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.authz.audit import AuditCondition, Auditor
-from meshnode.authz.context import CURRENT_PEER
+from meshnode.authz.context import CURRENT_CALLER, CURRENT_PEER, Caller
 from meshnode.authz.counting import DecisionCounter, Slot
 from meshnode.authz.identity import PeerIdentity, TrustInfo, TrustSnapshot, resolve_peer
+from meshnode.authz.jwt import JwtAuthn
 from meshnode.authz.policy import Decision, Explanation, Policy, Request, Residual
 from meshnode.authz.source import ActivePolicy, PolicySource, StaticPolicy
 from meshnode.errors import PolicyError
+from meshnode.jwtsvid.token import JwtSvid
+from meshnode.jwtsvid.validate import JwtRejection
 from meshnode.pipeline import AuthzInterceptor, Pipeline
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
+from meshnode.telemetry.attributes import PEER_JWT_SUBJECT, PEER_MTLS_SPIFFE_ID
 from meshnode.telemetry.instruments import split_method
 
 __all__ = ["Authorizer", "Verdict", "peer_key"]
@@ -100,10 +115,15 @@ class Verdict:
     # not final: the header rules left to test, and the verdict of each outcome (Residual.outcomes)
     residual: Residual | None = None
     outcomes: tuple[Verdict, ...] = ()
+    #: both identities of an admitted call (``peer_mtls_id()``, ``peer_jwt()``)
+    caller: Caller | None = None
+    #: fields the audit record adds (with JWT-SVIDs: the mTLS peer and the token's subject)
+    audit_fields: Mapping[str, str | None] | None = None
 
     def enter(self) -> None:
         """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
         CURRENT_PEER.set(self.peer)
+        CURRENT_CALLER.set(self.caller)
 
 
 class Authorizer:
@@ -118,6 +138,8 @@ class Authorizer:
     accepted: the server's root list must then hold one trust domain.
     ``audit``: which decisions get an audit record (a policy file may ask
     for more). ``dry_run``: policy denials are recorded but not enforced.
+    ``jwt``: JWT-SVIDs on calls (``[authz] jwt``, ``principal``,
+    ``jwt_forwarders``); None: the authorization metadata is not looked at.
     """
 
     def __init__(
@@ -133,6 +155,7 @@ class Authorizer:
         own_policy: bool = False,
         span_attributes: Mapping[str, AttributeValue] | None = None,
         record_spans: bool = True,
+        jwt: JwtAuthn | None = None,
     ) -> None:
         if cache_size < 16:
             raise PolicyError(reason=f"cache_size must be at least 16, not {cache_size}", component="authz")
@@ -149,6 +172,7 @@ class Authorizer:
         self._identities: dict[Any, PeerIdentity] = {}
         self._decisions = DecisionCounter.for_provider(meter_provider)
         self._owns_policy = own_policy
+        self._jwt = jwt
 
     # -- the per-call core ------------------------------------------------
 
@@ -160,10 +184,17 @@ class Authorizer:
         snapshot: TrustSnapshot | None = None
         if trust is not None and len(trust.accepted_trust_domains) > 1:
             snapshot = trust.current()
-        key = (peer_key(auth, snapshot), method, active.version)
+        ident = peer_key(auth, snapshot)
+        jwt = self._jwt
+        token: JwtSvid | JwtRejection | None = None
+        if jwt is None:
+            key: tuple[Any, ...] = (ident, method, active.version)
+        else:  # the validated token (the validator's cached object) or the refusal decides too
+            token = jwt.token(context.invocation_metadata())
+            key = (ident, token, method, active.version)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._miss(key, auth, snapshot, active)
+            verdict = self._miss(key, ident, method, auth, snapshot, active, token)
         if verdict.residual is not None:  # header rules apply to this caller and method: test only those
             assert verdict.peer is not None
             headers = Request.from_metadata(verdict.peer, method, context.invocation_metadata()).headers
@@ -173,17 +204,19 @@ class Authorizer:
 
     def _miss(
         self,
-        key: tuple[Any, str, int],
+        key: tuple[Any, ...],
+        ident: Any,
+        method: str,
         auth: Mapping[str, Any],
         snapshot: TrustSnapshot | None,
         active: ActivePolicy,
+        token: JwtSvid | JwtRejection | None,
     ) -> Verdict:
-        ident, method, _ = key
         identity = _NO_IDENTITY if ident is None else self._identities.get(ident)
         if identity is None:
             identity = self._resolve(auth, snapshot)
             _store(self._identities, ident, identity, self._limit)
-        verdict = self._verdict(identity, method, active, None)
+        verdict = self._verdict(identity, method, active, None, token)
         _store(self._verdicts, key, verdict, self._limit)
         return verdict
 
@@ -196,37 +229,70 @@ class Authorizer:
         return resolve_peer(auth, accepted=trust.accepted_trust_domains or None)
 
     def _verdict(
-        self, identity: PeerIdentity, method: str, active: ActivePolicy, request: Request | None
+        self, identity: PeerIdentity, method: str, active: ActivePolicy, request: Request | None,
+        token: JwtSvid | JwtRejection | None = None,
     ) -> Verdict:
-        policy, peer = active.policy, identity.spiffe_id
+        policy, mtls = active.policy, identity.spiffe_id
         audit = self._audit.union(policy.audit)
-        if peer is None:
+        if mtls is None:
             return self._make(
                 None, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
                 f"authz: no usable SPIFFE identity: {identity.problem}",
                 Decision(False, None, identity.problem), active, method, audit, dry_run=False,
             )
+        caller = self._caller(mtls, token, method, active, audit)
+        if isinstance(caller, Verdict):
+            return caller
+        peer = caller.principal
         if request is None:
             residual = policy.resolve(peer, method)
             if not residual.final:
-                outcomes = tuple(self._decided(peer, d, active, method, audit) for d in residual.outcomes)
+                outcomes = tuple(self._decided(caller, d, active, method, audit) for d in residual.outcomes)
                 return dataclasses.replace(outcomes[-1], final=False, residual=residual, outcomes=outcomes)
-            return self._decided(peer, residual.fallback, active, method, audit)
-        return self._decided(peer, policy.decide(request), active, method, audit)
+            return self._decided(caller, residual.fallback, active, method, audit)
+        return self._decided(caller, policy.decide(request), active, method, audit)
+
+    def _caller(
+        self, mtls: SpiffeID, token: JwtSvid | JwtRejection | None, method: str, active: ActivePolicy,
+        audit: AuditCondition,
+    ) -> Caller | Verdict:
+        """Who calls: the mTLS peer, or (principal = "jwt") the token's subject; a refusal as a verdict."""
+        jwt = self._jwt
+        if isinstance(token, JwtRejection):  # refused or missing (required): who the caller is stays unknown
+            return self._make(
+                None, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, f"authz: JWT-SVID refused: {token.reason}",
+                Decision(False, None, f"JWT-SVID refused: {token.reason}"), active, method, audit, dry_run=False,
+                mtls=mtls,
+            )
+        if jwt is None or jwt.principal == "mtls" or token is None:
+            return Caller(mtls, mtls, token)
+        subject = token.subject
+        if subject != mtls and mtls not in jwt.forwarders:
+            reason = f"{mtls} carries the JWT-SVID of {subject} but is not in [authz] jwt_forwarders"
+            caller = Caller(subject, mtls, token)
+            return self._make(
+                subject, "deny", grpc.StatusCode.PERMISSION_DENIED,
+                f"authz: {mtls} may not carry the JWT-SVID of {subject}: it is not in [authz] jwt_forwarders",
+                Decision(False, None, reason), active, method, audit, dry_run=False, caller=caller,
+            )
+        return Caller(subject, mtls, token)
 
     def _decided(
-        self, peer: SpiffeID, decision: Decision, active: ActivePolicy, method: str, audit: AuditCondition
+        self, caller: Caller, decision: Decision, active: ActivePolicy, method: str, audit: AuditCondition
     ) -> Verdict:
+        peer = caller.principal
         if decision.allowed:
-            return self._make(peer, "allow", None, "", decision, active, method, audit, dry_run=self._dry_run)
+            return self._make(peer, "allow", None, "", decision, active, method, audit, dry_run=self._dry_run,
+                              caller=caller)
         code = None if self._dry_run else grpc.StatusCode.PERMISSION_DENIED
         details = f"authz: {peer} is not allowed to call {method}"
-        return self._make(peer, "deny", code, details, decision, active, method, audit, dry_run=self._dry_run)
+        return self._make(peer, "deny", code, details, decision, active, method, audit, dry_run=self._dry_run,
+                          caller=caller)
 
     def _make(
         self, peer: SpiffeID | None, outcome: str, code: grpc.StatusCode | None, details: str,
         decision: Decision, active: ActivePolicy, method: str, audit: AuditCondition,
-        *, dry_run: bool, final: bool = True,
+        *, dry_run: bool, final: bool = True, caller: Caller | None = None, mtls: SpiffeID | None = None,
     ) -> Verdict:
         span: dict[str, AttributeValue] = {
             **self._static_span,
@@ -238,6 +304,18 @@ class Authorizer:
         }
         if peer is not None:
             span["meshnode.peer.spiffe_id"] = str(peer)
+        fields: dict[str, str | None] | None = None
+        if self._jwt is not None:  # both identities, on the span and in the audit record
+            mtls = caller.mtls if caller is not None else mtls
+            jwt = caller.jwt if caller is not None else None
+            fields = {
+                "mtls_peer_id": str(mtls) if mtls is not None else None,
+                "jwt_subject": str(jwt.subject) if jwt is not None else None,
+            }
+            if mtls is not None:
+                span[PEER_MTLS_SPIFFE_ID] = str(mtls)
+            if jwt is not None:
+                span[PEER_JWT_SUBJECT] = str(jwt.subject)
         service, name = split_method(method)
         counted: dict[str, AttributeValue] = {
             "meshnode.authz.decision": outcome,
@@ -249,6 +327,7 @@ class Authorizer:
         return Verdict(
             peer, outcome, code, details, decision.rule, decision.reason, active.policy.name, active.version,
             dry_run, audit.covers(outcome == "allow"), final, span, self._decisions.slot(counted),
+            caller=caller, audit_fields=fields,
         )
 
     def _observe(self, verdict: Verdict, method: str) -> None:
@@ -267,6 +346,7 @@ class Authorizer:
                 policy_version=verdict.policy_version,
                 dry_run=verdict.dry_run,
                 reason=verdict.reason,
+                extra=verdict.audit_fields,
             )
 
     # -- entry points -----------------------------------------------------
@@ -298,6 +378,11 @@ class Authorizer:
         self.close()
 
     # -- tooling ----------------------------------------------------------
+
+    @property
+    def jwt(self) -> JwtAuthn | None:
+        """The JWT step (``[authz] jwt``), None when calls' tokens are not looked at."""
+        return self._jwt
 
     @property
     def active(self) -> ActivePolicy:

@@ -10,6 +10,8 @@ not connection set-up. Kinds:
 * ``node-dns`` / ``node-spiffe-id``: a client-side meshnode Node whose
   ``[peers.bench]`` has ``verify = "dns"`` / ``"spiffe-id"``, identity from
   the shared CA; calls go through ``node.stub("bench", ...)``;
+* ``node-dns-jwt``: ``node-dns`` with ``jwt = true``: every call carries a
+  JWT-SVID signed by the shared CA (fetched once, renewed at half-life);
 * ``agent-dns`` / ``agent-spiffe-id``: the same with the identity from the dev
   agent at ``--agent-socket`` (rotation scenario).
 
@@ -47,9 +49,9 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["TARGET_KINDS", "main"]
 
-TARGET_KINDS = ("insecure", "mtls", "node-dns", "node-spiffe-id", "agent-dns", "agent-spiffe-id")
+TARGET_KINDS = ("insecure", "mtls", "node-dns", "node-spiffe-id", "node-dns-jwt", "agent-dns", "agent-spiffe-id")
 _FIRST_CALL_TIMEOUT = 15.0
-_NODE_KINDS = ("node-dns", "node-spiffe-id", "agent-dns", "agent-spiffe-id")
+_NODE_KINDS = ("node-dns", "node-spiffe-id", "node-dns-jwt", "agent-dns", "agent-spiffe-id")
 
 
 class Client:
@@ -102,7 +104,8 @@ class Client:
         from meshnode.node import Node
 
         origin, _, verify = kind.partition("-")
-        source = None
+        verify, _, jwt = verify.partition("-")
+        source: Any = None
         if origin == "agent":
             if self._agent_socket is None:
                 raise ValueError(f"target {name}: kind {kind} needs --agent-socket")
@@ -110,14 +113,20 @@ class Client:
         else:
             identity = {"source": "dev"}
             self._pki = self._pki or BenchPKI(self._state_dir)
-            source = StaticSource(self._pki.snapshot(CLIENT_ID), description="bench client identity")
+            if jwt:  # a source on the shared dev CA: the node signs its JWT-SVIDs with it
+                from meshnode.testing import ManualSource
+
+                source = ManualSource(self._pki.ca, CLIENT_ID, ttl=self._pki.ttl)
+            else:
+                source = StaticSource(self._pki.snapshot(CLIENT_ID), description="bench client identity")
         config = node_config_from_dict(
             {
                 "node": {"name": f"bench-client-{name.lower()}", "listen": "127.0.0.1:0", "mode": "development",
                          "shutdown_grace": 0.0},
                 "identity": {"trust_domain": TRUST_DOMAIN, **identity},
                 "authz": {"allow": [SERVER_ID]},
-                "peers": {"bench": {"address": address, "spiffe_id": SERVER_ID, "verify": verify}},
+                "peers": {"bench": {"address": address, "spiffe_id": SERVER_ID, "verify": verify,
+                                    **({"jwt": True} if jwt else {})}},
             },
             environ={},
         )

@@ -37,6 +37,7 @@ class BenchPKI:
 
     def __init__(self, state_dir: Path) -> None:
         self.ca = DevCA(TRUST_DOMAIN, state_dir=state_dir)
+        self.ttl = _SVID_TTL
 
     def snapshot(self, spiffe_id: str) -> IdentitySnapshot:
         return issue_snapshot(self.ca, spiffe_id, ttl=_SVID_TTL)

@@ -7,7 +7,9 @@ difference to ``C`` is the cost of meshnode's client side. ``E3`` and
 per call): their client CPU next to ``E`` and ``F`` is what balancing over
 several endpoints costs a caller. ``P`` and ``Q``
 (not in a default run: ``--variants B,C,P,Q``) are the policy-scale
-scenario: their difference is what one header rule costs.
+scenario: their difference is what one header rule costs. ``J`` is ``E``
+with JWT-SVIDs (client ``jwt = true``, server ``jwt = "required"``): J/E is
+what validating a token on every call costs the server.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ VARIANTS: tuple[Variant, ...] = (
             "verify=dns", "C3", "node-dns"),
     Variant("F3", "three C servers as one peer: a meshnode peer channel with 3 endpoints (round robin, EDS), "
             "verify=spiffe-id", "C3", "node-spiffe-id", own_process=True),
+    Variant("J", 'C + [authz] jwt = "required"; client through a meshnode Node peer channel, verify=dns, jwt = true',
+            "J", "node-dns-jwt"),
     Variant("P", "C with a policy file of 10,001 allow rules, the caller's last", "P", "mtls"),
     Variant("Q", "P + one deny rule with a header condition on the called service", "Q", "mtls"),
 )
@@ -87,7 +91,7 @@ class BenchSettings:
     spiffe_id_rotations: int = 4  # through a spiffe-id channel (only when F runs)
     spiffe_id_rotation_interval: float = 1.5  # gRPC's file_watcher re-reads every second
     pin: bool = True
-    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "E3", "F3")
+    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "J", "E3", "F3")
     quick: bool = False
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from meshnode.bench.plan import BASELINE
 from meshnode.bench.service import STREAM_MESSAGES
+from meshnode.bench.stats import spread
 
 __all__ = ["evaluate_targets", "markdown", "write_report"]
 
@@ -46,6 +47,7 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
         cpu = _ratio_of(d["server_cpu_ratio"], c["server_cpu_ratio"])
         rows.append(_target(f"D/C (tracing), {workload}", "report", cpu, None,
                             f"throughput {_fmt(tput, 2)}, server CPU {_fmt(cpu, 2)}"))
+    rows += _jwt_targets(result)
     rot = result["rotation"]
     failed = _target(
         "failed calls during rotations under load", "0 over >= 20 rotations", rot["failed_calls"],
@@ -63,6 +65,31 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
     ))
     hs = result["handshakes"]["ratio"]["median"]
     rows.append(_target("dynamic/static handshake rate", ">= 0.95", hs, hs is not None and hs >= 0.95, _fmt(hs, 3)))
+    return rows
+
+
+def jwt_cost(result: Mapping[str, Any]) -> dict[str, Any]:
+    """J/E server CPU per RPC by workload: median [IQR] of the per-round ratios (JWT-SVID required vs not,
+    both called through a meshnode peer channel)."""
+    cells = result["throughput"].get("cells", [])
+    cpu = {(c["round"], c["workload"], c["variant"]): c["server_cpu_us"] for c in cells}
+    out: dict[str, Any] = {}
+    for workload in result["throughput"]["summary"]:
+        ratios = [
+            j / e for (r, w, v), j in cpu.items()
+            if w == workload and v == "J" and j is not None and (e := cpu.get((r, w, "E")))
+        ]
+        if ratios:
+            out[workload] = spread(ratios)
+    return out
+
+
+def _jwt_targets(result: Mapping[str, Any]) -> list[Row]:
+    rows = []
+    for workload, s in jwt_cost(result).items():
+        value = s["median"]
+        rows.append(_target(f"J/E server CPU per RPC (JWT-SVID required), {workload}", "<= 1.05", value,
+                            value is not None and value <= 1.05, _spread(s, 3)))
     return rows
 
 

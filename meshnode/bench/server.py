@@ -15,6 +15,9 @@ Variants (what the runner compares):
   service (what used to turn the decision cache off for every call);
 * ``C3``: three ``C`` nodes in one process (ports ``main``, ``second``,
   ``third``): the endpoints of a peer with three replicas;
+* ``J``: ``C`` with ``[authz] jwt = "required"``: every call must carry a
+  JWT-SVID of the shared dev CA (its JWT key is the CA's, loaded from the
+  state directory like the X.509 CA);
 * ``H``: two bare servers on two ports, ``static`` (``ssl_server_credentials``)
   and ``dynamic`` (meshnode's :class:`~meshnode.credentials.ServerCredentials`),
   for the handshake rate;
@@ -51,7 +54,7 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "J", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -69,12 +72,14 @@ async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCreden
     return port
 
 
-def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None) -> Any:
+def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None, jwt: bool = False) -> Any:
     from meshnode.config.node import node_config_from_dict
 
     authz: dict[str, Any] = {"allow": [CLIENT_ID], "audit": "on_deny"}
     if policy is not None:
         authz = {"policy": str(policy), "audit": "on_deny"}
+    if jwt:
+        authz["jwt"] = "required"
     return node_config_from_dict(
         {
             "node": {"name": name, "listen": _LISTEN, "mode": "development", "shutdown_grace": 0.0},
@@ -153,16 +158,20 @@ async def start(
 
         ports: dict[str, int] = {}
         for i, name in enumerate(("main", "second", "third")):
-            source = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
-            stack.callback(source.close)
+            replica = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+            stack.callback(replica.close)
             config = _node_config(f"bench-server-c3-{i}", {"source": "dev"})
-            ports[name] = await _node(stack, config, BenchEcho(), source=source)
+            ports[name] = await _node(stack, config, BenchEcho(), source=replica)
         return ports, commands
-    if variant in ("C", "D", "P", "Q"):
+    if variant in ("C", "D", "J", "P", "Q"):
         from meshnode.bench.policies import write_policy
         from meshnode.identity.source import StaticSource
+        from meshnode.testing import ManualSource
 
-        source = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+        source: StaticSource = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
+        if variant == "J":  # a source on the shared dev CA: its JWT bundle verifies the client's tokens
+            source.close()
+            source = ManualSource(pki.ca, SERVER_ID, ttl=pki.ttl)
         stack.callback(source.close)
         provider = None
         if variant == "D":
@@ -171,7 +180,7 @@ async def start(
         policy = None
         if variant in ("P", "Q"):
             policy = write_policy(state_dir / f"policy-{variant}.json", header_rule=variant == "Q")
-        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy)
+        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy, jwt=variant == "J")
         return {"main": await _node(stack, config, BenchEcho(), source=source, tracer_provider=provider)}, commands
     raise ValueError(f"unknown server variant {variant!r}; use one of {', '.join(SERVER_VARIANTS)}")
 

@@ -2,8 +2,9 @@
 
 Runs bare grpcio (insecure, and mTLS with static credentials: the
 baseline B) side by side with meshnode nodes (C: authorization; D: plus
-tracing; E/F: meshnode client channels), interleaved over many rounds, with
-servers and clients in separate processes pinned to separate CPUs; then
+tracing; E/F: meshnode client channels; J: E with JWT-SVIDs required),
+interleaved over many rounds, with servers and clients in separate
+processes pinned to separate CPUs; then
 handshake rates with static vs. dynamic server credentials, and SVID and
 CA rotations under load. Writes bench.json (every number) and bench.md
 (the tables) to --out and prints the markdown.

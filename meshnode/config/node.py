@@ -20,6 +20,7 @@ socket = "unix:///run/spire/agent.sock"   # default: SPIFFE_ENDPOINT_SOCKET
 trust_domain = "example.org"
 timeout = 10.0                  # seconds to wait for the first SVID
 federates_with = []             # other trust domains whose callers this node accepts
+jwt_bundles_dir = "jwt-bundles"  # optional: <trust-domain>.json SPIFFE bundles whose "jwt-svid" keys verify JWT-SVIDs
 # workload-api: spiffe_id, hint  (take the SVID with this ID / hint when several are delivered)
 # files:  cert, key, bundle, federated_bundles_dir
 # dev:    spiffe_id, state_dir, svid_ttl
@@ -29,6 +30,10 @@ allow = ["spiffe://example.org/node/beta"]
 policy = "policy.json"          # gRFC A43 policy file (reloaded on change)
 audit = "on_deny"               # none | on_deny | on_allow | all
 dry_run = false
+jwt = "off"                     # off | optional | required: JWT-SVIDs ("authorization: Bearer ...") on calls
+jwt_audiences = []              # audiences accepted besides the node's own SPIFFE ID
+principal = "mtls"              # mtls | jwt: whose identity the rules, allow, @only and peer_id() use
+jwt_forwarders = []             # principal = "jwt": proxies allowed to carry another workload's token
 
 [peers.beta]
 address = "127.0.0.1:7002"      # or "dns:///beta.prod.svc:7002", "ipv4:10.0.0.1:7002,10.0.0.2:7002"
@@ -40,6 +45,9 @@ lb = "round_robin"              # optional: round_robin | pick_first (default: r
 retries = 2                     # optional: more attempts on retry_on codes (0: off)
 retry_on = ["UNAVAILABLE"]
 timeout = 30.0                  # optional: deadline of calls that give none
+jwt = false                     # true: every call carries "authorization: Bearer <JWT-SVID>"
+jwt_audience = "..."            # optional: the token's audience (default: the peer's spiffe_id)
+jwt_token_file = "..."          # optional: read the token from this file (spiffe-helper), re-read on change
 
 [telemetry]
 exporter = "jsonl"              # otlp | console | jsonl | none
@@ -76,14 +84,17 @@ from meshnode.spiffeid import SpiffeID, dns_name_for, parse_spiffe_id, parse_tru
 
 __all__ = [
     "BALANCING",
+    "JWT_MODES",
     "LIMITS",
     "MAX_HINT",
     "MODES",
+    "PRINCIPALS",
     "RETRYABLE_CODES",
     "AuthzSettings",
     "IdentityConfig",
     "NodeConfig",
     "PeerConfig",
+    "check_audience",
     "check_hint",
     "load_node_config",
     "node_config_from_dict",
@@ -98,6 +109,12 @@ Verify = Literal["spiffe-id", "dns"]
 VERIFY_MODES: tuple[Verify, ...] = ("spiffe-id", "dns")
 Audit = Literal["none", "on_deny", "on_allow", "all"]
 AUDIT_CONDITIONS: tuple[Audit, ...] = ("none", "on_deny", "on_allow", "all")
+JwtMode = Literal["off", "optional", "required"]
+JWT_MODES: tuple[JwtMode, ...] = ("off", "optional", "required")
+Principal = Literal["mtls", "jwt"]
+PRINCIPALS: tuple[Principal, ...] = ("mtls", "jwt")
+#: The longest JWT audience a configuration may name.
+MAX_AUDIENCE = 1024
 
 
 def _error(reason: str, *, key: str | None = None, value: str | None = None) -> ConfigError:
@@ -196,6 +213,8 @@ class IdentityConfig:
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
     #: workload-api: take the SVID delivered with this hint (with spiffe_id: with both)
     hint: str | None = None
+    #: SPIFFE bundle JSON files (<trust-domain>.json) whose "jwt-svid" keys verify JWT-SVIDs
+    jwt_bundles_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.source, SOURCES, "[identity] source")
@@ -239,13 +258,21 @@ class PeerConfig:
     retries: int = 2
     retry_on: tuple[str, ...] = ("UNAVAILABLE",)
     timeout: float | None = None
+    #: every call carries "authorization: Bearer <JWT-SVID>" for :attr:`audience`
+    jwt: bool = False
+    jwt_audience: str | None = None
+    #: the token comes from this file (as spiffe-helper writes it), re-read when it changes
+    jwt_token_file: Path | None = None
     endpoints: EndpointSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _one_of(self.verify, VERIFY_MODES, f"[peers.{self.name}] verify")
-        problem = _peer_problem(self)
+        problem = _peer_jwt_problem(self.jwt, self.jwt_audience, self.jwt_token_file)
         if problem is not None:
-            raise _error(f"[peers.{self.name}] {problem}", key=f"peers.{self.name}")
+            raise ConfigError(f"config: [peers.{self.name}] {problem[0]} {problem[1]}")
+        service_problem = _peer_problem(self)
+        if service_problem is not None:
+            raise _error(f"[peers.{self.name}] {service_problem}", key=f"peers.{self.name}")
         try:
             spec = endpoint_spec(self.address or None, self.addresses)
         except ConfigError as exc:
@@ -258,6 +285,11 @@ class PeerConfig:
     def where(self) -> str:
         """The endpoints as configured, for messages."""
         return self.endpoints.text
+
+    @property
+    def audience(self) -> str:
+        """The audience of the JWT-SVIDs sent to this peer: ``jwt_audience``, else its SPIFFE ID."""
+        return self.jwt_audience if self.jwt_audience is not None else str(self.spiffe_id)
 
     @property
     def tls_name(self) -> str:
@@ -292,9 +324,18 @@ class AuthzSettings:
     policy: Path | None = None
     audit: Audit = "on_deny"
     dry_run: bool = False
+    jwt: JwtMode = "off"
+    jwt_audiences: tuple[str, ...] = ()
+    principal: Principal = "mtls"
+    jwt_forwarders: tuple[SpiffeID, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of(self.audit, AUDIT_CONDITIONS, "[authz] audit")
+        _one_of(self.jwt, JWT_MODES, "[authz] jwt")
+        _one_of(self.principal, PRINCIPALS, "[authz] principal")
+        problem = _authz_jwt_problem(self.jwt, self.jwt_audiences, self.principal, self.jwt_forwarders)
+        if problem is not None:
+            raise ConfigError(f"config: [authz] {problem[0]} {problem[1]}")
 
     @property
     def configured(self) -> bool:
@@ -331,6 +372,9 @@ class NodeConfig:
         problem = _limit_problem(self.handshake_timeout, self.max_connections)
         if problem is not None:
             raise _error(f"[node] {problem[0]} {problem[1]}", key=f"node.{problem[0]}")
+        jwt_problem = _jwt_source_problem(self)
+        if jwt_problem is not None:
+            raise _error(jwt_problem)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -372,6 +416,64 @@ def _limit_problem(handshake_timeout: float, max_connections: int) -> tuple[str,
     lo, hi = MAX_CONNECTIONS_RANGE
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not lo <= max_connections <= hi:
         return "max_connections", f"must be a whole number {lo}-{hi}, not {max_connections!r}"
+    return None
+
+
+def check_audience(audience: str) -> str | None:
+    """What is wrong with ``audience`` as a configured JWT audience, or None."""
+    if not audience.strip():
+        return "is empty"
+    if len(audience) > MAX_AUDIENCE:
+        return f"is {len(audience)} characters long; the limit is {MAX_AUDIENCE}"
+    if not audience.isprintable():
+        return "holds control or non-printable characters"
+    return None
+
+
+def _peer_jwt_problem(jwt: bool, audience: str | None, token_file: Path | None) -> tuple[str, str] | None:
+    """(key, what is wrong) with the JWT keys of one [peers.NAME] table, or None."""
+    if not jwt:
+        for key, value in (("jwt_audience", audience), ("jwt_token_file", token_file)):
+            if value is not None:
+                return key, "applies only with jwt = true (calls to this peer carry no JWT-SVID)"
+        return None
+    if audience is not None:
+        problem = check_audience(audience)
+        if problem is not None:
+            return "jwt_audience", problem
+    return None
+
+
+def _authz_jwt_problem(
+    jwt: str, audiences: tuple[str, ...], principal: str, forwarders: tuple[SpiffeID, ...]
+) -> tuple[str, str] | None:
+    """(key, what is wrong) with the JWT keys of [authz], or None."""
+    for i, audience in enumerate(audiences):
+        problem = check_audience(audience)
+        if problem is not None:
+            return "jwt_audiences", f"item {i} {problem}"
+    if principal == "jwt" and jwt != "required":
+        return "jwt", (f'must be "required" with principal = "jwt" (the token names the caller), not {jwt!r}; '
+                       'leave it out or set it to "required"')
+    if jwt == "off" and audiences:
+        return "jwt_audiences", 'applies only with jwt = "optional" or "required"'
+    if principal != "jwt" and forwarders:
+        return "jwt_forwarders", ('applies only with principal = "jwt" (it names the proxies allowed to carry another '
+                                  "workload's token)")
+    return None
+
+
+def _jwt_source_problem(config: NodeConfig) -> str | None:
+    """What keeps the identity source from supplying the JWT-SVIDs or bundles the config asks for, or None."""
+    idc = config.identity
+    if idc.source == "files":
+        for peer in config.peers.values():
+            if peer.jwt and peer.jwt_token_file is None:
+                return (f"[peers.{peer.name}] jwt = true needs jwt_token_file with [identity] source = \"files\" "
+                        "(no agent to fetch JWT-SVIDs from): point it at the token file spiffe-helper writes")
+        if config.authz.jwt != "off" and idc.jwt_bundles_dir is None:
+            return ('[authz] jwt needs the JWT bundles to verify tokens with: set [identity] jwt_bundles_dir with '
+                    'source = "files" (SPIFFE bundle JSON files, "use": "jwt-svid" keys)')
     return None
 
 
@@ -424,6 +526,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         state_dir=_path(s, "state_dir", base),
         svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
         hint=_hint(s, source),
+        jwt_bundles_dir=_path(s, "jwt_bundles_dir", base),
     )
     if source == "files":
         for key in ("cert", "key", "bundle"):
@@ -447,14 +550,42 @@ def _authz(s: Section, base: Path) -> AuthzSettings:
             parse_spiffe_id(value)
         except InvalidSpiffeIdError as exc:
             raise s.error("allow", f"item {i} {entry!r}: invalid SPIFFE ID: {exc.reason}") from None
+    principal = s.choice("principal", PRINCIPALS, "mtls")
+    jwt = s.choice("jwt", JWT_MODES, "required" if principal == "jwt" else "off")
+    audiences = s.strings("jwt_audiences", ())
+    forwarders: list[SpiffeID] = []
+    for i, entry in enumerate(s.strings("jwt_forwarders", ())):
+        try:
+            forwarders.append(parse_spiffe_id(entry))
+        except InvalidSpiffeIdError as exc:
+            raise s.error("jwt_forwarders", f"item {i} {entry!r}: invalid SPIFFE ID: {exc.reason} "
+                          "(list exact SPIFFE IDs of proxies)") from None
+    problem = _authz_jwt_problem(jwt, audiences, principal, tuple(forwarders))
+    if problem is not None:
+        raise s.error(*problem)
     cfg = AuthzSettings(
         allow=allow,
         policy=_path(s, "policy", base),
         audit=s.choice("audit", AUDIT_CONDITIONS, "on_deny"),
         dry_run=s.boolean("dry_run", False),
+        jwt=jwt,
+        jwt_audiences=audiences,
+        principal=principal,
+        jwt_forwarders=tuple(forwarders),
     )
     s.done()
     return cfg
+
+
+def _peer_jwt(s: Section, base: Path) -> dict[str, Any]:
+    """The JWT keys of one [peers.NAME] table, checked with the table's key names in errors."""
+    jwt = s.boolean("jwt", False)
+    audience = s.string("jwt_audience", None)
+    token_file = _path(s, "jwt_token_file", base)
+    problem = _peer_jwt_problem(jwt, audience, token_file)
+    if problem is not None:
+        raise s.error(*problem)
+    return {"jwt": jwt, "jwt_audience": audience, "jwt_token_file": token_file}
 
 
 def _peer_endpoints(s: Section) -> tuple[str, tuple[str, ...] | None]:
@@ -471,7 +602,7 @@ def _peer_endpoints(s: Section) -> tuple[str, tuple[str, ...] | None]:
     return address or "", addresses
 
 
-def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
+def _peer(name: str, s: Section, default_verify: str, base: Path | None = None) -> PeerConfig:
     address, addresses = _peer_endpoints(s)
     spiffe_id = _spiffe_id(s, "spiffe_id")
     assert spiffe_id is not None
@@ -493,6 +624,7 @@ def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
         retries=s.integer("retries", 2, minimum=PEER_RETRIES_RANGE[0], maximum=PEER_RETRIES_RANGE[1]),
         retry_on=retry_on,
         timeout=timeout,
+        **_peer_jwt(s, base or Path.cwd()),
     )
     if peer.verify == "spiffe-id" and peer.server_name is not None:
         raise s.error("server_name", 'applies only to verify = "dns" (spiffe-id peers are checked by their ID)')
@@ -554,7 +686,7 @@ def node_config_from_dict(
                 "digits, '.', '-' and '_', or set [identity] spiffe_id"
             ) from None
     authz = _authz(root.section("authz"), base)
-    peers = {n: _peer(n, s, peer_verify) for n, s in root.sections("peers").items()}
+    peers = {n: _peer(n, s, peer_verify, base) for n, s in root.sections("peers").items()}
     for peer_name in peers:
         if not peer_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")

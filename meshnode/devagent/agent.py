@@ -159,30 +159,35 @@ class DevAgent:
         The next CA enters the bundle (pushed) before it signs anything; after
         ``activate_after`` seconds it becomes the signer and every SVID is
         re-issued (pushed). The old CA stays in the bundle for ``retire_after``
-        seconds; by default until the last SVID it signed expires.
+        seconds; by default until the last SVID it signed expires. The CA's
+        JWT-SVID signing key takes the same steps in the JWT bundle.
         """
         self._require_serving()
         async with self._ca_lock:
-            old = self.ca.ca_certificate
+            old, old_kid = self.ca.ca_certificate, self.ca.jwt_key_id
             new = self.ca.prepare_rotation()
-            log.info("agent: prepared CA serial %x (not after %s): in the bundle, signing nothing yet",
-                     new.serial_number, new.not_valid_after_utc.isoformat())
+            new_kid = self.ca.next_jwt_key_id
+            log.info("agent: prepared CA serial %x (not after %s) and JWT key %s: in the bundles, signing nothing yet",
+                     new.serial_number, new.not_valid_after_utc.isoformat(), new_kid)
             self._publish()
             if activate_after > 0:
                 await asyncio.sleep(activate_after)
             old_svids_expire = max(svid.chain[0].not_valid_after_utc for svid in self._svids.values())
             self.ca.activate_next()
-            log.info("agent: CA serial %x now signs; CA serial %x stays in the bundle",
-                     new.serial_number, old.serial_number)
+            log.info("agent: CA serial %x and JWT key %s now sign; CA serial %x and JWT key %s stay in the bundles",
+                     new.serial_number, new_kid, old.serial_number, old_kid)
             self._issue(self.config.entries)
             self._publish()
-        delay = retire_after if retire_after is not None else (old_svids_expire - utcnow()).total_seconds()
-        self._spawn(self._retire_later(old, max(delay, 0.0)))
+        # the old CA (and its JWT key) leaves the bundle once the SVIDs and JWT-SVIDs it signed have expired
+        old_jwts_expire = utcnow() + self._ttl
+        until = max(old_svids_expire, old_jwts_expire)
+        delay = retire_after if retire_after is not None else (until - utcnow()).total_seconds()
+        self._spawn(self._retire_later(old, old_kid, max(delay, 0.0)))
 
-    async def _retire_later(self, ca: x509.Certificate, delay: float) -> None:
+    async def _retire_later(self, ca: x509.Certificate, kid: str, delay: float) -> None:
         await asyncio.sleep(delay)
         if self.ca.retire(ca):
-            log.info("agent: retired CA serial %x from the bundle", ca.serial_number)
+            log.info("agent: retired CA serial %x and JWT key %s from the bundles", ca.serial_number, kid)
             self._publish()
 
     async def _renew_loop(self) -> None:

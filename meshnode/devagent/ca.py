@@ -9,6 +9,12 @@ CA rotation works like SPIRE's: :meth:`DevCA.prepare_rotation` adds the next
 CA to the bundle without signing anything with it; :meth:`activate_next`
 makes it the signer (the old CA stays in the bundle so SVIDs it signed stay
 valid); :meth:`retire_previous` drops the old CA once nothing uses it.
+
+Each CA comes with its own JWT-SVID signing key (an EC P-256 key with a
+random key id), which follows the same steps: the next key is in the JWT
+bundle (:meth:`DevCA.jwks`) before it signs a token, and an old key leaves
+the bundle with its CA. :attr:`DevCA.jwt_version` grows on every change of
+the JWT bundle.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ class IssuedSVID:
 class _Authority:
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
+    jwt_key: ec.EllipticCurvePrivateKey
+    jwt_kid: str
 
 
 class DevCA:
@@ -100,15 +108,13 @@ class DevCA:
         self._signer: _Authority
         self._next: _Authority | None = None
         self._previous: list[_Authority] = []
-        self._jwt_key: ec.EllipticCurvePrivateKey
-        self._jwt_kid: str
+        #: grows by one on every change of the JWT bundle (a key prepared, activated or retired)
+        self.jwt_version = 1
         if self._state_dir is not None:
             secure_dir(self._state_dir, STATE_DIR)  # nobody else may plant or swap the CA key
             if self._load():
                 return
         self._signer = self._new_authority()
-        self._jwt_key = _new_key()
-        self._jwt_kid = uuid.uuid4().hex
         self._save()
 
     # -- authorities ------------------------------------------------------
@@ -149,7 +155,7 @@ class DevCA:
             )
             .sign(key, hashes.SHA256())
         )
-        return _Authority(key, cert)
+        return _Authority(key, cert, _new_key(), uuid.uuid4().hex)
 
     @property
     def ca_certificate(self) -> x509.Certificate:
@@ -171,6 +177,7 @@ class DevCA:
         with self._lock:
             if self._next is None:
                 self._next = self._new_authority()
+                self.jwt_version += 1
             return self._next.cert
 
     def activate_next(self) -> None:
@@ -180,11 +187,14 @@ class DevCA:
                 raise InvalidIdentityError(reason="activate_next() before prepare_rotation()", component="devca")
             self._previous.insert(0, self._signer)
             self._signer, self._next = self._next, None
+            self.jwt_version += 1
         self._save()
 
     def retire_previous(self) -> None:
         """Drop every earlier CA from the bundle."""
         with self._lock:
+            if self._previous:
+                self.jwt_version += 1
             self._previous.clear()
 
     def retire(self, ca_certificate: x509.Certificate) -> bool:
@@ -198,6 +208,7 @@ class DevCA:
             for authority in self._previous:
                 if authority.cert == ca_certificate:
                     self._previous.remove(authority)
+                    self.jwt_version += 1
                     return True
         return False
 
@@ -273,10 +284,16 @@ class DevCA:
 
     @property
     def jwt_key_id(self) -> str:
-        return self._jwt_kid
+        """The key id of the key that signs JWT-SVIDs now."""
+        return self._signer.jwt_kid
 
     def sign_jwt(self, spiffe_id: str | SpiffeID, audience: list[str], ttl: dt.timedelta) -> str:
+        """A JWT-SVID (ES256) for ``spiffe_id`` and ``audience``, valid for ``ttl`` (a negative one: expired)."""
         sid = spiffe_id if isinstance(spiffe_id, SpiffeID) else parse_spiffe_id(spiffe_id)
+        if sid.trust_domain != self.trust_domain:
+            raise ConfigError(f"devca: {sid} is outside the trust domain '{self.trust_domain}' of this CA")
+        with self._lock:
+            signer = self._signer
         now = utcnow()
         claims = {
             "sub": str(sid),
@@ -284,16 +301,32 @@ class DevCA:
             "iat": int(now.timestamp()),
             "exp": int((now + ttl).timestamp()),
         }
-        return jwt.encode(claims, self._jwt_key, algorithm="ES256", headers={"kid": self._jwt_kid, "typ": "JWT"})
+        return jwt.encode(claims, signer.jwt_key, algorithm="ES256", headers={"kid": signer.jwt_kid, "typ": "JWT"})
+
+    @property
+    def next_jwt_key_id(self) -> str | None:
+        """The key id of the prepared next JWT key (in the bundle, signing nothing yet), if any."""
+        with self._lock:
+            return self._next.jwt_kid if self._next is not None else None
+
+    def jwt_public_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Every key of the JWT bundle by key id: the signer's, the next one's, and the not yet retired."""
+        with self._lock:
+            authorities = [self._signer, *([self._next] if self._next is not None else []), *self._previous]
+        return {a.jwt_kid: a.jwt_key.public_key() for a in authorities}
 
     def jwks(self) -> bytes:
-        """The JWT bundle of this trust domain as a JWKS document."""
-        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self._jwt_key.public_key()))
-        jwk.update({"kid": self._jwt_kid, "use": "jwt-svid"})
-        return json.dumps({"keys": [jwk]}).encode()
+        """The JWT bundle of this trust domain as a JWKS document (each key with "use": "jwt-svid")."""
+        keys = []
+        for kid, public in self.jwt_public_keys().items():
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public))
+            jwk.update({"kid": kid, "use": "jwt-svid"})
+            keys.append(jwk)
+        return json.dumps({"keys": keys}).encode()
 
     def jwt_public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._jwt_key.public_key()
+        """The public key of the signer's JWT key."""
+        return self._signer.jwt_key.public_key()
 
     # -- persistence ------------------------------------------------------
 
@@ -342,10 +375,9 @@ class DevCA:
             )
         if cert.not_valid_after_utc <= utcnow():
             raise ConfigError(f"devca: the CA in state_dir {self._state_dir} has expired; remove it to start a new CA")
-        self._signer = _Authority(key, cert)
-        self._jwt_key = jwt_key
         kid_path = cert_path.with_name("jwt.kid")
-        self._jwt_kid = kid_path.read_text().strip() if kid_path.exists() else "dev"
+        kid = kid_path.read_text().strip() if kid_path.exists() else "dev"
+        self._signer = _Authority(key, cert, jwt_key, kid)
         return True
 
     def _save(self) -> None:
@@ -358,9 +390,9 @@ class DevCA:
             pkcs8 = serialization.PrivateFormat.PKCS8
             pem = serialization.Encoding.PEM
             _write_private(key_path, self._signer.key.private_bytes(pem, pkcs8, none))
-            _write_private(jwt_path, self._jwt_key.private_bytes(pem, pkcs8, none))
+            _write_private(jwt_path, self._signer.jwt_key.private_bytes(pem, pkcs8, none))
             _write_private(cert_path, self._signer.cert.public_bytes(pem), mode=0o644)
-            _write_private(cert_path.with_name("jwt.kid"), self._jwt_kid.encode(), mode=0o644)
+            _write_private(cert_path.with_name("jwt.kid"), self._signer.jwt_kid.encode(), mode=0o644)
         except OSError as exc:
             raise ConfigError(f"devca: cannot write the CA to state_dir {self._state_dir}: {exc.strerror}") from None
 

@@ -207,9 +207,10 @@ class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
         audience = list(request.audience)
         svids = []
         for entry in entries:  # no spiffe_id asked: one JWT-SVID per identity, as the spec says
+            kid = self._ca.jwt_key_id
             token = self._ca.sign_jwt(entry.spiffe_id, audience, self._jwt_ttl)
-            log.info("agent: issued JWT-SVID for %s (entry %s) audience %s, valid %d s",
-                     entry.spiffe_id, entry.name, audience, self._jwt_ttl.total_seconds())
+            log.info("agent: issued JWT-SVID for %s (entry %s) audience %s, key %s, valid %d s",
+                     entry.spiffe_id, entry.name, audience, kid, self._jwt_ttl.total_seconds())
             svids.append(pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint or ""))
         return pb.JWTSVIDResponse(svids=svids)
 
@@ -233,10 +234,11 @@ class WorkloadAPIServicer(pb_grpc.SpiffeWorkloadAPIServicer):
         """Signature (this trust domain's JWT key), audience, expiry, subject; ValueError says why."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            if kid != self._ca.jwt_key_id:
+            key = self._ca.jwt_public_keys().get(kid) if isinstance(kid, str) else None
+            if key is None:
                 raise ValueError(f"signed by unknown key id {kid!r}")
             claims: dict[str, Any] = jwt.decode(
-                token, self._ca.jwt_public_key(), algorithms=["ES256"], audience=audience,
+                token, key, algorithms=["ES256"], audience=audience,
                 options={"require": ["sub", "aud", "exp"]},
             )
         except jwt.InvalidTokenError as exc:

@@ -23,6 +23,13 @@ good bundle of every trust domain:
   through is not an error), and never again while its content stays the same;
 * a file gone on two scans in a row takes the bundle of its trust domain
   with it: from then on that trust domain is not trusted for new handshakes.
+
+The same polling serves other kinds of bundle files: a :class:`BundleKind`
+says which suffixes a directory holds, how each file is parsed, what
+consumers get per trust domain, and whether the node's own trust domain may
+have a file (``[identity] jwt_bundles_dir`` uses :class:`BundleFiles` with
+the JWT kind of :mod:`meshnode.jwtsvid.bundle`: there the own trust domain's
+JWT keys may come from a file, since no other source has them).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 
@@ -48,7 +56,7 @@ from meshnode.identity.bundle_file import (
 from meshnode.identity.rejects import describe_error
 from meshnode.spiffeid import parse_trust_domain
 
-__all__ = ["MAX_BUNDLE_FILES", "BundleDir"]
+__all__ = ["MAX_BUNDLE_FILES", "X509_BUNDLES", "BundleDir", "BundleFiles", "BundleKind"]
 
 log = logging.getLogger("meshnode.identity")
 
@@ -56,23 +64,56 @@ log = logging.getLogger("meshnode.identity")
 MAX_BUNDLE_FILES = 1000
 
 Stamp = tuple[int, int, int, int]
+V = TypeVar("V")
+#: (file content, trust domain) -> a bundle with ``sequence`` and ``ignored`` (see FederatedBundle); raises
+Parser = Callable[[bytes, str], Any]
+
+
+def _count_cas(bundle: FederatedBundle) -> str:
+    n = len(bundle.authorities)
+    return f"{n} CA{'' if n == 1 else 's'}"
+
+
+def _authorities(bundle: FederatedBundle) -> tuple[x509.Certificate, ...]:
+    return bundle.authorities
+
+
+@dataclass(frozen=True)
+class BundleKind(Generic[V]):
+    """One kind of bundle directory: its files, how they are read, and what consumers get from each."""
+
+    key: str  # the configuration key that names the directory
+    noun: str  # what one file is, in messages
+    formats: Mapping[str, Parser]  # file name suffix -> parser
+    view: Callable[[Any], V]  # parsed bundle -> what :attr:`BundleFiles.bundles` holds for its trust domain
+    describe: Callable[[Any], str]  # parsed bundle -> "2 CAs", for the log line
+    own_allowed: bool = False  # may the node's own trust domain have a file?
+    gone: str = "not trusted for new connections unless the identity source delivers its bundle"
+
+
+X509_BUNDLES: BundleKind[tuple[x509.Certificate, ...]] = BundleKind(
+    "federated_bundles_dir", "federated bundle",
+    {suffix: parse_spiffe_bundle if fmt == "spiffe" else parse_pem_bundle for suffix, fmt in FORMATS.items()},
+    _authorities, _count_cas,
+)
 
 
 @dataclass(frozen=True)
 class _Good:
     name: str
     digest: str
-    bundle: FederatedBundle
+    bundle: Any
 
 
-class BundleDir:
-    """The federated bundles of one directory: the last good bundle per trust domain."""
+class BundleFiles(Generic[V]):
+    """The bundles of one directory of ``kind``: the last good bundle per trust domain."""
 
-    def __init__(self, path: Path, *, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: Path, *, kind: BundleKind[V], on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.kind = kind
         self._on_error = on_error
         self._good: dict[str, _Good] = {}
-        self._view: Mapping[str, tuple[x509.Certificate, ...]] = MappingProxyType({})
+        self._view: Mapping[str, V] = MappingProxyType({})
         self._stamps: dict[str, Stamp] = {}  # name -> stat of the content last settled (taken or reported)
         self._seen_bad: dict[str, Hashable] = {}  # name -> a problem seen once, reported if seen again
         self._reported: dict[str, Hashable] = {}  # name -> the problem reported last
@@ -82,7 +123,7 @@ class BundleDir:
         self.errors = 0
 
     @property
-    def bundles(self) -> Mapping[str, tuple[x509.Certificate, ...]]:
+    def bundles(self) -> Mapping[str, V]:
         """Trust domain -> its CAs, as of the last scan (an immutable view; safe from any thread)."""
         return self._view
 
@@ -103,7 +144,7 @@ class BundleDir:
                 present.setdefault(td, []).append(name)
         changed = False
         for td, names in present.items():
-            if td == own_trust_domain:
+            if td == own_trust_domain and not self.kind.own_allowed:
                 self._problem(names[0], "own", (
                     f"is for this node's own trust domain '{td}'; refused, it would replace the roots that "
                     "verify this trust domain (they come from the identity source only): remove the file"
@@ -115,13 +156,14 @@ class BundleDir:
                     ), at_once=True, keeping=self._keeping(td))
             else:
                 changed |= self._load(td, names[0], listing[names[0]], at_once)
-        changed |= self._drop_gone(set(present) - {own_trust_domain}, at_once)
+        kept = set(present) if self.kind.own_allowed else set(present) - {own_trust_domain}
+        changed |= self._drop_gone(kept, at_once)
         for name in [n for n in {*self._stamps, *self._seen_bad, *self._reported} if n and n not in listing]:
             self._stamps.pop(name, None)
             self._seen_bad.pop(name, None)
             self._reported.pop(name, None)
         if changed:
-            self._view = MappingProxyType({td: g.bundle.authorities for td, g in sorted(self._good.items())})
+            self._view = MappingProxyType({td: self.kind.view(g.bundle) for td, g in sorted(self._good.items())})
         return changed
 
     # -- the directory and file names ----------------------------------------
@@ -133,8 +175,8 @@ class BundleDir:
         except FileNotFoundError:
             if not self._absent:
                 self._absent = True
-                log.warning("identity: federated_bundles_dir %s does not exist: no federated bundles from it "
-                            "until it does", self.path)
+                log.warning("identity: %s %s does not exist: no %ss from it until it does", self.kind.key,
+                            self.path, self.kind.noun)
             return {}
         except OSError as exc:
             self._problem("", ("list", exc.errno), f"cannot be listed ({exc.strerror})", at_once=at_once,
@@ -143,7 +185,7 @@ class BundleDir:
         self._absent = False
         found: dict[str, Path] = {}
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.startswith(".") or Path(entry.name).suffix not in FORMATS:
+            if entry.name.startswith(".") or Path(entry.name).suffix not in self.kind.formats:
                 continue
             try:
                 if not entry.is_file():  # follows symlinks
@@ -163,7 +205,8 @@ class BundleDir:
             return str(parse_trust_domain(stem))
         except InvalidSpiffeIdError as exc:
             self._problem(name, "name", (
-                f"the file name must be '<trust-domain>.json' or '<trust-domain>.pem' ({exc.reason})"
+                f"the file name must be {' or '.join(repr('<trust-domain>' + x) for x in self.kind.formats)} "
+                f"({exc.reason})"
             ), at_once=True, keeping="the file is not used")
             return None
 
@@ -202,16 +245,16 @@ class BundleDir:
         self._good[td] = _Good(name, digest, bundle)
         self._settle(name, stamp)
         sequence = "" if bundle.sequence is None else f", spiffe_sequence {bundle.sequence}"
-        log.info("identity: federated bundle for '%s' taken from %s (%d CA%s%s)", td, path,
-                 len(bundle.authorities), "" if len(bundle.authorities) == 1 else "s", sequence)
+        log.info("identity: %s for '%s' taken from %s (%s%s)", self.kind.noun, td, path, self.kind.describe(bundle),
+                 sequence)
         if bundle.ignored:
-            log.warning("identity: federated bundle %s: ignored %s", path, "; ".join(bundle.ignored))
+            log.warning("identity: %s %s: ignored %s", self.kind.noun, path, "; ".join(bundle.ignored))
         return True
 
-    def _parse(self, name: str, data: bytes, td: str, good: _Good | None) -> FederatedBundle:
+    def _parse(self, name: str, data: bytes, td: str, good: _Good | None) -> Any:
         if len(data) > MAX_BUNDLE_BYTES:
             raise InvalidBundleError(f"is larger than {MAX_BUNDLE_BYTES} bytes", trust_domain=td)
-        bundle = (parse_spiffe_bundle if FORMATS[Path(name).suffix] == "spiffe" else parse_pem_bundle)(data, td)
+        bundle = self.kind.formats[Path(name).suffix](data, td)
         old = good.bundle.sequence if good is not None else None
         if old is not None and bundle.sequence is not None and bundle.sequence < old:
             raise InvalidBundleError(
@@ -233,8 +276,8 @@ class BundleDir:
                 self._gone.discard(td)
                 good = self._good.pop(td)
                 dropped = True
-                log.info("identity: federated bundle for '%s' removed (%s is gone): not trusted for new "
-                         "connections unless the identity source delivers its bundle", td, self.path / good.name)
+                log.info("identity: %s for '%s' removed (%s is gone): %s", self.kind.noun, td, self.path / good.name,
+                         self.kind.gone)
             else:
                 self._gone.add(td)
         self._gone &= set(self._good)
@@ -257,7 +300,7 @@ class BundleDir:
         if self._reported.get(name) == key:
             return True
         self._reported[name] = key
-        where = f"federated bundle {self.path / name}" if name else f"federated_bundles_dir {self.path}"
+        where = f"{self.kind.noun} {self.path / name}" if name else f"{self.kind.key} {self.path}"
         message = f"identity: {where}: {reason}; {keeping}"
         self.errors += 1
         log.warning("%s", message)
@@ -267,3 +310,10 @@ class BundleDir:
             except Exception:  # a faulty callback must not stop the scan
                 log.warning("identity: the on_error callback failed for: %s", message)
         return True
+
+
+class BundleDir(BundleFiles[tuple[x509.Certificate, ...]]):
+    """The federated bundles of one directory (``[identity] federated_bundles_dir``): the CAs per trust domain."""
+
+    def __init__(self, path: Path, *, on_error: Callable[[str], None] | None = None) -> None:
+        super().__init__(path, kind=X509_BUNDLES, on_error=on_error)

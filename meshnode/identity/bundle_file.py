@@ -51,7 +51,15 @@ from meshnode.errors import InvalidBundleError, InvalidIdentityError, InvalidSpi
 from meshnode.identity.x509svid import check_parses, uri_sans
 from meshnode.spiffeid import parse_spiffe_id
 
-__all__ = ["FORMATS", "MAX_BUNDLE_BYTES", "FederatedBundle", "parse_pem_bundle", "parse_spiffe_bundle"]
+__all__ = [
+    "FORMATS",
+    "MAX_BUNDLE_BYTES",
+    "BundleDocument",
+    "FederatedBundle",
+    "parse_pem_bundle",
+    "parse_spiffe_bundle",
+    "read_bundle_document",
+]
 
 #: File name suffix -> format. Other files in the directory are not bundles.
 FORMATS = {".json": "spiffe", ".pem": "pem"}
@@ -86,8 +94,27 @@ def parse_pem_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
     return FederatedBundle(trust_domain, _authorities(certs, trust_domain))
 
 
-def parse_spiffe_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
-    """The X.509 authorities of a SPIFFE bundle document; raises InvalidBundleError."""
+@dataclass(frozen=True)
+class BundleDocument:
+    """A SPIFFE bundle document (a JWK Set), read but not interpreted: the JWK objects and the SPIFFE members.
+
+    Both key uses are read from it: ``x509-svid`` keys here, ``jwt-svid`` keys
+    by :mod:`meshnode.jwtsvid.bundle`.
+    """
+
+    keys: tuple[dict[str, Any], ...]
+    sequence: int | None = None
+    refresh_hint: int | None = None
+
+
+def read_bundle_document(data: bytes, trust_domain: str) -> BundleDocument:
+    """One JSON object with a ``keys`` list of JSON objects, and valid SPIFFE members; raises InvalidBundleError.
+
+    Refused: bytes that are not UTF-8 JSON (also ``NaN``, a repeated member
+    name, nesting too deep), a document that is not an object, ``keys`` that
+    is missing or not a list of objects, ``spiffe_sequence`` or
+    ``spiffe_refresh_hint`` that is not a non-negative integer.
+    """
     doc = _json_object(data, trust_domain)
     sequence = _count(doc, "spiffe_sequence", trust_domain)
     refresh_hint = _count(doc, "spiffe_refresh_hint", trust_domain)
@@ -95,12 +122,20 @@ def parse_spiffe_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
     if not isinstance(keys, list):
         what = "is missing" if keys is None and "keys" not in doc else f"is {_a(_kind(keys))}, not a list"
         raise InvalidBundleError(f"'keys' {what} (a SPIFFE bundle is a JWK Set)", trust_domain=trust_domain)
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict):
+            raise InvalidBundleError(f"key {i} is {_a(_kind(key))}, not a JSON object", trust_domain=trust_domain)
+    return BundleDocument(tuple(keys), sequence, refresh_hint)
+
+
+def parse_spiffe_bundle(data: bytes, trust_domain: str) -> FederatedBundle:
+    """The X.509 authorities of a SPIFFE bundle document; raises InvalidBundleError."""
+    document = read_bundle_document(data, trust_domain)
+    keys, sequence, refresh_hint = document.keys, document.sequence, document.refresh_hint
     certs: list[x509.Certificate] = []
     skipped: list[str] = []  # every key left out, for the error when nothing is left
     ignored: list[str] = []  # the ones worth a warning when the rest is usable
     for i, key in enumerate(keys):
-        if not isinstance(key, dict):
-            raise InvalidBundleError(f"key {i} is {_a(_kind(key))}, not a JSON object", trust_domain=trust_domain)
         cert, why = _x509_key(i, key, trust_domain)
         if cert is not None:
             certs.append(cert)
@@ -241,6 +276,11 @@ def _a(noun: str) -> str:
 def _kind(value: object) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value from a file, quoted and cut short for a message: it is outside input."""
+    return _shown(value, limit)
 
 
 def _shown(value: object, limit: int = 60) -> str:

@@ -17,6 +17,9 @@ meshnode.peer.spiffe_id         string     server span: the caller's verified SP
                                            client span: the ID the server must present (the
                                            handshake enforces it; grpcio shows clients no cert)
 meshnode.peer.name              string     client span: the configured peer name
+meshnode.peer.mtls_spiffe_id    string     server span, with ``[authz] jwt``: the mTLS peer (a proxy
+                                           when one carries another workload's JWT-SVID)
+meshnode.peer.jwt_subject       string     server span: the ``sub`` of the call's validated JWT-SVID
 meshnode.authz.decision         string     ``allow``, ``deny`` or ``unauthenticated``
 meshnode.authz.rule             string     the rule that decided (or the default)
 meshnode.authz.reason           string     why, in one line for people
@@ -87,6 +90,8 @@ __all__ = [
     "LOCAL_SPIFFE_ID",
     "NODE_NAME",
     "PEER_ENDPOINT_REJECTED",
+    "PEER_JWT_SUBJECT",
+    "PEER_MTLS_SPIFFE_ID",
     "PEER_NAME",
     "PEER_SPIFFE_ID",
     "POLICY_SOURCE",
@@ -106,6 +111,8 @@ NODE_NAME: Final = "meshnode.node.name"
 LOCAL_SPIFFE_ID: Final = "meshnode.local.spiffe_id"
 PEER_SPIFFE_ID: Final = "meshnode.peer.spiffe_id"
 PEER_NAME: Final = "meshnode.peer.name"
+PEER_MTLS_SPIFFE_ID: Final = "meshnode.peer.mtls_spiffe_id"
+PEER_JWT_SUBJECT: Final = "meshnode.peer.jwt_subject"
 AUTHZ_DECISION: Final = "meshnode.authz.decision"
 AUTHZ_RULE: Final = "meshnode.authz.rule"
 AUTHZ_REASON: Final = "meshnode.authz.reason"
