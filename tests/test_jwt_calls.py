@@ -515,7 +515,7 @@ async def test_a_grpc_js_client_with_a_workload_api_token(
             proc = await asyncio.create_subprocess_exec(
                 "node", str(ROOT / "tests" / "support" / "grpc_js" / "echo_client.js"), f"127.0.0.1:{beta.port}",
                 dns_name_for(parse_spiffe_id(BETA)), str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem"),
-                str(tmp_path / "key.pem"), str(ROOT / "protos" / "meshnode" / "demo" / "v1" / "demo.proto"), token,
+                str(tmp_path / "key.pem"), str(ROOT / "meshnode" / "demo" / "v1" / "demo.proto"), token,
                 env={**os.environ, "NODE_PATH": str(modules / "node_modules")},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )
