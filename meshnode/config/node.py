@@ -333,7 +333,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         source=source,
         socket=s.string("socket", None),
         trust_domain=trust_domain,
-        timeout=s.number("timeout", 10.0, **_limits("identity.timeout")),
+        timeout=s.duration("timeout", 10.0, **_limits("identity.timeout")),
         federates_with=federates,
         cert=_path(s, "cert", base),
         key=_path(s, "key", base),
@@ -341,7 +341,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         federated_bundles_dir=_path(s, "federated_bundles_dir", base),
         spiffe_id=_spiffe_id(s, "spiffe_id"),
         state_dir=_path(s, "state_dir", base),
-        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
+        svid_ttl=dt.timedelta(seconds=s.duration("svid_ttl", 3600, **_limits("identity.svid_ttl"), whole=True)),
         hint=_hint(s, source),
     )
     if source == "files":
@@ -427,14 +427,14 @@ def node_config_from_dict(
     for i, spec in enumerate(services):
         if not _SERVICE_SPEC.fullmatch(spec):
             raise node.error("services", f"item {i} {show(spec)} must look like 'package.module:ClassName'")
-    shutdown_grace = node.number("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
+    shutdown_grace = node.duration("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
     peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
-    keepalive = node.number("keepalive", 10.0, **_limits("node.keepalive"))
+    keepalive = node.duration("keepalive", 10.0, **_limits("node.keepalive"))
     if 0 < keepalive < 1:
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
-    connect_timeout = node.number("connect_timeout", 5.0, **_limits("node.connect_timeout"))
-    max_connection_age = node.number("max_connection_age", 600.0, **_limits("node.max_connection_age"))
-    handshake_timeout = node.number("handshake_timeout", 5.0)
+    connect_timeout = node.duration("connect_timeout", 5.0, **_limits("node.connect_timeout"))
+    max_connection_age = node.duration("max_connection_age", 600.0, **_limits("node.max_connection_age"))
+    handshake_timeout = node.duration("handshake_timeout", 5.0)
     max_connections = node.integer("max_connections", 2048)
     problem = _limit_problem(handshake_timeout, max_connections)
     if problem is not None:
