@@ -62,6 +62,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.authz.audit import AuditCondition, Auditor
@@ -74,6 +75,7 @@ from meshnode.errors import PolicyError
 from meshnode.pipeline import AuthzInterceptor, Pipeline
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.telemetry.instruments import split_method
+from meshnode.telemetry.rpcmetrics import RpcMetrics, Series
 
 __all__ = ["Authorizer", "Verdict", "peer_key"]
 
@@ -100,6 +102,12 @@ class Verdict:
     # not final: the header rules left to test, and the verdict of each outcome (Residual.outcomes)
     residual: Residual | None = None
     outcomes: tuple[Verdict, ...] = ()
+    series: Series | None = None  # RPC metrics of (caller, method): rpc.server.call.duration
+
+    @property
+    def span_status(self) -> Status | None:
+        """The server span's status for a refused call: an error naming why (None: admitted)."""
+        return None if self.code is None else Status(StatusCode.ERROR, f"{self.code.name}: {self.details}")
 
     def enter(self) -> None:
         """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
@@ -118,6 +126,8 @@ class Authorizer:
     accepted: the server's root list must then hold one trust domain.
     ``audit``: which decisions get an audit record (a policy file may ask
     for more). ``dry_run``: policy denials are recorded but not enforced.
+    ``rpc_metrics``: where each call's duration and status go (its verdict
+    carries the series of its caller and method); None: no RPC metrics.
     """
 
     def __init__(
@@ -133,6 +143,7 @@ class Authorizer:
         own_policy: bool = False,
         span_attributes: Mapping[str, AttributeValue] | None = None,
         record_spans: bool = True,
+        rpc_metrics: RpcMetrics | None = None,
     ) -> None:
         if cache_size < 16:
             raise PolicyError(f"authz: cache_size must be at least 16, not {cache_size}")
@@ -149,6 +160,7 @@ class Authorizer:
         self._identities: dict[Any, PeerIdentity] = {}
         self._decisions = DecisionCounter.for_provider(meter_provider)
         self._owns_policy = own_policy
+        self._rpc_metrics = rpc_metrics
 
     # -- the per-call core ------------------------------------------------
 
@@ -246,9 +258,12 @@ class Authorizer:
             "rpc.method": name,
             "meshnode.authz.dry_run": dry_run,
         }
+        series = None
+        if self._rpc_metrics is not None:
+            series = self._rpc_metrics.series("server", method, str(peer) if peer is not None else None)
         return Verdict(
             peer, outcome, code, details, decision.rule, decision.reason, active.policy.name, active.version,
-            dry_run, audit.covers(outcome == "allow"), final, span, self._decisions.slot(counted),
+            dry_run, audit.covers(outcome == "allow"), final, span, self._decisions.slot(counted), series=series,
         )
 
     def _observe(self, verdict: Verdict, method: str) -> None:
@@ -256,6 +271,8 @@ class Authorizer:
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attributes(verdict.span_attributes)
+                if verdict.code is not None:
+                    span.set_status(verdict.span_status)  # type: ignore[arg-type]  # not None when refused
         self._decisions.add(verdict.counted)
         if verdict.audit:
             self._auditor.record(
@@ -302,6 +319,11 @@ class Authorizer:
     @property
     def active(self) -> ActivePolicy:
         return self._source.current()
+
+    @property
+    def decisions(self) -> DecisionCounter:
+        """The tally of ``meshnode.authz.decisions`` this authorizer counts in (shared per meter provider)."""
+        return self._decisions
 
     def explain(
         self, peer: str | SpiffeID, method: str, metadata: Iterable[tuple[str, str | bytes]] = ()

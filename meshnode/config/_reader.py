@@ -176,7 +176,10 @@ class Section:
         self._seen.add(key)
         if key not in self._data or not isinstance(self._data[key], str):
             if whole:
-                return self.integer(key, default, minimum=minimum, maximum=maximum)
+                value = self._get(key, int, "a whole number of seconds or a duration such as \"1h\"", default)
+                if isinstance(value, int) and key in self._data:
+                    self._check_range(key, value, minimum, maximum)
+                return value
             return self.number(key, default, minimum=minimum, maximum=maximum)
         text = self.string(key)
         try:

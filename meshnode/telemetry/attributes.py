@@ -73,8 +73,10 @@ __all__ = [
     "AUTHZ_POLICY_VERSION",
     "AUTHZ_REASON",
     "AUTHZ_RULE",
+    "BUNDLE_TRUST_DOMAIN",
     "BUNDLE_TRUST_DOMAINS",
     "ERROR",
+    "IDENTITY_BUNDLE_SECONDS_TO_EXPIRY",
     "IDENTITY_GENERATION",
     "IDENTITY_ROTATIONS",
     "IDENTITY_SECONDS_TO_EXPIRY",
@@ -115,6 +117,7 @@ SVID_SERIAL: Final = "meshnode.svid.serial"
 SVID_NOT_AFTER: Final = "meshnode.svid.not_after"
 IDENTITY_GENERATION: Final = "meshnode.identity.generation"
 BUNDLE_TRUST_DOMAINS: Final = "meshnode.bundle.trust_domains"
+BUNDLE_TRUST_DOMAIN: Final = "meshnode.bundle.trust_domain"
 ERROR: Final = "meshnode.error"
 POLICY_SOURCE: Final = "meshnode.policy.source"
 
@@ -129,6 +132,7 @@ AUTHZ_DECISIONS: Final = "meshnode.authz.decisions"
 AUTHZ_POLICY_RELOAD_FAILURES: Final = "meshnode.authz.policy_reload_failures"
 IDENTITY_ROTATIONS: Final = "meshnode.identity.rotations"
 IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
+IDENTITY_BUNDLE_SECONDS_TO_EXPIRY: Final = "meshnode.identity.bundle_seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
 SERVER_HANDSHAKE_FAILURES: Final = "meshnode.server.handshake_failures"
 IDENTITY_UPDATES_REFUSED: Final = "meshnode.identity.updates_refused"
