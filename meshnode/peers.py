@@ -126,7 +126,7 @@ class PeerChannels:
 
         return client_interceptors(
             local_id=self._source.current().spiffe_id, node_name=self._node_name, peer_id=peer.spiffe_id,
-            peer_name=peer.name, tracer_provider=self._tracer_provider,
+            peer_name=peer.name, tracer_provider=self._tracer_provider, address=peer.address,
         )
 
     def _series(self, peer: PeerConfig) -> Callable[[str], CallSeries] | None:
