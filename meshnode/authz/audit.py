@@ -9,6 +9,10 @@ meshnode never configures handlers). Fields::
      "rule": "name or null", "policy": "policy name", "policy_version": 3,
      "dry_run": false, "reason": "..."}
 
+The record also carries the same fields as a dict (attribute
+:data:`AUDIT_FIELDS`): with ``MESHNODE_LOG_FORMAT=json`` they are top-level
+keys of the log line, next to the call's ``trace_id``.
+
 In dry-run mode a call the policy denies still runs; its record says
 ``"decision": "deny", "dry_run": true``. Which decisions are recorded is
 an :class:`AuditCondition`; a policy file can ask for more (A59's
@@ -23,8 +27,9 @@ import json
 import logging
 
 from meshnode.errors import PolicyError
+from meshnode.telemetry.jsonlog import AUDIT_FIELDS
 
-__all__ = ["AUDIT_LOGGER", "AuditCondition", "Auditor"]
+__all__ = ["AUDIT_FIELDS", "AUDIT_LOGGER", "AuditCondition", "Auditor"]
 
 AUDIT_LOGGER = "meshnode.audit"
 
@@ -100,5 +105,8 @@ class Auditor:
             "dry_run": dry_run,
             "reason": reason,
         }
-        # The message is the JSON itself; %s keeps logging's lazy formatting contract.
-        self._log.info("%s", json.dumps(entry, separators=(",", ":"), ensure_ascii=False))
+        # The message is the JSON itself; %s keeps logging's lazy formatting contract. The same fields ride
+        # along as a dict, so a JSON log formatter puts them at the top level of its line (telemetry.jsonlog).
+        self._log.info(
+            "%s", json.dumps(entry, separators=(",", ":"), ensure_ascii=False), extra={AUDIT_FIELDS: entry}
+        )

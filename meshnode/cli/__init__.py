@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from meshnode.cli._logging import report_error
 from meshnode.config._reader import printable
 from meshnode.errors import MeshnodeError
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except MeshnodeError as exc:
-        print(f"meshnode: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a file name holds
+        report_error(f"meshnode: {printable(str(exc))}")  # one line, whatever a file name holds
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from meshnode.cli._logging import setup_logging
+from meshnode.cli._logging import announce, setup_logging
 from meshnode.devagent.agent import DevAgent
 from meshnode.devagent.config import AgentConfig, load_agent_config
 from meshnode.errors import MeshnodeError
@@ -78,8 +78,8 @@ async def serve(config: AgentConfig) -> None:
             on_signal("CA rotation", lambda: agent.rotate_ca(activate_after=config.ca_overlap)),
         )
         names = ",".join(config.sockets)  # one socket per name; a repeated name serves several SVIDs
-        print(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
-              f"entries={names}", flush=True)
+        announce(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
+                 f"entries={names}")
         await stop.wait()
         for task in rotations:
             task.cancel()
