@@ -6,10 +6,16 @@ Runs the node's own boot plan (:func:`meshnode.boot.boot`, the code
 expiry, the trust domains, the services, the peers with the names they are
 verified by, and every check, then what ``run`` would do with this config.
 
-``--json`` prints the same report as one JSON object.
+``--json`` prints the same report as one JSON object (with the
+``not_after`` of the SVID and of every CA in every trust bundle).
 
-Exit status: 0 when every production check passes; 1 when one fails;
-2 when the configuration is invalid.
+``--warn-expiry DURATION`` (``24h``, ``90m``, ``3600s``): also fail when
+the SVID, or a CA of any trust domain's bundle, expires within DURATION,
+naming it (for a cron job or a readiness gate ahead of an outage).
+
+Exit status: 0 when every production check passes (and, with
+--warn-expiry, nothing expires within the window); 1 when one fails or
+something expires; 2 when the configuration (or --warn-expiry) is invalid.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 from typing import Any
 
 from meshnode.boot import Boot, boot
 from meshnode.cli._logging import setup_logging
+from meshnode.config._reader import printable
+from meshnode.config.duration import DURATION_HELP, format_duration, parse_duration
 from meshnode.config.node import NodeConfig, load_node_config
-from meshnode.identity.snapshot import IdentitySnapshot
+from meshnode.errors import ConfigError
+from meshnode.identity.snapshot import IdentitySnapshot, utcnow
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("config", help="path to node.toml")
     p.add_argument("--socket", help="Workload API socket to use instead of the configured one")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--warn-expiry", metavar="DURATION",
+                   help=f"fail (exit 1) when the SVID or a bundle CA expires within DURATION ({DURATION_HELP})")
     p.set_defaults(func=run)
 
 
@@ -50,9 +62,36 @@ def _identity(b: Boot, snap: IdentitySnapshot) -> dict[str, Any]:
         "spiffe_id": str(snap.spiffe_id),
         "serial": snap.serial,
         "expires": snap.not_after.isoformat(),
+        "not_after": snap.not_after.isoformat(),
         "seconds_left": round(snap.seconds_left()),
         "trust_domains": {td: len(certs) for td, certs in sorted(snap.bundles.items())},
+        "bundles": {
+            td: [
+                {"subject": ca.subject.rfc4514_string(), "serial": format(ca.serial_number, "x"),
+                 "not_after": ca.not_valid_after_utc.isoformat()}
+                for ca in sorted(certs, key=lambda c: c.not_valid_after_utc)
+            ]
+            for td, certs in sorted(snap.bundles.items())
+        },
     }
+
+
+def expiring(snap: IdentitySnapshot, window: float, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """What expires within ``window`` seconds of ``now``: the SVID, and each bundle CA (by trust domain)."""
+    now = now or utcnow()
+    found = []
+    items = [("SVID", str(snap.spiffe_id), None, snap.not_after)] + [
+        ("CA", ca.subject.rfc4514_string(), td, ca.not_valid_after_utc)
+        for td, certs in sorted(snap.bundles.items())
+        for ca in certs
+    ]
+    for kind, name, td, not_after in items:
+        left = (not_after - now).total_seconds()
+        if left < window:
+            what = f"the SVID {name}" if td is None else f"a CA of trust domain '{td}' ({name})"
+            found.append({"what": what, "kind": kind, "trust_domain": td, "not_after": not_after.isoformat(),
+                          "seconds_left": round(left)})
+    return sorted(found, key=lambda f: f["seconds_left"])
 
 
 def _peers(config: NodeConfig) -> list[dict[str, str]]:
@@ -63,12 +102,17 @@ def _peers(config: NodeConfig) -> list[dict[str, str]]:
     ]
 
 
-def report(b: Boot, path: str) -> dict[str, Any]:
+def report(b: Boot, path: str, warn_expiry: float | None = None) -> dict[str, Any]:
     """What check prints: the boot plan's findings and what `run` would do."""
     config = b.config
     refused = b.refusal()
     in_production = b.refusal("production")
+    expiry = None
+    if warn_expiry is not None:
+        soon = expiring(b.snapshot, warn_expiry) if b.snapshot is not None else []
+        expiry = {"window_seconds": warn_expiry, "expiring": soon}
     return {
+        "expiry": expiry,
         "node": config.name,
         "mode": config.mode,
         "config": path,
@@ -95,7 +139,10 @@ def _print(r: dict[str, Any]) -> None:
     print(f"meshnode check: node {r['node']} (mode {r['mode']}, config {r['config']})")
     ident = r["identity"]
     if ident is not None:
-        tds = ", ".join(f"{td} ({n} CA)" for td, n in ident["trust_domains"].items())
+        tds = ", ".join(
+            f"{td} ({len(cas)} CA" + (f", first expires {cas[0]['not_after']})" if cas else ")")
+            for td, cas in ident["bundles"].items()
+        )
         print("identity")
         print(f"  source         {ident['source']}")
         print(f"  spiffe id      {ident['spiffe_id']}")
@@ -123,12 +170,23 @@ def _print(r: dict[str, Any]) -> None:
         print(line)
     for warning in r["warnings"]:
         print(f"  warning: {warning}")
+    expiry = r["expiry"]
+    if expiry is not None:
+        window = format_duration(expiry["window_seconds"])
+        print(f"expiry           warn within {window}")
+        for item in expiry["expiring"]:
+            print(f"  [SOON] {item['what']} expires {item['not_after']} (in {_duration(item['seconds_left'])})")
+        if not expiry["expiring"]:
+            print(f"  [ok] neither the SVID nor a bundle CA expires within {window}")
     run = r["run"]
     if run["starts"]:
         print(f"run              would start (mode {r['mode']})")
     else:
         print(f"run              would refuse to start (exit {run['exit']}): {run['error']}")
     failed = [c for c in r["checks"] if not c["ok"]]
+    if expiry is not None and expiry["expiring"]:
+        names = "; ".join(f"{i['what']} in {_duration(i['seconds_left'])}" for i in expiry["expiring"])
+        print(f"result: expires within {format_duration(expiry['window_seconds'])}: {names}")
     if r["ready_for_production"]:
         print(f"result: ready for production ({len(r['checks'])} checks pass)")
     else:
@@ -136,14 +194,25 @@ def _print(r: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    window = _window(args.warn_expiry)
     setup_logging(False)
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
     with contextlib.closing(boot(config)) as booted:
-        r = report(booted, args.config)
+        r = report(booted, args.config, window)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         _print(r)
-    return 0 if r["ready_for_production"] else 1
+    soon = r["expiry"] is not None and bool(r["expiry"]["expiring"])
+    return 0 if r["ready_for_production"] and not soon else 1
+
+
+def _window(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"check: --warn-expiry {printable(repr(text))} {exc} (write {DURATION_HELP})") from None
