@@ -18,7 +18,7 @@ from meshnode.errors import MeshnodeError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ["dnsname", "run", "check", "trace", "agent", "svid", "policy", "demo", "bench"]
+COMMANDS = ["dnsname", "run", "check", "trace", "top", "agent", "svid", "policy", "demo", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
