@@ -49,6 +49,9 @@ meshnode.authz.decisions               counter           by meshnode.authz.decis
 meshnode.identity.rotations            counter           SVID rotations taken in
 meshnode.identity.seconds_to_expiry    observable gauge  seconds until the SVID expires, by
                                                          meshnode.local.spiffe_id
+meshnode.identity.bundle_seconds_to_expiry  observable    seconds until a trust domain's earliest CA
+                                       gauge             expires, by meshnode.local.spiffe_id and
+                                                         meshnode.bundle.trust_domain
 meshnode.identity.source_errors        counter           errors from the identity source
 meshnode.identity.updates_refused      counter           identity updates the node refused
                                                          (another trust domain or SPIFFE ID),
@@ -58,6 +61,13 @@ meshnode.server.handshake_failures     counter           TLS handshakes the node
                                                          (``meshnode run``), by error.type: the
                                                          OpenSSL reason (HTTP_REQUEST...)
 ====================================== ================= =====================================
+
+The RPC duration histograms (``rpc.server.call.duration``,
+``rpc.client.call.duration``, by rpc.* and meshnode.peer.spiffe_id) are kept
+by :mod:`meshnode.telemetry.rpcmetrics` and served by the node's Prometheus
+endpoint (:mod:`meshnode.telemetry.prometheus`), which serves the counters
+and gauges above too, under Prometheus names (``.`` -> ``_``, counters with
+``_total``).
 """
 
 from __future__ import annotations
