@@ -37,7 +37,7 @@ def ready_config(tmp_path: Path) -> Path:
     config = tmp_path / "node.toml"
     config.write_text(
         '[node]\nname = "beta"\nlisten = "127.0.0.1:0"\nmode = "production"\nservices = ["meshnode.demo:EchoService"]\n'
-        f'[identity]\nsource = "files"\ncert = "cert.pem"\nkey = "key.pem"\nbundle = "bundle.pem"\n'
+        '[identity]\nsource = "files"\ncert = "cert.pem"\nkey = "key.pem"\nbundle = "bundle.pem"\n'
         'trust_domain = "example.org"\nfederates_with = ["partner.org"]\nfederated_bundles_dir = "federated"\n'
         '[authz]\nallow = ["spiffe://example.org/node/alpha"]\n'
     )
@@ -68,7 +68,8 @@ def test_warn_expiry_fails_naming_the_svid_then_the_ca_of_a_trust_domain(tmp_pat
     soon_lines = [line for line in later.stdout.splitlines() if "[SOON]" in line]
     assert len(soon_lines) == 2
     assert soon_lines[0].startswith(f"  [SOON] the SVID {BETA} expires")
-    assert soon_lines[1].startswith("  [SOON] a CA of trust domain 'partner.org' (CN=partner.org root,O=meshnode tests)")
+    partner = "  [SOON] a CA of trust domain 'partner.org' (CN=partner.org root,O=meshnode tests)"
+    assert soon_lines[1].startswith(partner)
 
 
 def test_check_json_gives_the_not_after_of_the_svid_and_of_every_bundle_ca(tmp_path: Path) -> None:

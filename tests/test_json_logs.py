@@ -101,7 +101,8 @@ def test_the_ready_line_is_json_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("env", "key", "message"), [
     ({"MESHNODE_LOG_LEVEL": "loud"}, "",
-     "meshnode: config: MESHNODE_LOG_LEVEL='loud' is not a log level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+     "meshnode: config: MESHNODE_LOG_LEVEL='loud' is not a log level; use one of DEBUG, INFO, WARNING, ERROR, "
+     "CRITICAL"),
     ({"MESHNODE_LOG_FORMAT": "yaml"}, "",
      "meshnode: config: MESHNODE_LOG_FORMAT='yaml' is not a log format; use text or json"),
     ({}, 'log_format = "xml"\n', "'node.log_format' must be one of text, json; got 'xml'"),

@@ -176,8 +176,8 @@ def test_a_busy_metrics_port_stops_the_node_before_it_serves_with_exit_4(tmp_pat
         assert code == 4, out
         assert "ready" not in out and "Traceback" not in out
         [line] = [line for line in out.splitlines() if line.startswith("meshnode: ")]  # one line: the error
-        assert line == (f"meshnode: metrics: cannot serve Prometheus metrics on 127.0.0.1:{port}: the address is in use; "
-                        "stop whatever uses it or change [telemetry] prometheus")
+        assert line == (f"meshnode: metrics: cannot serve Prometheus metrics on 127.0.0.1:{port}: the address is in "
+                        "use; stop whatever uses it or change [telemetry] prometheus")
         check = subprocess.run([sys.executable, "-m", "meshnode.cli", "check", str(config)],
                                capture_output=True, text=True, timeout=60)
     assert check.returncode == 1
