@@ -272,7 +272,7 @@ def _services(
             generic += only_generic
     except MeshnodeError as exc:
         b.checks.append(Check("services load", False, str(exc), "fix [node] services", type(exc), "always",
-                              message=str(exc)))
+                              raised=exc))
         return None
     names = ", ".join(sorted(s.name for s in found)) or "none"
     b.checks.append(Check("services load", True, names, required="always"))
@@ -295,7 +295,7 @@ def _identity(
             source, notes = open_identity(config, on_error=on_error)
         except MeshnodeError as exc:
             b.checks.append(Check("SVID obtained", False, str(exc), "see the message", type(exc), "always",
-                                  message=str(exc), raised=exc))
+                                  raised=exc))
             return None
         b.owns_source = True
         b.notes += notes
@@ -321,7 +321,7 @@ def _policy(b: Boot, services: list[ServiceMethods], meter_provider: metrics.Met
                                       validate=reload_check(b.accepted, config.mode), meter_provider=meter_provider)
     except PolicyError as exc:
         b.checks.append(Check("policy is valid", False, str(exc), "run `meshnode policy check` on it",
-                              PolicyError, "always", message=str(exc)))
+                              PolicyError, "always", raised=exc))
         return False
     policy: Policy = b.policy.current().policy
     b.checks.append(Check("policy is valid", True, f"{len(policy.rules)} rules", required="always"))
@@ -329,10 +329,10 @@ def _policy(b: Boot, services: list[ServiceMethods], meter_provider: metrics.Met
     try:
         notes = production_check(b.accepted)(policy)
     except PolicyError as exc:
-        b.checks.append(Check(name, False, str(exc), "see the message", PolicyError, message=str(exc)))
+        b.checks.append(Check(name, False, str(exc), "see the message", PolicyError, raised=exc))
     else:
         b.checks.append(Check(name, True, "some caller can call some method, and health"))
-        b.warnings += [f"authz: {note.removeprefix('authz: ')}" for note in notes]
+        b.warnings += [f"authz: {note}" for note in notes]
     if config.mode == "development" and allows_only_builtins(policy) and services:
         b.warnings.append(
             "authz: no caller is allowed (no [authz] allow, policy file or service allow list): "

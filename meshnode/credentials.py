@@ -32,8 +32,8 @@ def _server_config(snapshot: IdentitySnapshot, trust_domains: Iterable[str]) -> 
     roots = snapshot.roots_pem(sorted(trust_domains))
     if not roots:
         raise InvalidIdentityError(
-            f"credentials: no trust bundle for the accepted trust domains {sorted(trust_domains)}; "
-            "the node cannot verify any caller"
+            reason=f"no trust bundle for the accepted trust domains {sorted(trust_domains)}; "
+            "the node cannot verify any caller", component="credentials"
         )
     return grpc.ssl_server_certificate_configuration(
         [(snapshot.key_pem, snapshot.chain_pem)], root_certificates=roots
@@ -120,8 +120,9 @@ def channel_credentials(snapshot: IdentitySnapshot, peer_trust_domain: str) -> g
     roots = snapshot.bundle_pem(peer_trust_domain)
     if not roots:
         raise InvalidIdentityError(
-            f"credentials: no trust bundle for the peer's trust domain '{peer_trust_domain}'; "
-            "federate with it (SPIRE federation, or [identity] federated_bundles_dir) before calling it"
+            reason=f"no trust bundle for the peer's trust domain '{peer_trust_domain}'; "
+            "federate with it (SPIRE federation, or [identity] federated_bundles_dir) before calling it",
+            component="credentials"
         )
     return grpc.ssl_channel_credentials(
         root_certificates=roots, private_key=snapshot.key_pem, certificate_chain=snapshot.chain_pem

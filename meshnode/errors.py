@@ -21,6 +21,17 @@ only this tree::
           +-- AlreadyStartedError    start() called twice
           +-- ClosedError            used after close()
 
+     +-- NoPeerIdentityError         peer_id() outside an authorized call (also a LookupError)
+
+Errors carry fields, and their message is built from them:
+
+* ``reason``: what is wrong, without the component prefix or the location,
+  so a caller that adds its own context uses ``exc.reason`` instead of
+  cutting up ``str(exc)``;
+* where they apply: ``key`` (a config key such as ``identity.timeout``),
+  ``path`` (a file), ``line``/``column`` (in that file), ``spiffe_id``,
+  ``trust_domain``, ``value`` (the offending text).
+
 Messages start with the component (``"identity: ..."``) and say what to do
 next. ``exit_code`` is the process exit status ``meshnode`` uses for the
 error; the codes are documented in the README.
@@ -42,6 +53,7 @@ __all__ = [
     "InvalidSpiffeIdError",
     "LifecycleError",
     "MeshnodeError",
+    "NoPeerIdentityError",
     "NotStartedError",
     "PeerError",
     "PolicyError",
@@ -58,9 +70,40 @@ EXIT_SERVE = 4
 
 
 class MeshnodeError(Exception):
-    """Root of every error meshnode raises on purpose."""
+    """Root of every error meshnode raises on purpose.
+
+    ``MeshnodeError(message)`` keeps a message as written (its ``reason`` is
+    the message); ``MeshnodeError(reason=..., component="identity", ...)``
+    builds ``"identity: <reason>"``. Either way the fields are attributes.
+    """
 
     exit_code: int = 1
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str = "",
+        component: str = "",
+        key: str | None = None,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        spiffe_id: str | None = None,
+        trust_domain: str | None = None,
+        value: str | None = None,
+    ) -> None:
+        if not message:
+            message = f"{component}: {reason}" if component else reason
+        super().__init__(message)
+        self.reason = reason or message
+        self.key = key
+        self.path = path
+        self.line = line
+        self.column = column
+        self.spiffe_id = spiffe_id
+        self.trust_domain = trust_domain
+        self.value = value
 
 
 class ConfigError(MeshnodeError, ValueError):
@@ -74,11 +117,6 @@ class InvalidSpiffeIdError(ConfigError):
 
     ``reason`` says what is wrong (without the value); ``value`` is the text given.
     """
-
-    def __init__(self, message: str, *, reason: str = "", value: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason or message
-        self.value = value
 
 
 class PolicyError(ConfigError):
@@ -115,11 +153,11 @@ class SvidNotDeliveredError(IdentityUnavailableError):
             f" and {len(delivered) - _MAX_LISTED} more" if len(delivered) > _MAX_LISTED else ""
         )  # a hostile agent may send thousands: the message stays one bounded line
         came = f"{len(delivered)} SVID{'s' if len(delivered) != 1 else ''}: {shown}"
-        self.reason = f"no SVID for {wanted}; it delivered {came}"
         super().__init__(
             f"identity: {source} delivered no SVID for {wanted}; it delivered {came}. To fix: register the "
             "workload with that SPIFFE ID or hint (spire-server entry create -spiffeID ... -hint ...), or "
-            "change [identity] spiffe_id / hint to one the agent delivers"
+            "change [identity] spiffe_id / hint to one the agent delivers",
+            reason=f"no SVID for {wanted}; it delivered {came}",
         )
 
 
@@ -131,10 +169,6 @@ class InvalidIdentityError(IdentityError):
     caller adds its context without re-parsing the message.
     """
 
-    def __init__(self, message: str, *, reason: str = "") -> None:
-        super().__init__(message)
-        self.reason = reason or message
-
 
 class InvalidBundleError(InvalidIdentityError):
     """A federated bundle (file or document) cannot be used.
@@ -144,10 +178,10 @@ class InvalidBundleError(InvalidIdentityError):
     """
 
     def __init__(self, reason: str, *, trust_domain: str, path: str | None = None) -> None:
-        self.trust_domain = trust_domain
-        self.path = path
         where = path if path is not None else f"for '{trust_domain}'"
-        super().__init__(f"identity: federated bundle {where}: {reason}", reason=reason)
+        super().__init__(
+            f"identity: federated bundle {where}: {reason}", reason=reason, trust_domain=trust_domain, path=path
+        )
 
 
 class PeerError(MeshnodeError):
@@ -160,6 +194,10 @@ class ServeError(MeshnodeError):
     """The server could not start serving."""
 
     exit_code = EXIT_SERVE
+
+
+class NoPeerIdentityError(MeshnodeError, LookupError):
+    """``peer_id()`` was called outside an RPC authorized by meshnode.authz."""
 
 
 class LifecycleError(MeshnodeError, RuntimeError):

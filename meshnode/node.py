@@ -323,7 +323,8 @@ class Node:
             return self.config.peers[name]
         except KeyError:
             known = ", ".join(sorted(self.config.peers)) or "none"
-            raise PeerError(f"node: no peer named {name!r} in [peers] (configured: {known})") from None
+            raise PeerError(reason=f"no peer named {name!r} in [peers] (configured: {known})",
+                            component="node") from None
 
     def channel(self, peer: str) -> PeerChannel:
         """The channel to a configured peer (a grpc.aio.Channel look-alike that survives rotation)."""

@@ -133,13 +133,13 @@ def reload_check(accepted: Iterable[str], mode: str) -> Callable[[Policy], None]
 
     def refuse(policy: Policy) -> None:
         for note in check(policy):
-            log.warning("%s", note)
+            log.warning("authz: %s", note)
 
     def warn(policy: Policy) -> None:
         try:
             refuse(policy)
         except PolicyError as exc:
-            log.warning("authz: would refuse in production: %s", exc)
+            log.warning("authz: would refuse in production: %s", exc.reason)
 
     return {"production": refuse, "staging": warn}.get(mode)
 

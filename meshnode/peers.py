@@ -158,7 +158,7 @@ class PeerChannels:
         peer = self._peers.get(name)
         if peer is None:
             known = ", ".join(sorted(self._peers)) or "none"
-            raise PeerError(f"node: no peer named {name!r} in [peers] (configured: {known})")
+            raise PeerError(reason=f"no peer named {name!r} in [peers] (configured: {known})", component="node")
         snapshot = self._source.current()
         if peer.verify == "spiffe-id":
             xds = self._xds

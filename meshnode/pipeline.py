@@ -118,7 +118,7 @@ class Registrar:
 
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
         if service in self.services:
-            raise ServeError(f"server: service {service} is registered twice")
+            raise ServeError(reason=f"service {service} is registered twice", component="server")
         self.services[service] = dict(handlers)
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -291,7 +291,7 @@ def _behavior(handler: grpc.RpcMethodHandler) -> Behavior:
         (True, True): handler.stream_stream,
     }[key]
     if behavior is None:
-        raise ServeError(f"server: a method handler has no behaviour for its arity {key}")
+        raise ServeError(reason=f"a method handler has no behaviour for its arity {key}", component="server")
     return behavior
 
 

@@ -96,11 +96,11 @@ class MeshServer:
             port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ServeError(
-                f"server: cannot listen on {address}: the address is in use or not available ({exc}); "
-                "stop whatever uses it or change [node] listen"
+                reason=f"cannot listen on {address}: the address is in use or not available ({exc}); "
+                "stop whatever uses it or change [node] listen", component="server"
             ) from None
         if port == 0:
-            raise ServeError(f"server: cannot listen on {address}; change [node] listen")
+            raise ServeError(reason=f"cannot listen on {address}; change [node] listen", component="server")
         self.port = int(port)
         return self.port
 

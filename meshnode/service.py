@@ -92,7 +92,7 @@ def only(*spiffe_ids: str) -> Callable[[F], F]:
     """Narrow one method to callers matching any of ``spiffe_ids`` (they must
     also pass the class-level ``allow``)."""
     if not spiffe_ids:
-        raise ConfigError("service: @only() needs at least one SPIFFE ID pattern")
+        raise _service("@only() needs at least one SPIFFE ID pattern")
 
     def mark(fn: F) -> F:
         setattr(fn, _ALLOW_ATTR, tuple(spiffe_ids))
@@ -105,6 +105,11 @@ def method_allow(service: object, method_name: str) -> tuple[str, ...] | None:
     fn = getattr(type(service), method_name, None)
     value = getattr(fn, _ALLOW_ATTR, None)
     return tuple(value) if value is not None else None
+
+
+def _service(reason: str) -> ConfigError:
+    """A service error: ``service: <reason>``, the reason kept as a field."""
+    return ConfigError(reason=reason, component="service")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -127,19 +132,20 @@ def load_service_class(spec: str) -> type[Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"service: cannot import module {module_name!r} for {spec!r}: {exc}") from None
+        raise _service(f"cannot import module {module_name!r} for {spec!r}: {exc}") from None
     except Exception as exc:  # the module's own code failed while importing: one line, no traceback
-        raise ConfigError(
-            f"service: importing module {module_name!r} for {spec!r} failed: {_one_line(exc)}"
+        raise _service(
+            f"importing module {module_name!r} for {spec!r} failed: {_one_line(exc)}"
         ) from None
     klass = getattr(module, class_name, None)
     if not isinstance(klass, type):
-        raise ConfigError(f"service: module {module_name!r} has no class {class_name!r} (from {spec!r})")
+        raise _service(f"module {module_name!r} has no class {class_name!r} (from {spec!r})")
     return klass
 
 
 def _in_config(exc: ConfigError, where: str, index: int) -> ConfigError:
-    return ConfigError(f"config: {where}: 'node.services' item {index}: {str(exc).removeprefix('service: ')}")
+    return ConfigError(f"config: {where}: 'node.services' item {index}: {exc.reason}", reason=exc.reason,
+                       key="node.services", path=where)
 
 
 def load_service_classes(specs: Sequence[str], where: str = "node.toml") -> list[type[Any]]:

@@ -200,13 +200,19 @@ def parse_spiffe_id(value: str) -> SpiffeID:
     return SpiffeID(TrustDomain(name), path)
 
 
+class _TooLong(Exception):
+    def __init__(self, part: str) -> None:
+        super().__init__(part)
+        self.part = part
+
+
 def _encode_label(text: str) -> str:
     if "--" not in text and _PLAIN_LABEL_RE.fullmatch(text):
         label = text
     else:
         label = _ENCODED_PREFIX + base64.b32encode(text.encode()).decode().rstrip("=").lower()
     if len(label) > _MAX_LABEL:
-        raise ValueError(text)
+        raise _TooLong(text)
     return label
 
 
@@ -226,10 +232,11 @@ def dns_name_for(spiffe_id: str | SpiffeID) -> str:
         labels = [_encode_label(seg) for seg in reversed(sid.segments)]
         labels.append(_SEPARATOR)
         labels.extend(_encode_label(part) for part in sid.trust_domain.split("."))
-    except ValueError as exc:
+    except _TooLong as exc:
         raise InvalidSpiffeIdError(
-            f"spiffeid: {sid} has no DNS name: its part {str(exc)[:40]!r} is too long for a "
-            "DNS label; use verify = \"spiffe-id\" for this peer, or set server_name"
+            f"spiffeid: {sid} has no DNS name: its part {exc.part[:40]!r} is too long for a "
+            "DNS label; use verify = \"spiffe-id\" for this peer, or set server_name",
+            reason=f"its part {exc.part[:40]!r} is too long for a DNS label", spiffe_id=str(sid),
         ) from None
     name = ".".join(labels)
     if len(name) > _MAX_NAME:

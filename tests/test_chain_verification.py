@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.authz import AcceptedTrust, Authorizer, Policy, allow
 from meshnode.authz.identity import resolve_peer
+from meshnode.bundle import BundleSet
 from meshnode.devagent.ca import DevCA
 from meshnode.errors import InvalidIdentityError
 from meshnode.identity import StaticSource
@@ -260,7 +261,7 @@ def test_an_unparseable_extra_certificate_is_a_reason_never_an_exception(a_root:
     assert verify_chain((good.cert, junk, ca.cert), [a_root.cert]) == (good.cert, ca.cert, a_root.cert)
     stranger = CA.root("a.org", name="stranger").leaf(A_ID)
     auth = {"x509_pem_cert": [certs_pem([stranger.cert])], "x509_pem_cert_chain": [certs_pem([junk, ca.cert])]}
-    peer = resolve_peer(auth, accepted=frozenset({"a.org", "b.org"}), bundles={"a.org": (a_root.cert,)})
+    peer = resolve_peer(auth, accepted=frozenset({"a.org", "b.org"}), bundles=BundleSet({"a.org": (a_root.cert,)}))
     assert peer.spiffe_id is None
     assert f"{A_ID}: chain does not verify against the bundle of 'a.org'" in peer.problem
     assert "presented after the leaf: <a subject that cannot be parsed>, 'CN=a.org intermediate" in peer.problem

@@ -62,7 +62,7 @@ def test_warn_expiry_fails_naming_the_svid_then_the_ca_of_a_trust_domain(tmp_pat
     assert soon.returncode == 1
     assert f"[SOON] the SVID {BETA} expires" in soon.stdout
     assert "partner.org" not in "".join(line for line in soon.stdout.splitlines() if "[SOON]" in line)
-    assert f"result: expires within 3h: the SVID {BETA} in 1h59m" in soon.stdout
+    assert f"result: expires within 3h: the SVID {BETA} in " in soon.stdout
     later = check(config, "--warn-expiry", "24h")
     assert later.returncode == 1
     soon_lines = [line for line in later.stdout.splitlines() if "[SOON]" in line]

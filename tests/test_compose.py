@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,24 @@ def test_dockerignore_lets_the_meshnode_image_sources_through() -> None:
     sources = re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", (COMPOSE / "Dockerfile").read_text(), re.MULTILINE)
     for source in (s.rstrip("/") for line in sources for s in line.split()):
         assert source in allowed, f".dockerignore keeps {source} (copied by compose/Dockerfile) out of the build"
+
+
+def test_the_image_copies_every_file_the_package_build_reads() -> None:
+    """pip builds the package in the image: pyproject's readme and license files must be there."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    sources = re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", (COMPOSE / "Dockerfile").read_text(), re.MULTILINE)
+    copied = {s.rstrip("/") for line in sources for s in line.split()}
+    assert {"pyproject.toml", "meshnode", project["readme"], *project.get("license-files", [])} <= copied
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_healthchecks_poll_often_only_while_starting(flavor: str) -> None:
+    """A health check is a process in the container each time: fast while starting, then every 30 s."""
+    checked = {name: svc["healthcheck"] for name, svc in services(flavor).items() if "healthcheck" in svc}
+    assert checked
+    for name, check in checked.items():
+        assert (check["interval"], check["start_interval"]) == ("30s", "2s"), name
+        assert int(check["start_period"].rstrip("s")) >= 30, name
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +13,10 @@ from tests.support.wait import eventually
 
 
 @pytest.mark.slow
-def test_meshnode_demo_tells_the_whole_story_and_exits_0() -> None:
-    proc = subprocess.run([sys.executable, "-m", "meshnode.cli", "demo"], capture_output=True, text=True,
-                          timeout=120)
+def test_meshnode_demo_tells_the_whole_story_and_exits_0(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "meshnode.cli", "demo", "--workdir", str(work)],
+                          capture_output=True, text=True, timeout=120)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     for hop in (
@@ -30,9 +32,29 @@ def test_meshnode_demo_tells_the_whole_story_and_exits_0() -> None:
     assert "7 spans from 4 processes in one trace" in out
     assert "everything held" in out
     assert "Traceback" not in proc.stderr
-    # it cleaned up its processes and work directory
-    work = next(line for line in out.splitlines() if "work dir" in line).split()[2].rstrip(";")
-    assert subprocess.run(["test", "-e", work]).returncode != 0
+    # it stopped its processes and removed sockets and CA state, and kept what the printed command reads
+    assert f"work dir {work};" in out
+    printed = out.splitlines()[-1].split()
+    assert printed[:3] == ["meshnode", "trace", "show"] and printed[3] == f"{work}/traces/*.jsonl"
+    assert sorted(p.name for p in work.iterdir()) == sorted(
+        ["agent.toml", "alpha.toml", "beta.toml", "gamma.toml", "gamma-policy.json", "logs", "traces"])
+    trace_id = re.search(r"trace ([0-9a-f]{32})  7 spans", out)
+    assert trace_id is not None, out
+    shown = subprocess.run([sys.executable, "-m", "meshnode.cli", "trace", "show", "--no-color", "--width", "150",
+                            "--trace-id", trace_id.group(1), *map(str, sorted(work.glob("traces/*.jsonl")))],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"trace {trace_id.group(1)}  7 spans  4 nodes (alpha, beta, client, gamma)")
+    assert "demo: relay" in shown.stdout
+
+
+def test_the_demo_does_not_write_into_a_directory_in_use(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "meshnode.cli", "demo", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == f"meshnode: demo: --workdir {tmp_path} exists and is not an empty directory; name a new one\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.slow
@@ -80,7 +102,9 @@ def test_keep_running_ends_on_ctrl_c_with_exit_0_and_no_leftovers() -> None:
         out = demo.output()
         assert "everything held" in out and "SOMETHING FAILED" not in out
         assert "Traceback" not in out
-        assert not work.exists()
+        # the work dir stays for its traces; sockets and the dev CA are gone with the mesh
+        assert sorted(p.name for p in work.iterdir() if p.is_dir()) == ["logs", "traces"]
+        assert list(work.glob("traces/*.jsonl"))
         for pid in children:  # the agent it started is gone too
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     finally:

@@ -77,6 +77,9 @@ def test_the_readme_greeter_and_caller_run_as_written_in_production(tmp_path: Pa
         assert "result: ready for production" in check.stdout
         greeter.send_signal(signal.SIGTERM)
         assert greeter.wait(timeout=60) == 0
+        # logging.basicConfig in greeter.py: the ready line is a log record a library user sees
+        _, logged = greeter.communicate()
+        assert "INFO:meshnode.node:node: greeter serving meshnode.demo.v1.Echo on 127.0.0.1:" in logged, logged
     finally:
         for p in procs:  # cleanup that cannot raise, so it never hides the failure that got here
             if p.poll() is None:

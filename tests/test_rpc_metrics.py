@@ -188,7 +188,7 @@ def test_a_busy_metrics_port_stops_the_node_before_it_serves_with_exit_4(tmp_pat
 
 @pytest.mark.parametrize(("prometheus", "message"), [
     ("9464", "'telemetry.prometheus' '9464' is not host:port"),
-    ("127.0.0.1:70000", "'telemetry.prometheus' '127.0.0.1:70000': port 70000 is out of range"),
+    ("127.0.0.1:70000", "'telemetry.prometheus' '127.0.0.1:70000' is not host:port: port 70000 is out of range"),
     ("192.0.2.1:9464", "metrics: cannot serve Prometheus metrics on 192.0.2.1:9464: Cannot assign requested address"),
 ])
 def test_a_bad_metrics_address_is_one_line_and_exit_2(tmp_path: Path, prometheus: str, message: str) -> None:

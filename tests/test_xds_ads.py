@@ -7,14 +7,12 @@ import shutil
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
 
 from meshnode.spiffeid import parse_spiffe_id
 from meshnode.testing import short_tmpdir
-from meshnode.xds.ads import AdsServer, ServedResources, StreamState
+from meshnode.xds.ads import ADS_SERVICE, AdsServer, ServedResources, StreamState
 from meshnode.xds.resources import CLUSTER_TYPE, LISTENER_TYPE, PeerTarget, peer_resources
+from meshnode.xds.v3 import envoy_pb2 as pb
 
 
 def peers(**addresses: str) -> Any:
@@ -23,10 +21,10 @@ def peers(**addresses: str) -> Any:
 
 
 def request(type_url: str, names: list[str], *, version: str = "", nonce: str = "", error: str = "") -> Any:
-    req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names, version_info=version,
-                                         response_nonce=nonce, node=base_pb2.Node(id="n1"))
+    req = pb.DiscoveryRequest(type_url=type_url, resource_names=names, version_info=version,
+                              response_nonce=nonce, node=pb.Node(id="n1"))
     if error:
-        req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        req.error_detail.CopyFrom(pb.Status(code=3, message=error))
     return req
 
 
@@ -94,7 +92,11 @@ async def test_the_server_pushes_changes_and_records_nacks() -> None:
     socket = directory / "ads.sock"
     async with AdsServer(socket, peers(a="10.0.0.1:1")) as ads:
         async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            call = channel.stream_stream(
+                f"/{ADS_SERVICE}/StreamAggregatedResources",
+                request_serializer=pb.DiscoveryRequest.SerializeToString,
+                response_deserializer=pb.DiscoveryResponse.FromString,
+            )()
             await call.write(request(LISTENER_TYPE, ["a"]))
             first = await asyncio.wait_for(call.read(), 5)
             assert (first.type_url, first.version_info, len(first.resources)) == (LISTENER_TYPE, "1", 1)

@@ -15,8 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshnode.devagent.ca import DevCA, validate_dns_name
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
@@ -28,13 +26,14 @@ from meshnode.xds import resources as xres
 from meshnode.xds.credentials import verify_nothing_roots
 from meshnode.xds.files import RuntimeDir, spiffe_bundle_map
 from meshnode.xds.rpc_errors import SAN_MISMATCH, explain_details
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import unpack
 
 SERVER = "spiffe://example.org/ns/prod/server"
 
 
-def tls_of(cluster: cluster_pb2.Cluster) -> tls_pb2.UpstreamTlsContext:
-    tls = tls_pb2.UpstreamTlsContext()
-    assert cluster.transport_socket.typed_config.Unpack(tls)
+def tls_of(cluster: pb.Cluster) -> pb.UpstreamTlsContext:
+    tls: pb.UpstreamTlsContext = unpack(cluster.transport_socket.typed_config, pb.UpstreamTlsContext)
     return tls
 
 
@@ -62,7 +61,7 @@ def test_cluster_pins_the_peer_id_with_roots_of_its_own_trust_domain() -> None:
     peer = xres.PeerTarget("10.1.2.3:7002", parse_spiffe_id("spiffe://other.org/billing"))
     resources = xres.peer_resources({"billing": peer}, bundle_map=False)
     cluster = resources[xres.CLUSTER_TYPE]["billing"]
-    assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
+    assert cluster.type == pb.Cluster.LOGICAL_DNS
     socket_address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (socket_address.address, socket_address.port_value) == ("10.1.2.3", 7002)
     assert cluster.transport_socket.name == xres.TLS_TRANSPORT_SOCKET
@@ -322,3 +321,13 @@ def test_chain_failures_name_the_trust_domain_and_cause() -> None:
     assert "bundle of trust domain 'example.org'" in (explain_details("b", peer, details) or "")
     assert "no trust bundle for 'example.org'" in (explain_details("b", peer, details, no_bundle=True) or "")
     assert explain_details("b", peer, "Socket closed") is None
+
+
+def test_resources_travel_under_envoy_type_urls_and_unpack_only_as_their_type() -> None:
+    cluster = xres.peer_resources({"b": xres.PeerTarget("127.0.0.1:7001", parse_spiffe_id(SERVER))},
+                                  bundle_map=False)[xres.CLUSTER_TYPE]["b"]
+    packed = cluster.transport_socket.typed_config
+    assert packed.type_url == "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    assert xres.CLUSTER_TYPE == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    with pytest.raises(ValueError, match=re.escape("expected type.googleapis.com/envoy.config.cluster.v3.Cluster")):
+        unpack(packed, pb.Cluster)

@@ -70,11 +70,11 @@ def load_a43_file(path: str | os.PathLike[str], warnings: list[str] | None = Non
     try:
         text = p.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise PolicyError(f"authz: policy file {p} does not exist") from None
+        raise PolicyError(reason=f"policy file {p} does not exist", component="authz") from None
     except UnicodeDecodeError:
-        raise PolicyError(f"authz: policy file {p} is not UTF-8 text") from None
+        raise PolicyError(reason=f"policy file {p} is not UTF-8 text", component="authz") from None
     except OSError as exc:
-        raise PolicyError(f"authz: cannot read policy file {p}: {exc.strerror}") from None
+        raise PolicyError(reason=f"cannot read policy file {p}: {exc.strerror}", component="authz") from None
     return parse_a43(text, str(p), warnings)
 
 
@@ -84,12 +84,12 @@ def parse_a43(text: str, source: str = "<policy>", warnings: list[str] | None = 
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(
-            f"authz: {source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
+            reason=f"{source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", component="authz"
         ) from None
     except RecursionError:
-        raise PolicyError(f"authz: {source}: JSON nested too deeply to be a policy") from None
+        raise PolicyError(reason=f"{source}: JSON nested too deeply to be a policy", component="authz") from None
     except ValueError as exc:  # e.g. an integer longer than Python converts (sys.get_int_max_str_digits)
-        raise PolicyError(f"authz: {source}: not a usable JSON document: {exc}") from None
+        raise PolicyError(reason=f"{source}: not a usable JSON document: {exc}", component="authz") from None
     locations, duplicates = json_locations(text)
     reader = _Reader(source, locations, warnings if warnings is not None else [])
     if duplicates:
@@ -111,7 +111,14 @@ class _Reader:
         return f"{self.source}:{line}:{col}: {render_path(path)}"
 
     def error(self, path: Path, message: str) -> PolicyError:
-        return PolicyError(f"authz: {self.where(path)}: {message}")
+        """``authz: <file>:<line>:<column>: <json path>: <message>``, each part a field too."""
+        probe = path
+        while probe and probe not in self.locations:
+            probe = probe[:-1]
+        line, column = self.locations.get(probe, (1, 1))
+        reason = f"{self.where(path)}: {message}"
+        return PolicyError(reason=reason, component="authz", path=self.source, line=line, column=column,
+                           key=render_path(path))
 
     def fields(self, obj: Any, path: Path, known: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
         if not isinstance(obj, dict):
@@ -248,8 +255,8 @@ class _Reader:
     def pattern(self, text: str, path: Path) -> StringPattern:
         try:
             return parse_pattern(text)
-        except ValueError as exc:
-            raise self.error(path, str(exc)) from None
+        except PolicyError as exc:
+            raise self.error(path, exc.reason) from None
 
     def paths(self, value: Any, path: Path) -> MethodScope:
         items = self.items(value, path, "omit 'paths' to match any method")

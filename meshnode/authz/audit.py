@@ -54,7 +54,8 @@ class AuditCondition(enum.Enum):
             return cls(name)
         except ValueError:
             choices = ", ".join(c.value for c in cls)
-            raise PolicyError(f"authz: {where}: {value!r} is not an audit condition; use one of {choices}") from None
+            raise PolicyError(reason=f"{where}: {value!r} is not an audit condition; use one of {choices}",
+                              component="authz") from None
 
     def covers(self, allowed: bool) -> bool:
         if allowed:

@@ -146,7 +146,7 @@ class Authorizer:
         rpc_metrics: RpcMetrics | None = None,
     ) -> None:
         if cache_size < 16:
-            raise PolicyError(f"authz: cache_size must be at least 16, not {cache_size}")
+            raise PolicyError(reason=f"cache_size must be at least 16, not {cache_size}", component="authz")
         self._source: PolicySource = StaticPolicy(policy) if isinstance(policy, Policy) else policy
         self._trust = trust
         self._audit = AuditCondition.parse(audit)
@@ -204,7 +204,7 @@ class Authorizer:
         if trust is None:
             return resolve_peer(auth)
         if snapshot is not None:  # federated: the bundles of the generation in the cache key
-            return resolve_peer(auth, accepted=trust.accepted_trust_domains, bundles=snapshot.bundles)
+            return resolve_peer(auth, accepted=trust.accepted_trust_domains, bundles=snapshot)
         return resolve_peer(auth, accepted=trust.accepted_trust_domains or None)
 
     def _verdict(

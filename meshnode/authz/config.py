@@ -56,7 +56,7 @@ def load_policy_file(path: str | os.PathLike[str], warnings: list[str] | None = 
         return load_a43_file(p, warnings)
     data = load_toml(p, "authz")
     if "authz" not in data:
-        raise PolicyError(f"authz: {p} has no [authz] table; expected [authz] allow = [...]")
+        raise PolicyError(reason=f"{p} has no [authz] table; expected [authz] allow = [...]", component="authz")
     section = Section(data["authz"], "authz", str(p), "authz")
     allow = section.strings("allow", ())
     policy_name = section.string("policy", None)

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from meshnode.errors import MeshnodeError
+from meshnode.errors import NoPeerIdentityError
 from meshnode.spiffeid import SpiffeID
 
 __all__ = ["NoPeerIdentityError", "peer_id"]
 
 CURRENT_PEER: ContextVar[SpiffeID | None] = ContextVar("meshnode_authz_peer", default=None)
-
-
-class NoPeerIdentityError(MeshnodeError, LookupError):
-    """``peer_id()`` was called outside an RPC authorized by meshnode.authz."""
 
 
 def peer_id() -> SpiffeID:

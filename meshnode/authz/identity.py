@@ -29,6 +29,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from meshnode.bundle import BundleSource
 from meshnode.errors import InvalidIdentityError
 from meshnode.identity.x509chain import verify_chain
 from meshnode.identity.x509svid import check_leaf, spiffe_id_of
@@ -39,11 +40,9 @@ __all__ = ["AcceptedTrust", "PeerIdentity", "TrustInfo", "TrustSnapshot", "resol
 AuthContext = Mapping[str, Sequence[bytes]]
 
 
-class TrustSnapshot(Protocol):
-    """The part of an :class:`~meshnode.identity.IdentitySnapshot` authorization needs."""
-
-    @property
-    def bundles(self) -> Mapping[str, Sequence[x509.Certificate]]: ...
+class TrustSnapshot(BundleSource, Protocol):
+    """The part of an :class:`~meshnode.identity.IdentitySnapshot` authorization needs: the bundles
+    (as a :class:`~meshnode.bundle.BundleSource`) and the generation they belong to."""
 
     @property
     def generation(self) -> int: ...
@@ -97,7 +96,7 @@ def resolve_peer(
     auth: AuthContext,
     *,
     accepted: frozenset[str] | None = None,
-    bundles: Mapping[str, Sequence[x509.Certificate]] | None = None,
+    bundles: BundleSource | None = None,
     now: dt.datetime | None = None,
 ) -> PeerIdentity:
     """Validate the verified caller in ``auth`` (an ``auth_context()`` dict).
@@ -121,11 +120,11 @@ def resolve_peer(
     if accepted is not None and td not in accepted:
         return PeerIdentity(None, f"trust domain {td!r} of {spiffe_id} is not accepted by this server")
     if bundles is not None:
-        roots = bundles.get(td)
-        if not roots:
+        bundle = bundles.bundle_for(td)
+        if bundle is None or not bundle.authorities:
             return PeerIdentity(None, f"no trust bundle for the caller's trust domain {td!r}")
         try:
-            verify_chain(chain, roots, now, usage="client")
+            verify_chain(chain, bundle.authorities, now, usage="client")
         except InvalidIdentityError as exc:
             return PeerIdentity(None, f"{spiffe_id}: chain does not verify against the bundle of {td!r}: {exc.reason}")
     return PeerIdentity(spiffe_id)

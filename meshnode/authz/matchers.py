@@ -164,20 +164,21 @@ class Not:
 def parse_peer(text: str, where: str = "peer") -> PeerMatcher:
     """Parse one allowlist entry (see the module docs); PolicyError names ``where``."""
     if not isinstance(text, str):
-        raise PolicyError(f"authz: {where}: expected a SPIFFE ID string, got {type(text).__name__}")
+        raise PolicyError(reason=f"{where}: expected a SPIFFE ID string, got {type(text).__name__}", component="authz")
     if text == "*":
         return AnyPeer()
     prefix = text.endswith("/*")
     fixed = text[:-2] if prefix else text
     if "*" in fixed:
         raise PolicyError(
-            f"authz: {where}: {text!r}: '*' is allowed only as a whole last path segment, "
-            "as in 'spiffe://example.org/ns/prod/*'"
+            reason=f"{where}: {text!r}: '*' is allowed only as a whole last path segment, "
+            "as in 'spiffe://example.org/ns/prod/*'", component="authz"
         )
     try:
         sid = parse_spiffe_id(fixed)
     except InvalidSpiffeIdError as exc:
-        raise PolicyError(f"authz: {where}: {str(exc).removeprefix('spiffeid: ')}") from None
+        raise PolicyError(f"authz: {where}: invalid SPIFFE ID {text!r}: {exc.reason}", reason=exc.reason,
+                          value=text) from None
     if prefix:
         return PathPrefix(sid.trust_domain, sid.segments)
     if not sid.path:
@@ -198,11 +199,12 @@ def as_peer_matcher(spec: PeerSpec, where: str = "peers") -> PeerMatcher:
     if isinstance(spec, PeerMatcher):
         return spec
     if not isinstance(spec, Iterable):
-        raise PolicyError(f"authz: {where}: expected SPIFFE ID strings or matchers, got {type(spec).__name__}")
+        raise PolicyError(reason=f"{where}: expected SPIFFE ID strings or matchers, got {type(spec).__name__}",
+                          component="authz")
     members = tuple(as_peer_matcher(item, f"{where}[{i}]") for i, item in enumerate(spec))
     if not members:
         raise PolicyError(
-            f"authz: {where}: the list of peers is empty; a rule must name at least one peer "
-            "(use 'spiffe://<trust-domain>' for a whole trust domain)"
+            reason=f"{where}: the list of peers is empty; a rule must name at least one peer "
+            "(use 'spiffe://<trust-domain>' for a whole trust domain)", component="authz"
         )
     return members[0] if len(members) == 1 else AnyOf(members)

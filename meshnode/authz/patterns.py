@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from meshnode.errors import PolicyError
+
 __all__ = ["PatternKind", "StringPattern", "parse_pattern"]
 
 
@@ -68,8 +70,9 @@ def parse_pattern(text: str) -> StringPattern:
     else:
         kind, fixed = PatternKind.EXACT, text
     if "*" in fixed:
-        raise ValueError(
-            f"{text!r} has a '*' that is not a single leading or trailing wildcard; "
-            "gRPC supports only 'abc*' (prefix), '*abc' (suffix) and '*' (any)"
+        raise PolicyError(
+            reason=f"{text!r} has a '*' that is not a single leading or trailing wildcard; "
+            "gRPC supports only 'abc*' (prefix), '*abc' (suffix) and '*' (any)",
+            component="authz", value=text,
         )
     return StringPattern(kind, fixed)

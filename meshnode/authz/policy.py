@@ -108,7 +108,8 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise PolicyError("authz: every rule needs a non-empty name (it appears in audit records)")
+            raise PolicyError(reason="every rule needs a non-empty name (it appears in audit records)",
+                              component="authz")
         object.__setattr__(self, "headers", tuple(self.headers))
 
     def matches(self, request: Request) -> bool:
@@ -215,7 +216,7 @@ class Policy:
         rules = tuple(self.rules)
         for r in rules:
             if not isinstance(r, Rule):
-                raise PolicyError(f"authz: policy {self.name!r}: {r!r} is not a Rule")
+                raise PolicyError(reason=f"policy {self.name!r}: {r!r} is not a Rule", component="authz")
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "deny_rules", tuple(r for r in rules if r.effect is Effect.DENY))
         object.__setattr__(self, "allow_rules", tuple(r for r in rules if r.effect is Effect.ALLOW))
@@ -274,14 +275,14 @@ class Policy:
             health_rules=self.allow_rules if health else None,
         )
         if report.problems:
-            raise PolicyError(report.problems[0])
+            raise PolicyError(reason=report.problems[0], component="authz")
         return report.notes
 
 
 def _scope(service: str | None, method: str | None) -> MethodScope:
     if service is not None and method is not None:
         raise PolicyError(
-            "authz: give a rule either service= or method=, not both (a method implies its service)"
+            reason="give a rule either service= or method=, not both (a method implies its service)", component="authz"
         )
     if service is not None:
         return ServiceScope(check_service_name(service))
@@ -322,7 +323,7 @@ def policy_from_allowlist(
 ) -> Policy:
     """One allow rule per allowlist string (exact ID, ``spiffe://td``, ``spiffe://td/prefix/*``)."""
     if isinstance(entries, str):
-        raise PolicyError(f"authz: {where} must be a list of SPIFFE IDs, not one string")
+        raise PolicyError(reason=f"{where} must be a list of SPIFFE IDs, not one string", component="authz")
     rules = tuple(
         Rule(f"{where}: {entry}", Effect.ALLOW, parse_peer(entry, f"{where}[{i}]"), AnyMethod())
         for i, entry in enumerate(entries)

@@ -56,7 +56,7 @@ def check_rules(
     """Check that some call of an ``accepted`` caller is allowed by one of ``allow_rules`` and no
     deny rule; with ``health_rules`` (every allow rule, built-in ones too), that no health method is
     denied to every caller."""
-    where = f"authz: policy {name!r}"
+    where = f"policy {name!r}"  # problems and notes are reasons: the component ("authz: ") is the caller's
     if not allow_rules:
         return SafetyReport((
             f"{where} allows no caller, so every call would be denied; a server that denies everything is a "

@@ -143,7 +143,8 @@ def check_service_name(name: str, where: str = "service") -> str:
         if isinstance(name, str) and name.startswith("/"):
             hint = "; write the service without slashes, or use method='/pkg.Service/Method' for one method"
         raise PolicyError(
-            f"authz: {where}: {name!r} is not a fully qualified service name like 'pkg.Service'{hint}"
+            reason=f"{where}: {name!r} is not a fully qualified service name like 'pkg.Service'{hint}",
+            component="authz"
         )
     return name
 
@@ -151,13 +152,15 @@ def check_service_name(name: str, where: str = "service") -> str:
 def check_method_path(path: str, where: str = "method") -> str:
     """Validate a full method path ``/pkg.Service/Method``."""
     if not isinstance(path, str):
-        raise PolicyError(f"authz: {where}: expected a method path string, got {type(path).__name__}")
+        raise PolicyError(reason=f"{where}: expected a method path string, got {type(path).__name__}",
+                          component="authz")
     if not path.startswith("/"):
         raise PolicyError(
-            f"authz: {where}: method {path!r} must start with '/': write '/{path}' "
-            "(gRPC method paths are '/package.Service/Method')"
+            reason=f"{where}: method {path!r} must start with '/': write '/{path}' "
+            "(gRPC method paths are '/package.Service/Method')", component="authz"
         )
     service, slash, method = path[1:].partition("/")
     if not slash or not _NAME.fullmatch(service) or not _METHOD.fullmatch(method):
-        raise PolicyError(f"authz: {where}: {path!r} is not a method path like '/package.Service/Method'")
+        raise PolicyError(reason=f"{where}: {path!r} is not a method path like '/package.Service/Method'",
+                          component="authz")
     return path

@@ -81,7 +81,8 @@ class PolicyFile:
         validate: Callable[[Policy], None] | None = None,
     ) -> None:
         if not 0.01 <= interval <= 5.0:
-            raise PolicyError(f"authz: policy reload interval must be between 0.01 and 5 seconds, not {interval}")
+            raise PolicyError(reason=f"policy reload interval must be between 0.01 and 5 seconds, not {interval}",
+                              component="authz")
         self.path = Path(path)
         self._base = base
         # raises PolicyError for a reloaded policy this node must not run (the first load is the
@@ -95,7 +96,8 @@ class PolicyFile:
             stamp = _stamp(self.path)
             data = self.path.read_bytes()
         except OSError as exc:
-            raise PolicyError(f"authz: cannot read policy file {self.path}: {exc.strerror}") from None
+            raise PolicyError(reason=f"cannot read policy file {self.path}: {exc.strerror}",
+                              component="authz") from None
         self._active = ActivePolicy(self._parse(data, reload=False), 1)
         self._digest = hashlib.sha256(data).digest()
         self._examined = stamp
@@ -124,14 +126,15 @@ class PolicyFile:
             raise
         except Exception as exc:  # outside input must never escape as a traceback (RecursionError, ...)
             raise PolicyError(
-                f"authz: policy file {self.path} cannot be used: {type(exc).__name__}: {_one_line(exc)}"
+                reason=f"policy file {self.path} cannot be used: {type(exc).__name__}: {_one_line(exc)}",
+                component="authz"
             ) from None
 
     def _parse_checked(self, data: bytes, reload: bool) -> Policy:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise PolicyError(f"authz: policy file {self.path} is not UTF-8 text") from None
+            raise PolicyError(reason=f"policy file {self.path} is not UTF-8 text", component="authz") from None
         warnings: list[str] = []
         policy = parse_a43(text, str(self.path), warnings)
         for note in warnings:
@@ -158,7 +161,7 @@ class PolicyFile:
         try:
             policy = self._parse(data)
         except PolicyError as exc:
-            if self._failed(("PolicyError", digest), str(exc)):
+            if self._failed(("PolicyError", digest), exc.reason):
                 self._examined, self._examined_at = stamp, now
             return False
         active = ActivePolicy(policy, self._active.version + 1)
@@ -180,7 +183,7 @@ class PolicyFile:
             log.error(
                 "authz: policy reload failed, keeping version %d: %s",
                 self._active.version,
-                message.removeprefix("authz: "),
+                message,
             )
             self._instruments.policy_reload_failure(key[0])  # after the log: tests wait on the count
             identity_event(POLICY_RELOAD_FAILED, attributes={POLICY_SOURCE: str(self.path), ERROR: key[0]})

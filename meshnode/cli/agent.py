@@ -22,13 +22,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshnode.cli._logging import announce, setup_logging
-from meshnode.devagent.agent import DevAgent
-from meshnode.devagent.config import AgentConfig, load_agent_config
 from meshnode.errors import MeshnodeError
-from meshnode.fdlimit import raise_soft_limit
+
+if TYPE_CHECKING:
+    from meshnode.devagent.config import AgentConfig
 
 log = logging.getLogger("meshnode.cli.agent")
 
@@ -42,6 +41,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshnode.cli._logging import setup_logging
+    from meshnode.devagent.config import load_agent_config
+    from meshnode.fdlimit import raise_soft_limit
+
     setup_logging(args.verbose)
     config = load_agent_config(args.config)
     raise_soft_limit("agent")
@@ -51,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> None:
     """Run an agent until SIGTERM/SIGINT; SIGUSR1/SIGUSR2 rotate SVIDs / the CA."""
+    from meshnode.cli._logging import announce
+    from meshnode.devagent.agent import DevAgent
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a stop request while binding still stops

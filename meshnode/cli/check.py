@@ -9,13 +9,20 @@ verified by, and every check, then what ``run`` would do with this config.
 ``--json`` prints the same report as one JSON object (with the
 ``not_after`` of the SVID and of every CA in every trust bundle).
 
+``--config-only`` runs the same plan without obtaining an identity (no
+Workload API, no SVID files, no dev CA): the configuration, the services it
+names, the policy and the production rules that depend on configuration
+alone. For CI and for rendered manifests (``deploy/kubernetes``), where no
+agent runs.
+
 ``--warn-expiry DURATION`` (``24h``, ``90m``, ``3600s``): also fail when
 the SVID, or a CA of any trust domain's bundle, expires within DURATION,
 naming it (for a cron job or a readiness gate ahead of an outage).
 
-Exit status: 0 when every production check passes (and, with
---warn-expiry, nothing expires within the window); 1 when one fails or
-something expires; 2 when the configuration (or --warn-expiry) is invalid.
+Exit status: 0 when every production check passes (with
+``--config-only``: every check that needs no identity; with
+``--warn-expiry``: and nothing expires within the window); 1 when one fails
+or something expires; 2 when the configuration (or --warn-expiry) is invalid.
 """
 
 from __future__ import annotations
@@ -26,15 +33,16 @@ import dataclasses
 import datetime as dt
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshnode.boot import Boot, boot
-from meshnode.cli._logging import setup_logging
 from meshnode.config._reader import printable
 from meshnode.config.duration import DURATION_HELP, format_duration, parse_duration
-from meshnode.config.node import NodeConfig, load_node_config
 from meshnode.errors import ConfigError
-from meshnode.identity.snapshot import IdentitySnapshot, utcnow
+
+if TYPE_CHECKING:
+    from meshnode.boot import Boot
+    from meshnode.config.node import NodeConfig
+    from meshnode.identity.snapshot import IdentitySnapshot
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("config", help="path to node.toml")
     p.add_argument("--socket", help="Workload API socket to use instead of the configured one")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--config-only", action="store_true",
+                   help="check the configuration, services and policy without obtaining an identity")
     p.add_argument("--warn-expiry", metavar="DURATION",
                    help=f"fail (exit 1) when the SVID or a bundle CA expires within DURATION ({DURATION_HELP})")
     p.set_defaults(func=run)
@@ -78,7 +88,7 @@ def _identity(b: Boot, snap: IdentitySnapshot) -> dict[str, Any]:
 
 def expiring(snap: IdentitySnapshot, window: float, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """What expires within ``window`` seconds of ``now``: the SVID, and each bundle CA (by trust domain)."""
-    now = now or utcnow()
+    now = now or dt.datetime.now(dt.UTC)
     found = []
     items = [("SVID", str(snap.spiffe_id), None, snap.not_after)] + [
         ("CA", ca.subject.rfc4514_string(), td, ca.not_valid_after_utc)
@@ -102,7 +112,7 @@ def _peers(config: NodeConfig) -> list[dict[str, str]]:
     ]
 
 
-def report(b: Boot, path: str, warn_expiry: float | None = None) -> dict[str, Any]:
+def report(b: Boot, path: str, *, config_only: bool = False, warn_expiry: float | None = None) -> dict[str, Any]:
     """What check prints: the boot plan's findings and what `run` would do."""
     config = b.config
     refused = b.refusal()
@@ -116,6 +126,7 @@ def report(b: Boot, path: str, warn_expiry: float | None = None) -> dict[str, An
         "node": config.name,
         "mode": config.mode,
         "config": path,
+        "config_only": config_only,
         "listen": config.listen,
         "identity": _identity(b, b.snapshot) if b.snapshot is not None else None,
         "notes": list(b.notes),
@@ -137,6 +148,8 @@ def report(b: Boot, path: str, warn_expiry: float | None = None) -> dict[str, An
 
 def _print(r: dict[str, Any]) -> None:
     print(f"meshnode check: node {r['node']} (mode {r['mode']}, config {r['config']})")
+    if r["config_only"]:
+        print("identity         not obtained (--config-only): its checks are not run")
     ident = r["identity"]
     if ident is not None:
         tds = ", ".join(
@@ -179,7 +192,9 @@ def _print(r: dict[str, Any]) -> None:
         if not expiry["expiring"]:
             print(f"  [ok] neither the SVID nor a bundle CA expires within {window}")
     run = r["run"]
-    if run["starts"]:
+    if r["config_only"] and run["starts"]:
+        print("run              would go on to obtain the identity (not tried: --config-only)")
+    elif run["starts"]:
         print(f"run              would start (mode {r['mode']})")
     else:
         print(f"run              would refuse to start (exit {run['exit']}): {run['error']}")
@@ -187,20 +202,32 @@ def _print(r: dict[str, Any]) -> None:
     if expiry is not None and expiry["expiring"]:
         names = "; ".join(f"{i['what']} in {_duration(i['seconds_left'])}" for i in expiry["expiring"])
         print(f"result: expires within {format_duration(expiry['window_seconds'])}: {names}")
-    if r["ready_for_production"]:
+    if r["config_only"]:
+        verdict = "valid for production" if r["ready_for_production"] else "NOT valid for production"
+        print(f"result: configuration {verdict} ({len(failed)} of {len(r['checks'])} checks fail; "
+              "identity not checked)")
+    elif r["ready_for_production"]:
         print(f"result: ready for production ({len(r['checks'])} checks pass)")
     else:
         print(f"result: NOT ready for production ({len(failed)} of {len(r['checks'])} checks fail)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshnode.boot import boot
+    from meshnode.cli._logging import setup_logging
+    from meshnode.config.node import load_node_config
+
     window = _window(args.warn_expiry)
+    if args.config_only and args.socket:
+        raise ConfigError("check: --socket has no use with --config-only (no identity is obtained)")
+    if args.config_only and window is not None:
+        raise ConfigError("check: --warn-expiry has no use with --config-only (no identity is obtained)")
     setup_logging(False)
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
-    with contextlib.closing(boot(config)) as booted:
-        r = report(booted, args.config, window)
+    with contextlib.closing(boot(config, offline=args.config_only)) as booted:
+        r = report(booted, args.config, config_only=args.config_only, warn_expiry=window)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -215,4 +242,5 @@ def _window(text: str | None) -> float | None:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise ConfigError(f"check: --warn-expiry {printable(repr(text))} {exc} (write {DURATION_HELP})") from None
+        raise ConfigError(reason=f"--warn-expiry {printable(repr(text))} {exc} (write {DURATION_HELP})",
+                          component="check", key="--warn-expiry", value=text) from None

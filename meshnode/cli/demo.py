@@ -2,6 +2,11 @@
 
 ``meshnode demo call --workdir DIR`` sends one relay call through a mesh left
 up by ``meshnode demo --keep-running``.
+
+The work dir (``--workdir DIR``, new or empty; by default a new directory in
+/tmp) is kept when the demo ends: its traces, logs and configs stay, so the
+``meshnode trace show`` command the demo prints works afterwards. The
+sockets and the dev CA's state are removed with the mesh.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="how nodes verify the servers they call (default: spiffe-id)")
     p.add_argument("--rotations", type=int, default=6, help="SVID rotations under load (one is a CA rotation)")
     p.add_argument("--keep-running", action="store_true", help="leave the mesh up and print commands to poke it")
+    p.add_argument("--workdir", type=Path, metavar="DIR",
+                   help="where the demo writes configs, logs and traces (new or empty; default: a new dir in /tmp)")
     p.set_defaults(func=run)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     call = actions.add_parser("call", help="one relay call through a running demo mesh")
@@ -36,9 +43,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rotations < 2:
         raise ConfigError("demo: --rotations must be at least 2 (one of them rotates the CA)")
+    workdir: Path | None = args.workdir
+    if workdir is not None:
+        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise ConfigError(f"demo: --workdir {workdir} exists and is not an empty directory; name a new one")
+        workdir = workdir.resolve()
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the demo stops the processes it started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return asyncio.run(run_demo(verify=args.verify, rotations=args.rotations, keep_running=args.keep_running))
+    return asyncio.run(run_demo(verify=args.verify, rotations=args.rotations, keep_running=args.keep_running,
+                                workdir=workdir))
 
 
 def run_call(args: argparse.Namespace) -> int:

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
-from meshnode.authz.config import load_policy_file
-from meshnode.authz.policy import Policy, Request
-from meshnode.authz.scopes import check_method_path
-from meshnode.config.node import load_node_config
 from meshnode.errors import InvalidSpiffeIdError, PolicyError
-from meshnode.spiffeid import parse_spiffe_id
+
+if TYPE_CHECKING:
+    from meshnode.authz.policy import Policy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from meshnode.authz.config import load_policy_file
+
     warnings: list[str] = []
     policy = load_policy_file(args.file, warnings)
     for note in warnings:
@@ -76,15 +77,16 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         notes = policy.check_production()  # the node's check, without its trust domains and built-in rules
     except PolicyError as exc:
-        notes = (f"production would refuse it: {str(exc).removeprefix('authz: ')}",)
+        notes = (f"production would refuse it: {exc.reason}",)
     for note in notes:
-        print(f"warning: {note.removeprefix('authz: ')}", file=sys.stderr)
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 
 def _effective_policy(path: str) -> Policy:
     """The policy `meshnode run path` would enforce (the node's boot plan, without its identity)."""
     from meshnode.boot import boot
+    from meshnode.config.node import load_node_config
 
     config = load_node_config(path)
     with contextlib.closing(boot(config, offline=True)) as booted:
@@ -92,22 +94,28 @@ def _effective_policy(path: str) -> Policy:
         if refused is not None:
             raise refused.exception(booted.checks)
         if booted.policy is None:
-            raise PolicyError(f"authz: {path}: a client-only node (no [node] listen) serves nothing to explain")
+            raise PolicyError(reason=f"{path}: a client-only node (no [node] listen) serves nothing to explain",
+                              component="authz")
         return booted.policy.current().policy
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from meshnode.authz.config import load_policy_file
+    from meshnode.authz.policy import Request
+    from meshnode.authz.scopes import check_method_path
+    from meshnode.spiffeid import parse_spiffe_id
+
     policy = _effective_policy(args.config) if args.config else load_policy_file(args.file)
     try:
         peer = parse_spiffe_id(args.peer)
     except InvalidSpiffeIdError as exc:
-        raise PolicyError(f"authz: --peer: {str(exc).removeprefix('spiffeid: ')}") from None
+        raise PolicyError(f"authz: --peer: invalid SPIFFE ID {args.peer!r}: {exc.reason}", reason=exc.reason) from None
     method = check_method_path(args.method, "--method")
     headers = []
     for item in args.header:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise PolicyError(f"authz: --header {item!r}: expected KEY=VALUE")
+            raise PolicyError(reason=f"--header {item!r}: expected KEY=VALUE", component="authz")
         headers.append((key.lower(), value))
     explanation = policy.explain(Request.from_metadata(peer, method, headers))
     print(f"policy {policy.name!r} ({args.config or args.file}), caller {peer}, method {method}")

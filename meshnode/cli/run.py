@@ -23,11 +23,6 @@ import os
 import sys
 import threading
 
-from meshnode.cli._logging import announce, setup_logging
-from meshnode.config.node import load_node_config
-from meshnode.fdlimit import raise_soft_limit
-from meshnode.server import HANDLER_THREAD_PREFIX
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run a node from node.toml", description=__doc__,
@@ -38,6 +33,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshnode.cli._logging import announce, setup_logging
+    from meshnode.config.node import load_node_config
+    from meshnode.fdlimit import raise_soft_limit
+
     config = load_node_config(args.config)
     from meshnode.node import Node
     from meshnode.telemetry.corelog import CoreLogCapture
@@ -79,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _exit_if_handlers_are_stuck() -> None:
     """Exit now if sync handlers still run: the interpreter would wait for them at exit, maybe forever."""
+    from meshnode.server import HANDLER_THREAD_PREFIX
+
     stuck = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX) and t.is_alive()]
     if not stuck:
         return

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
-
-import grpc
-from cryptography import x509
-from spiffe import WorkloadApiClient
-from spiffe.errors import ArgumentError, PySpiffeError
-from spiffe.workloadapi.x509_context import X509Context
+from typing import TYPE_CHECKING, Any
 
 from meshnode.errors import ConfigError, IdentityError, IdentityUnavailableError, InvalidIdentityError
+
+if TYPE_CHECKING:
+    from spiffe.errors import PySpiffeError
+    from spiffe.workloadapi.x509_context import X509Context
 
 #: The environment variable every SPIFFE client reads for the Workload API address.
 ENDPOINT_SOCKET_ENV = "SPIFFE_ENDPOINT_SOCKET"
@@ -60,6 +58,9 @@ def _path(address: str) -> str:
 
 def fetch_x509_context(address: str, timeout: float) -> X509Context:
     """One X509 context from the Workload API at ``address``; errors name the socket and the fix."""
+    from spiffe import WorkloadApiClient
+    from spiffe.errors import ArgumentError, PySpiffeError
+
     path = _path(address)
     try:
         client = WorkloadApiClient(address, default_timeout=timeout)
@@ -78,6 +79,8 @@ def fetch_x509_context(address: str, timeout: float) -> X509Context:
 
 
 def _translate(exc: PySpiffeError, path: str, timeout: float) -> IdentityError:
+    import grpc
+
     cause = exc.__cause__
     if not isinstance(cause, grpc.RpcError):
         return InvalidIdentityError(f"svid: the Workload API on {path} sent an unusable X509-SVID: {exc}")
@@ -99,6 +102,8 @@ def _translate(exc: PySpiffeError, path: str, timeout: float) -> IdentityError:
 
 def describe(context: X509Context, address: str) -> dict[str, Any]:
     """What ``meshnode svid`` prints for an X509 context."""
+    from cryptography import x509
+
     svid = context.default_svid
     try:
         dns = svid.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -39,9 +39,10 @@ def _duration(option: str, text: str) -> float:
     try:
         value = parse_duration(text)
     except ValueError as exc:
-        raise ConfigError(f"top: {option} {text!r} {exc} (write {DURATION_HELP})") from None
+        raise ConfigError(reason=f"{option} {text!r} {exc} (write {DURATION_HELP})", component="top", key=option,
+                          value=text) from None
     if value <= 0:
-        raise ConfigError(f"top: {option} must be more than 0")
+        raise ConfigError(reason=f"{option} must be more than 0", component="top", key=option, value=text)
     return value
 
 
@@ -50,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     interval = _duration("--interval", args.interval)
     timeout = _duration("--timeout", args.timeout)
-    try:
-        urls = [normalise_url(u) for u in args.urls]
-    except ScrapeError as exc:
-        raise ConfigError(str(exc)) from None
+    urls = [normalise_url(u) for u in args.urls]
 
     def one(url: str) -> Scrape | ScrapeError:
         try:

@@ -13,11 +13,12 @@ import argparse
 import os
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
 from meshnode.errors import ConfigError, MeshnodeError
-from meshnode.telemetry.jsonl import read_spans
-from meshnode.telemetry.traces import Trace, group_traces, pick_trace
-from meshnode.telemetry.waterfall import render_list, render_trace
+
+if TYPE_CHECKING:
+    from meshnode.telemetry.traces import Trace
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +56,9 @@ def _width(text: str) -> int:
 
 
 def _load(files: list[str]) -> list[Trace]:
+    from meshnode.telemetry.jsonl import read_spans
+    from meshnode.telemetry.traces import group_traces
+
     try:
         result = read_spans(files)
     except OSError as exc:
@@ -69,6 +73,9 @@ def _load(files: list[str]) -> list[Trace]:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from meshnode.telemetry.traces import pick_trace
+    from meshnode.telemetry.waterfall import render_trace
+
     traces = _load(args.files)
     trace = pick_trace(traces, args.trace_id)
     color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -80,6 +87,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from meshnode.telemetry.waterfall import render_list
+
     sys.stdout.write(render_list(_load(args.files)))
     return 0
 

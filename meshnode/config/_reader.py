@@ -43,7 +43,7 @@ def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     try:
         return _load_toml(p, what)
     except ConfigError as exc:
-        raise ConfigError(printable(str(exc))) from None
+        raise ConfigError(printable(str(exc)), reason=printable(exc.reason), path=str(p)) from None
 
 
 def _load_toml(p: Path, what: str) -> dict[str, Any]:
@@ -92,7 +92,8 @@ def resolve_path(value: str, base: Path) -> Path:
     try:
         p = Path(value).expanduser()
     except RuntimeError:  # "~nosuchuser/...": pathlib cannot find that home directory
-        raise ValueError(f"cannot expand {show(value.split('/', 1)[0])}: no such user's home directory") from None
+        raise ConfigError(reason=f"cannot expand {show(value.split('/', 1)[0])}: no such user's home directory",
+                          component="config", value=value) from None
     return p if p.is_absolute() else base / p
 
 
@@ -113,7 +114,11 @@ class Section:
         return f"{self._where}.{shown}" if self._where else shown
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(printable(f"{self._what}: {self._source}: '{self.path(key)}' {message}"))
+        """``<what>: <file>: '<key>' <message>``, with ``key``, ``path`` and ``reason`` (``message``) as fields."""
+        return ConfigError(
+            printable(f"{self._what}: {self._source}: '{self.path(key)}' {message}"),
+            reason=printable(message), key=self.path(key), path=self._source,
+        )
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -204,8 +209,8 @@ class Section:
             return value
         try:
             return resolve_path(value, base)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
+        except ConfigError as exc:
+            raise self.error(key, exc.reason) from None
 
     def boolean(self, key: str, default: Any = MISSING) -> Any:
         return self._get(key, bool, "true or false", default)

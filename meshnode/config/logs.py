@@ -58,7 +58,8 @@ def env_log_format(environ: Mapping[str, str] | None = None) -> LogFormat | None
         return None
     if value not in LOG_FORMATS:
         raise ConfigError(
-            f"config: {LOG_FORMAT_ENV}={show(env[LOG_FORMAT_ENV])} is not a log format; use {' or '.join(LOG_FORMATS)}"
+            reason=f"{LOG_FORMAT_ENV}={show(env[LOG_FORMAT_ENV])} is not a log format; use {' or '.join(LOG_FORMATS)}",
+            component="config", key=LOG_FORMAT_ENV, value=env[LOG_FORMAT_ENV],
         )
     return value  # type: ignore[return-value]  # checked against LOG_FORMATS
 
@@ -74,5 +75,8 @@ def log_settings(
     if level == "WARN":
         level = "WARNING"
     if level not in LOG_LEVELS:
-        raise ConfigError(f"config: {LOG_LEVEL_ENV}={show(raw)} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        raise ConfigError(
+            reason=f"{LOG_LEVEL_ENV}={show(raw)} is not a log level; use one of {', '.join(LOG_LEVELS)}",
+            component="config", key=LOG_LEVEL_ENV, value=raw,
+        )
     return LogSettings(fmt, level)

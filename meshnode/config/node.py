@@ -69,7 +69,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from meshnode.config._reader import Section, load_toml, number_text, show
+from meshnode.config._reader import Section, load_toml, number_text, printable, show
 from meshnode.config.logs import LOG_FORMATS, LogFormat, env_log_format
 from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
@@ -99,9 +99,14 @@ Audit = Literal["none", "on_deny", "on_allow", "all"]
 AUDIT_CONDITIONS: tuple[Audit, ...] = ("none", "on_deny", "on_allow", "all")
 
 
+def _error(reason: str, *, key: str | None = None, value: str | None = None) -> ConfigError:
+    """A config error whose message is ``config: <reason>``; ``reason`` stays available as a field."""
+    return ConfigError(reason=printable(reason), component="config", key=key, value=value)
+
+
 def _one_of(value: object, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
-        raise ConfigError(f"config: {what} must be one of {', '.join(choices)}; got {value!r}")
+        raise _error(f"{what} must be one of {', '.join(choices)}; got {value!r}", key=what)
 MODE_ENV = "MESHNODE_MODE"
 LISTEN_ENV = "MESHNODE_LISTEN"
 DEFAULT_DEV_TRUST_DOMAIN = "example.org"
@@ -138,31 +143,39 @@ def check_limit(key: str, value: object) -> None:
         or (isinstance(number, float) and not math.isfinite(number))
         or not low <= number <= high
     ):
-        raise ConfigError(
-            f"config: '{key}' must be a number from {number_text(low)} to {number_text(high)}, not {show(value)}"
-        )
+        raise _error(f"'{key}' must be a number from {number_text(low)} to {number_text(high)}, not {show(value)}",
+                     key=key)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port); raises ConfigError."""
+    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port); raises ConfigError.
+
+    The error's ``reason`` is the value and the problem, without ``what`` (the
+    key's name), so a caller can put the key its own way.
+    """
+
+    def bad(problem: str) -> ConfigError:
+        reason = f"{show(value)} {problem}"
+        return ConfigError(printable(f"config: {what} {reason}"), reason=printable(reason), key=what, value=value)
+
     host, sep, port_text = value.rpartition(":")
     # isdigit() alone accepts '²' and other digits int() refuses; five ASCII digits at most
     if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
-        raise ConfigError(f"config: {what} {show(value)} is not host:port (e.g. 127.0.0.1:7001)")
+        raise bad("is not host:port (e.g. 127.0.0.1:7001)")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ConfigError(f"config: {what} {show(value)}: port {port} is out of range")
+        raise bad(f"is not host:port: port {port} is out of range")
     if host.startswith("["):
         if not host.endswith("]"):
-            raise ConfigError(f"config: {what} {show(value)}: unbalanced '[' in the IPv6 address")
+            raise bad("is not host:port: unbalanced '[' in the IPv6 address")
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ConfigError(f"config: {what} {show(value)}: {host} is not an IPv6 address") from None
+            raise bad(f"is not host:port: {host} is not an IPv6 address") from None
     elif ":" in host:
-        raise ConfigError(f"config: {what} {show(value)}: write IPv6 addresses as [addr]:port")
+        raise bad("is not host:port: write IPv6 addresses as [addr]:port")
     elif not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
-        raise ConfigError(f"config: {what} {show(value)}: {host!r} is not a host name or IP address")
+        raise bad(f"is not host:port: {host!r} is not a host name or IP address")
     return host, port
 
 
@@ -189,7 +202,7 @@ class IdentityConfig:
         check_limit("identity.svid_ttl", self.svid_ttl)
         problem = _hint_problem(self.source, self.hint)
         if problem is not None:
-            raise ConfigError(f"config: [identity] hint {problem}")
+            raise _error(f"[identity] hint {problem}", key="identity.hint")
 
     def accepted_trust_domains(self, own: str) -> frozenset[str]:
         return frozenset((own, *self.federates_with))
@@ -261,12 +274,12 @@ class NodeConfig:
         _one_of(self.peer_verify, VERIFY_MODES, "[node] peer_verify")
         problem = _limit_problem(self.handshake_timeout, self.max_connections)
         if problem is not None:
-            raise ConfigError(f"config: [node] {problem[0]} {problem[1]}")
+            raise _error(f"[node] {problem[0]} {problem[1]}", key=f"node.{problem[0]}")
 
     @property
     def host_port(self) -> tuple[str, int]:
         if self.listen is None:
-            raise ConfigError(f"config: node {self.name!r} has no [node] listen (a client-only node)")
+            raise _error(f"node {self.name!r} has no [node] listen (a client-only node)", key="node.listen")
         return parse_address(self.listen, "[node] listen")
 
 
@@ -318,14 +331,14 @@ def _spiffe_id(section: Section, key: str, default: Any = None) -> SpiffeID | No
     try:
         return parse_spiffe_id(value)
     except InvalidSpiffeIdError as exc:
-        raise section.error(key, f"is not a valid SPIFFE ID: {str(exc).removeprefix('spiffeid: ')}") from None
+        raise section.error(key, f"is not a valid SPIFFE ID: {exc.reason}") from None
 
 
 def _trust_domain(section: Section, key: str, value: str) -> str:
     try:
         return parse_trust_domain(value)
     except InvalidSpiffeIdError as exc:
-        raise section.error(key, str(exc).removeprefix("spiffeid: ")) from None
+        raise section.error(key, exc.reason) from None
 
 
 def _hint(s: Section, source: str) -> str | None:
@@ -377,7 +390,7 @@ def _authz(s: Section, base: Path) -> AuthzSettings:
         try:
             parse_spiffe_id(value)
         except InvalidSpiffeIdError as exc:
-            raise s.error("allow", f"item {i} {entry!r}: {str(exc).removeprefix('spiffeid: ')}") from None
+            raise s.error("allow", f"item {i} {entry!r}: invalid SPIFFE ID: {exc.reason}") from None
     cfg = AuthzSettings(
         allow=allow,
         policy=_path(s, "policy", base),
@@ -393,7 +406,7 @@ def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
     try:
         parse_address(address, "address")
     except ConfigError as exc:
-        raise s.error("address", str(exc).removeprefix("config: address ")) from None
+        raise s.error("address", exc.reason) from None
     spiffe_id = _spiffe_id(s, "spiffe_id")
     assert spiffe_id is not None
     peer = PeerConfig(
@@ -409,7 +422,7 @@ def _peer(name: str, s: Section, default_verify: str) -> PeerConfig:
         try:
             dns_name_for(spiffe_id)
         except InvalidSpiffeIdError as exc:
-            raise s.error("spiffe_id", str(exc).removeprefix("spiffeid: ")) from None
+            raise s.error("spiffe_id", exc.reason) from None
     s.done()
     return peer
 
@@ -461,9 +474,8 @@ def node_config_from_dict(
         try:
             parse_spiffe_id(dev_id)
         except InvalidSpiffeIdError as exc:
-            reason = str(exc).rpartition(": ")[2]
             raise node.error(
-                "name", f"{show(name)} cannot name the dev identity {show(dev_id, 120)} ({reason}): use letters, "
+                "name", f"{show(name)} cannot name the dev identity {show(dev_id, 120)} ({exc.reason}): use letters, "
                 "digits, '.', '-' and '_', or set [identity] spiffe_id"
             ) from None
     authz = _authz(root.section("authz"), base)
@@ -476,9 +488,8 @@ def node_config_from_dict(
         try:
             parse_address(telemetry.prometheus, "prometheus")
         except ConfigError as exc:
-            raise ConfigError(
-                f"config: {source}: 'telemetry.prometheus' {str(exc).removeprefix('config: prometheus ')}"
-            ) from None
+            raise ConfigError(f"config: {source}: 'telemetry.prometheus' {exc.reason}", reason=exc.reason,
+                              key="telemetry.prometheus", path=source) from None
     if telemetry.jsonl_path is not None and not Path(telemetry.jsonl_path).is_absolute():
         telemetry = dataclasses.replace(telemetry, jsonl_path=str(base / telemetry.jsonl_path))
     root.done()
@@ -492,7 +503,7 @@ def node_config_from_dict(
             source_path=None, log_format=log_format,
         )
     except ConfigError as exc:
-        raise ConfigError(f"config: {source}: {str(exc).removeprefix('config: ')}") from None
+        raise ConfigError(f"config: {source}: {exc.reason}", reason=exc.reason, key=exc.key, path=source) from None
 
 
 def load_node_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> NodeConfig:

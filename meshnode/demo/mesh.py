@@ -197,8 +197,10 @@ class LocalMesh:
                 self.procs[name].kill()
                 codes[name] = self.procs[name].wait()
         self.procs.clear()
-        if not self.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep:  # the mesh is gone: remove its sockets and the dev CA; keep traces, logs, configs
+            for sub in ("sockets", "state"):
+                shutil.rmtree(self.root / sub, ignore_errors=True)
+            self.ports_file().unlink(missing_ok=True)
         return codes
 
     def __enter__(self) -> LocalMesh:

@@ -200,10 +200,11 @@ async def _trace(mesh: LocalMesh, trace_id: str, report: Report) -> None:
 
 
 async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_running: bool = False,
-                   out: Callable[[str], None] = print) -> int:
+                   workdir: Path | None = None, out: Callable[[str], None] = print) -> int:
+    """The narrated demo; its work dir (``workdir``, or a new one in /tmp) is kept for its traces."""
     report = Report(out)
     out(f"meshnode demo: three nodes on the dev agent, peer verification mode: {verify}")
-    mesh = LocalMesh(verify=verify, keep=keep_running)
+    mesh = LocalMesh(verify=verify, workdir=workdir, keep=keep_running)
     try:
         started = time.monotonic()
         source = None
@@ -239,6 +240,9 @@ async def run_demo(*, verify: str = "spiffe-id", rotations: int = 6, keep_runnin
     ok = all(ok for _, ok, _ in report.checks)
     report.line(f"{sum(1 for _, o, _ in report.checks if o)}/{len(report.checks)} checks held in "
                 f"{time.monotonic() - started:.1f} s: " + ("everything held" if ok else "SOMETHING FAILED"))
+    out("")
+    out(f"the work dir stays (traces, logs, configs; no keys): {mesh.root}")
+    out(f"   meshnode trace show {mesh.root}/traces/*.jsonl")
     return 0 if ok else 1
 
 

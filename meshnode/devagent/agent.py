@@ -291,7 +291,7 @@ class DevAgentThread:
         self._thread.start()
         if not self._ready.wait(self._timeout):
             self.close()
-            raise ServeError(f"agent: did not start within {self._timeout} s")
+            raise ServeError(reason=f"did not start within {self._timeout} s", component="agent")
         if self._error is not None:
             self._thread.join()
             self._closed = True

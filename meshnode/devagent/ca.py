@@ -56,8 +56,9 @@ def validate_dns_name(name: str) -> str:
         or not all(_DNS_LABEL.fullmatch(label) for label in labels)
     ):
         raise ConfigError(
-            f"devca: {name!r} is not a DNS host name (letters, digits, '-' and '.' only); "
-            "SPIFFE IDs go in the URI SAN, never in dns_names"
+            reason=f"{name!r} is not a DNS host name (letters, digits, '-' and '.' only); "
+            "SPIFFE IDs go in the URI SAN, never in dns_names",
+            component="devca", value=name,
         )
     return lowered
 
@@ -176,7 +177,7 @@ class DevCA:
         """Make the prepared CA the signer; the old one stays in the bundle."""
         with self._lock:
             if self._next is None:
-                raise InvalidIdentityError("devca: activate_next() before prepare_rotation()")
+                raise InvalidIdentityError(reason="activate_next() before prepare_rotation()", component="devca")
             self._previous.insert(0, self._signer)
             self._signer, self._next = self._next, None
         self._save()

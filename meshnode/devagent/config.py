@@ -110,32 +110,33 @@ class EntryConfig:
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
-            raise ConfigError(
-                f"agent: entry name {self.name!r} is not usable as a socket name; use 1-64 letters, "
+            raise _agent(
+                f"entry name {self.name!r} is not usable as a socket name; use 1-64 letters, "
                 "digits, '.', '_' or '-', starting with a letter or digit"
             )
         if not self.spiffe_id.path:
             raise InvalidSpiffeIdError(
-                f"agent: entry '{self.name}': {self.spiffe_id} names a trust domain, not a workload; "
-                f"add a path, e.g. {self.spiffe_id}/node/{self.name}"
+                reason=f"entry '{self.name}': {self.spiffe_id} names a trust domain, not a workload; "
+                f"add a path, e.g. {self.spiffe_id}/node/{self.name}",
+                component="agent", spiffe_id=str(self.spiffe_id),
             )
         try:
             names = tuple(dict.fromkeys(validate_dns_name(n) for n in self.dns_names))
         except ConfigError as exc:
-            raise ConfigError(f"agent: entry '{self.name}': dns_names: {str(exc).removeprefix('devca: ')}") from None
+            raise _agent(f"entry '{self.name}': dns_names: {exc.reason}") from None
         object.__setattr__(self, "dns_names", names)
         if self.map_dns:
             try:
                 dns_name_for(self.spiffe_id)
             except InvalidSpiffeIdError:
-                raise ConfigError(
-                    f"agent: entry '{self.name}': {self.spiffe_id} has no DNS name (too long for DNS); "
+                raise _agent(
+                    f"entry '{self.name}': {self.spiffe_id} has no DNS name (too long for DNS); "
                     "set map_dns = false for this entry, or shorten the ID"
                 ) from None
         if self.uid is not None and not 0 <= self.uid <= MAX_UID:
-            raise ConfigError(f"agent: entry '{self.name}': uid must be from 0 to {MAX_UID}, not {self.uid}")
+            raise _agent(f"entry '{self.name}': uid must be from 0 to {MAX_UID}, not {self.uid}")
         if self.hint is not None and (problem := check_hint(self.hint)) is not None:
-            raise ConfigError(f"agent: entry '{self.name}' ({self.spiffe_id}): hint {problem}")
+            raise _agent(f"entry '{self.name}' ({self.spiffe_id}): hint {problem}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class AgentConfig:
         for key in CONNECTION_LIMIT_RANGES:
             problem = _limit_problem(key, getattr(self, key))
             if problem is not None:
-                raise ConfigError(f"agent: {key} {problem}")
+                raise _agent(f"{key} {problem}")
         object.__setattr__(self, "trust_domain", parse_trust_domain(self.trust_domain))
         object.__setattr__(self, "socket_dir", Path(self.socket_dir))
         if self.state_dir is not None:
@@ -175,22 +176,22 @@ class AgentConfig:
             or not isinstance(self.svid_ttl, int)
             or not MIN_SVID_TTL <= self.svid_ttl <= MAX_SVID_TTL
         ):
-            raise ConfigError(f"agent: svid_ttl must be a whole number of seconds from {MIN_SVID_TTL} to "
+            raise _agent(f"svid_ttl must be a whole number of seconds from {MIN_SVID_TTL} to "
                               f"{MAX_SVID_TTL}, not {self.svid_ttl!r}")
         if (
             isinstance(self.ca_overlap, bool)
             or not isinstance(self.ca_overlap, (int, float))
             or not 0 <= self.ca_overlap <= MAX_CA_OVERLAP  # also refuses nan
         ):
-            raise ConfigError(f"agent: ca_overlap must be from 0 to {MAX_CA_OVERLAP:.0f} seconds, "
+            raise _agent(f"ca_overlap must be from 0 to {MAX_CA_OVERLAP:.0f} seconds, "
                               f"not {self.ca_overlap!r}")
         if not self.entries:
-            raise ConfigError("agent: no entries; add one [[entries]] table (name, spiffe_id) per workload")
+            raise _agent("no entries; add one [[entries]] table (name, spiffe_id) per workload")
         sockets: dict[str, list[EntryConfig]] = {}
         for entry in self.entries:
             if not entry.spiffe_id.member_of(self.trust_domain):
-                raise ConfigError(
-                    f"agent: entry '{entry.name}': {entry.spiffe_id} is outside the agent's trust domain "
+                raise _agent(
+                    f"entry '{entry.name}': {entry.spiffe_id} is outside the agent's trust domain "
                     f"'{self.trust_domain}'; the dev CA signs only IDs of its own trust domain"
                 )
             _check_same_socket(sockets.setdefault(entry.name, []), entry)
@@ -198,8 +199,8 @@ class AgentConfig:
         for name in sockets:
             path = str(self.socket_path(name))
             if len(os.fsencode(os.path.abspath(path))) > _MAX_SOCKET_PATH:
-                raise ConfigError(
-                    f"agent: socket path {path} is longer than {_MAX_SOCKET_PATH} bytes (a unix socket "
+                raise _agent(
+                    f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes (a unix socket "
                     "limit); use a shorter socket_dir or entry name"
                 )
         object.__setattr__(self, "sockets", MappingProxyType({n: tuple(e) for n, e in sockets.items()}))
@@ -207,12 +208,12 @@ class AgentConfig:
         for td, certs in self.federation.items():
             name = parse_trust_domain(td)
             if name == self.trust_domain:
-                raise ConfigError(
-                    f"agent: federation lists the agent's own trust domain '{name}'; "
+                raise _agent(
+                    f"federation lists the agent's own trust domain '{name}'; "
                     "only foreign trust domains belong there"
                 )
             if not certs:
-                raise ConfigError(f"agent: federated bundle for '{name}' holds no certificate")
+                raise _agent(f"federated bundle for '{name}' holds no certificate")
             federation[name] = tuple(certs)
         object.__setattr__(self, "federation", MappingProxyType(federation))
 
@@ -229,25 +230,25 @@ class AgentConfig:
         try:
             return self.sockets[name]
         except KeyError:
-            raise ConfigError(f"agent: no entry named {name!r} (known: {', '.join(self.sockets)})") from None
+            raise _agent(f"no entry named {name!r} (known: {', '.join(self.sockets)})") from None
 
 
 def _check_same_socket(earlier: list[EntryConfig], entry: EntryConfig) -> None:
     """Entries sharing a name share a socket: one uid, distinct SPIFFE IDs, distinct hints."""
     for other in earlier:
         if other.spiffe_id == entry.spiffe_id:
-            raise ConfigError(
-                f"agent: two entries named '{entry.name}' hand out {entry.spiffe_id}; an entry name may "
+            raise _agent(
+                f"two entries named '{entry.name}' hand out {entry.spiffe_id}; an entry name may "
                 "repeat to serve several SVIDs on one socket, each with its own spiffe_id: remove one of them"
             )
         if entry.hint is not None and other.hint == entry.hint:
-            raise ConfigError(
-                f"agent: entries '{entry.name}' {other.spiffe_id} and {entry.spiffe_id} have the same hint "
+            raise _agent(
+                f"entries '{entry.name}' {other.spiffe_id} and {entry.spiffe_id} have the same hint "
                 f"{entry.hint!r}; a hint tells a workload's SVIDs apart: give each its own"
             )
         if other.uid != entry.uid:
-            raise ConfigError(
-                f"agent: entries named '{entry.name}' disagree on uid ({_uid(other.uid)} for {other.spiffe_id}, "
+            raise _agent(
+                f"entries named '{entry.name}' disagree on uid ({_uid(other.uid)} for {other.spiffe_id}, "
                 f"{_uid(entry.uid)} for {entry.spiffe_id}); they share one socket, which has one uid: set the "
                 "same uid on every [[entries]] table of that name"
             )
@@ -257,9 +258,14 @@ def _uid(uid: int | None) -> str:
     return "no uid" if uid is None else f"uid {uid}"
 
 
+def _agent(reason: str) -> ConfigError:
+    """An agent config error: ``agent: <reason>``, the reason kept as a field."""
+    return ConfigError(reason=reason, component="agent")
+
+
 def _in_file(exc: ConfigError, source: Path) -> ConfigError:
     """The same error, with the config file named after the component."""
-    return type(exc)(f"agent: {source}: {str(exc).removeprefix('agent: ')}")
+    return type(exc)(f"agent: {source}: {exc.reason}", reason=exc.reason, key=exc.key, path=str(source))
 
 
 def _entry(sec: Section, source: Path) -> EntryConfig:
@@ -268,8 +274,9 @@ def _entry(sec: Section, source: Path) -> EntryConfig:
     try:
         spiffe_id = parse_spiffe_id(raw_id)
     except InvalidSpiffeIdError as exc:
-        reason = str(exc).removeprefix("spiffeid: ").removeprefix("invalid SPIFFE ID ")
-        raise InvalidSpiffeIdError(str(sec.error("spiffe_id", f"is not a valid SPIFFE ID: {reason}"))) from None
+        error = sec.error("spiffe_id", f"is not a valid SPIFFE ID: {raw_id!r}: {exc.reason}")
+        raise InvalidSpiffeIdError(str(error), reason=error.reason, key=error.key, path=error.path,
+                                   value=raw_id) from None
     dns_names = sec.strings("dns_names", ())
     map_dns = sec.boolean("map_dns", True)
     uid = sec.integer("uid", None, minimum=0, maximum=MAX_UID)
@@ -292,7 +299,7 @@ def _federation(sec: Section, names: list[str], base: Path) -> dict[str, tuple[x
         except OSError as exc:
             raise sec.error(td, f"names {path}, which cannot be read ({exc.strerror})") from None
         except InvalidIdentityError as exc:
-            raise sec.error(td, str(exc).removeprefix("identity: ")) from None
+            raise sec.error(td, exc.reason) from None
     sec.done()
     return out
 

@@ -69,12 +69,12 @@ def claim_socket_path(path: Path) -> None:
     except TimeoutError:
         pass  # someone listens but does not accept: still live
     except OSError as exc:
-        raise ServeError(f"agent: cannot check whether {path} is in use: {exc.strerror}") from None
+        raise ServeError(reason=f"cannot check whether {path} is in use: {exc.strerror}", component="agent") from None
     finally:
         probe.close()
     raise ServeError(
-        f"agent: another agent is already serving {path} (it accepts connections); "
-        "stop it first, or give this agent another socket_dir"
+        reason=f"another agent is already serving {path} (it accepts connections); "
+        "stop it first, or give this agent another socket_dir", component="agent"
     )
 
 

@@ -113,7 +113,8 @@ class AgentSockets:
             try:
                 self._private_dir = make_private_dir(_PRIVATE_PREFIX, _PRIVATE_BASE)
             except OSError as exc:
-                raise ServeError(f"agent: cannot create a private socket directory in /tmp: {exc.strerror}") from None
+                raise ServeError(reason=f"cannot create a private socket directory in /tmp: {exc.strerror}",
+                                 component="agent") from None
         return self._private_dir
 
     async def _grpc_server(self, path: Path, add: Callable[[grpc.aio.Server], None]) -> None:
@@ -122,7 +123,7 @@ class AgentSockets:
         try:
             server.add_insecure_port(f"unix:{path}")
         except RuntimeError as exc:
-            raise ServeError(f"agent: cannot bind {path}: {exc}") from None
+            raise ServeError(reason=f"cannot bind {path}: {exc}", component="agent") from None
         await server.start()
         self._servers.append(server)
 

@@ -5,6 +5,6 @@ The dev CA, the dev agent and the in-process dev source, which produce identitie
 """
 
 from meshnode.identity.snapshot import Bundles, IdentitySnapshot
-from meshnode.identity.source import IdentitySource, Publisher, StaticSource
+from meshnode.identity.source import IdentitySource, Publisher, StaticSource, SvidSource
 
-__all__ = ["Bundles", "IdentitySnapshot", "IdentitySource", "Publisher", "StaticSource"]
+__all__ = ["Bundles", "IdentitySnapshot", "IdentitySource", "Publisher", "StaticSource", "SvidSource"]

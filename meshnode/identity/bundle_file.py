@@ -154,7 +154,7 @@ def _authorities(certs: Sequence[x509.Certificate], trust_domain: str) -> tuple[
         try:
             check_parses(cert, what)
         except InvalidIdentityError as exc:
-            raise InvalidBundleError(str(exc).removeprefix("identity: "), trust_domain=trust_domain) from None
+            raise InvalidBundleError(exc.reason, trust_domain=trust_domain) from None
         _check_ca(cert, what, trust_domain)
         out.setdefault(cert.public_bytes(serialization.Encoding.DER), cert)
     return tuple(out.values())

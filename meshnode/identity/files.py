@@ -51,9 +51,10 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise InvalidIdentityError(f"identity: {what} file {path} does not exist") from None
+        raise InvalidIdentityError(reason=f"{what} file {path} does not exist", component="identity") from None
     except OSError as exc:
-        raise InvalidIdentityError(f"identity: cannot read {what} file {path}: {exc.strerror}") from None
+        raise InvalidIdentityError(reason=f"cannot read {what} file {path}: {exc.strerror}",
+                                   component="identity") from None
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,10 @@ def _parse_set(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
     try:
         return _build(files, contents)
     except InvalidIdentityError as exc:
-        if str(files.cert) in str(exc) or str(files.key) in str(exc) or str(files.bundle) in str(exc):
-            raise
-        raise InvalidIdentityError(f"{exc} {where}") from None
+        raise InvalidIdentityError(reason=f"{exc.reason} {where}", component="identity") from None
     except Exception as exc:  # malformed DER that loaded lazily (ValueError...): outside input, not a bug
         raise InvalidIdentityError(
-            f"identity: the SVID files cannot be parsed: {describe_error(exc)} {where}"
+            reason=f"the SVID files cannot be parsed: {describe_error(exc)} {where}", component="identity"
         ) from None
 
 
@@ -111,7 +110,8 @@ def _build(files: SvidFiles, contents: _Contents) -> IdentitySnapshot:
             bundles[named] = (*bundles.get(named, ()), cert)
     if own_td not in bundles:
         raise InvalidIdentityError(
-            f"identity: trust bundle {files.bundle} holds no CA of the SVID's trust domain '{own_td}'"
+            reason=f"trust bundle {files.bundle} holds no CA of the SVID's trust domain '{own_td}'",
+            component="identity"
         )
     return build_snapshot(chain, key, bundles)
 
@@ -191,7 +191,7 @@ class FileSource(Publisher):
             snapshot = _parse_set(self.files, contents)
         except InvalidIdentityError as exc:
             # a writer may be half-way: keep the current identity, look again next poll
-            self._reject(contents.digest, str(exc))
+            self._reject(contents.digest, exc.reason)
             return None
         self._stamp, self._pending, self._last_digest = stamp, None, contents.digest
         self._rejections.accepted()
@@ -210,8 +210,7 @@ class FileSource(Publisher):
             return
         self._rejections.reject(
             key,
-            "identity: ignoring the SVID files, keeping the current SVID until they change: "
-            + message.removeprefix("identity: "),
+            "identity: ignoring the SVID files, keeping the current SVID until they change: " + message,
         )
 
     def _run(self) -> None:

@@ -104,7 +104,8 @@ class GuardedSource(Publisher):
         self.refused = 0
         refusal = rules.check(first)
         if refusal is not None:
-            raise InvalidIdentityError(f"identity: {inner.description} delivered an unusable SVID: {refusal.message}")
+            raise InvalidIdentityError(reason=f"{inner.description} delivered an unusable SVID: {refusal.message}",
+                                       component="identity")
         self._publish(first)
         self._unsubscribe = inner.subscribe(self._offer)
         self._offer(inner.current())  # an update published before we subscribed

@@ -23,11 +23,18 @@ from collections.abc import Callable, Hashable
 
 from meshnode.errors import MeshnodeError
 
-__all__ = ["Rejections", "describe_error"]
+__all__ = ["Rejections", "describe_error", "reason_of"]
 
 log = logging.getLogger("meshnode.identity")
 
 _MAX_MESSAGE = 400
+
+
+def reason_of(exc: BaseException) -> str:
+    """What is wrong, in one bounded line: a meshnode error's ``reason`` field, anything else with its type."""
+    text = exc.reason if isinstance(exc, MeshnodeError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
 def describe_error(exc: BaseException) -> str:

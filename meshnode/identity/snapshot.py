@@ -1,7 +1,8 @@
 """The identity snapshot: one immutable, coherent view of a workload identity.
 
 A snapshot holds the X.509-SVID chain (leaf first), its private key, the
-SPIFFE ID, the validity window and the trust bundles keyed by trust domain,
+SPIFFE ID, the validity window and the trust bundles (a
+:class:`~meshnode.bundle.BundleSet`, one bundle per trust domain),
 plus a ``generation`` that grows by one on every change a source publishes.
 Readers take one reference and never see half a rotation.
 
@@ -16,17 +17,19 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from meshnode.bundle import Bundle, BundleSet
+from meshnode.errors import InvalidIdentityError
 from meshnode.spiffeid import SpiffeID
 
 __all__ = ["Bundles", "IdentitySnapshot", "certs_pem", "utcnow"]
 
-#: Trust bundles: trust domain name -> its root certificates.
+#: Trust bundles as given to a snapshot: trust domain name -> its root certificates (a
+#: :class:`~meshnode.bundle.BundleSet` is one; a snapshot always holds a BundleSet).
 Bundles = Mapping[str, tuple[x509.Certificate, ...]]
 
 
@@ -50,9 +53,9 @@ class IdentitySnapshot:
 
     def __post_init__(self) -> None:
         if not self.chain:
-            raise ValueError("identity snapshot needs at least the leaf certificate")
-        frozen = MappingProxyType({td: tuple(certs) for td, certs in self.bundles.items()})
-        object.__setattr__(self, "bundles", frozen)
+            raise InvalidIdentityError(reason="an identity snapshot needs at least the leaf certificate",
+                                       component="identity")
+        object.__setattr__(self, "bundles", BundleSet.of(self.bundles))
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +101,10 @@ class IdentitySnapshot:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+    def bundle_for(self, trust_domain: str) -> Bundle | None:
+        """The bundle of ``trust_domain`` (a snapshot is a :class:`~meshnode.bundle.BundleSource`)."""
+        return BundleSet.of(self.bundles).bundle_for(trust_domain)
 
     def bundle_pem(self, trust_domain: str) -> bytes:
         """PEM roots of one trust domain (empty when unknown)."""

@@ -2,8 +2,11 @@
 
 A source owns whatever it needs (a Workload API stream, a file watcher, a
 dev CA timer), turns what it gets into :class:`IdentitySnapshot` values and
-publishes them. Consumers depend only on :class:`IdentitySource`; a plain
-:class:`StaticSource` satisfies it too.
+publishes them. Consumers depend on the smallest protocol they need:
+:class:`SvidSource` (the current SVID, as go-spiffe's ``x509svid.Source``),
+:class:`~meshnode.bundle.BundleSource` (a trust domain's bundle; a snapshot is
+one), or :class:`IdentitySource` (an SVID source that also publishes every
+change); a plain :class:`StaticSource` satisfies them all.
 """
 
 from __future__ import annotations
@@ -16,23 +19,27 @@ from typing import Protocol, runtime_checkable
 from meshnode.errors import ClosedError, IdentityUnavailableError
 from meshnode.identity.snapshot import IdentitySnapshot
 
-__all__ = ["IdentitySource", "Publisher", "StaticSource", "Subscriber"]
+__all__ = ["IdentitySource", "Publisher", "StaticSource", "Subscriber", "SvidSource"]
 
 log = logging.getLogger("meshnode.identity")
 
 Subscriber = Callable[[IdentitySnapshot], None]
 
 
-@runtime_checkable
-class IdentitySource(Protocol):
-    """Where a node's identity comes from."""
-
-    #: One line for people: "workload-api unix:///run/spire/agent.sock".
-    description: str
+class SvidSource(Protocol):
+    """Anything that gives the current X.509-SVID (with its bundles) as one snapshot."""
 
     def current(self) -> IdentitySnapshot:
         """The newest snapshot; raises IdentityUnavailableError if none yet."""
         ...
+
+
+@runtime_checkable
+class IdentitySource(SvidSource, Protocol):
+    """Where a node's identity comes from: an SVID source that publishes every change."""
+
+    #: One line for people: "workload-api unix:///run/spire/agent.sock".
+    description: str
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(snapshot)`` on every new generation; returns an unsubscribe function.
@@ -69,7 +76,8 @@ class Publisher:
     def current(self) -> IdentitySnapshot:
         snapshot = self._current
         if snapshot is None:
-            raise IdentityUnavailableError(f"identity: {self.description} has not delivered an SVID yet")
+            raise IdentityUnavailableError(reason=f"{self.description} has not delivered an SVID yet",
+                                           component="identity")
         return snapshot
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:

@@ -48,7 +48,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.errors import PySpiffeError
 
 from meshnode.errors import IdentityUnavailableError, InvalidIdentityError, SvidNotDeliveredError
-from meshnode.identity.rejects import Rejections, describe_error
+from meshnode.identity.rejects import Rejections, describe_error, reason_of
 from meshnode.identity.selection import Offered, SvidSelector
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import Publisher
@@ -74,14 +74,15 @@ def socket_address(configured: str | None) -> str:
     value = configured or os.environ.get(ENDPOINT_ENV, "")
     if not value:
         raise IdentityUnavailableError(
-            f"identity: no Workload API socket configured: set [identity] socket or {ENDPOINT_ENV} "
-            f"(e.g. unix:///run/spire/agent-sockets/spire-agent.sock); {_FIX}"
+            reason=f"no Workload API socket configured: set [identity] socket or {ENDPOINT_ENV} "
+            f"(e.g. unix:///run/spire/agent-sockets/spire-agent.sock); {_FIX}", component="identity"
         )
     if value.startswith("/"):
         value = "unix:" + value
     if not value.startswith("unix:"):
         raise IdentityUnavailableError(
-            f"identity: Workload API address {value!r} is not a unix socket; use unix:///path/to/agent.sock"
+            reason=f"Workload API address {value!r} is not a unix socket; use unix:///path/to/agent.sock",
+            component="identity"
         )
     return value
 
@@ -185,14 +186,14 @@ class WorkloadApiSource(Publisher):
             waited = time.monotonic() - started >= timeout * 0.9
             reason = diagnose_socket(self.address, timeout=min(0.5, max(timeout, 0.1)))
             raise IdentityUnavailableError(
-                f"identity: no SVID from the Workload API at {self.address}"
+                reason=f"no SVID from the Workload API at {self.address}"
                 + (f" within {timeout:g} s" if waited else "")
-                + f": {reason}. To fix: {_FIX}"
+                + f": {reason}. To fix: {_FIX}", component="identity"
             ) from exc
         try:
             delivery = client.latest
             if delivery is None:  # X509Source returns only after the client parsed a response
-                raise IdentityUnavailableError("identity: the Workload API client kept no response")
+                raise IdentityUnavailableError(reason="the Workload API client kept no response", component="identity")
             self._publish(self._snapshot(delivery))
         except SvidNotDeliveredError:  # the configured SVID is not there: as if no SVID came (exit 3)
             source.close()
@@ -202,7 +203,8 @@ class WorkloadApiSource(Publisher):
             source.close()
             client.close()
             raise InvalidIdentityError(
-                f"identity: the Workload API at {self.address} gave an unusable SVID: {describe_error(exc)}"
+                reason=f"the Workload API at {self.address} gave an unusable SVID: {describe_error(exc)}",
+                component="identity"
             ) from None
         source.subscribe_for_updates(self._updated)
         return source, client
@@ -263,7 +265,7 @@ class WorkloadApiSource(Publisher):
             )
             return
         except Exception as exc:
-            message = describe_error(exc).removeprefix("identity: ")
+            message = reason_of(exc)
             self._rejections.reject(
                 key or message,
                 f"identity: ignoring an update from {self.address}, keeping the current SVID: {message}",

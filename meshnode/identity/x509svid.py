@@ -57,9 +57,9 @@ def load_pem_certs(data: bytes, what: str, *, check_extensions: bool = True) -> 
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
-        raise InvalidIdentityError(f"identity: {what}: not a PEM certificate list ({exc})") from None
+        raise InvalidIdentityError(reason=f"{what}: not a PEM certificate list ({exc})", component="identity") from None
     if not certs:
-        raise InvalidIdentityError(f"identity: {what}: holds no certificate")
+        raise InvalidIdentityError(reason=f"{what}: holds no certificate", component="identity")
     for i, cert in enumerate(certs if check_extensions else ()):
         check_parses(cert, f"{what}: certificate {i}")
     return certs
@@ -79,9 +79,7 @@ def load_pem_key(data: bytes, what: str) -> CertificateIssuerPrivateKeyTypes:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         # never echo the file content: it is key material
-        raise InvalidIdentityError(
-            f"identity: {what}: not an unencrypted PEM private key ({type(exc).__name__})"
-        ) from None
+        raise _invalid(f"{what}: not an unencrypted PEM private key ({type(exc).__name__})") from None
     return key  # type: ignore[return-value]
 
 
@@ -181,7 +179,7 @@ def build_snapshot(
         raise
     except Exception as exc:  # malformed DER inside a certificate that loaded: outside input, not a bug
         raise InvalidIdentityError(
-            f"identity: the SVID or its bundle cannot be parsed: {describe_error(exc)}"
+            reason=f"the SVID or its bundle cannot be parsed: {describe_error(exc)}", component="identity"
         ) from None
 
 
@@ -214,7 +212,7 @@ def _build_snapshot(
     now: dt.datetime | None,
 ) -> IdentitySnapshot:
     if not chain:
-        raise InvalidIdentityError("identity: the SVID has no certificate")
+        raise InvalidIdentityError(reason="the SVID has no certificate", component="identity")
     for i, cert in enumerate(chain):
         check_parses(cert, f"SVID chain certificate {i}")
     leaf = chain[0]
@@ -222,7 +220,7 @@ def _build_snapshot(
     bundles = _parsable_bundles(bundles, spiffe_id.trust_domain)
     check_leaf(leaf)
     if not _key_matches(leaf, private_key):
-        raise InvalidIdentityError("identity: the private key does not match the SVID certificate")
+        raise InvalidIdentityError(reason="the private key does not match the SVID certificate", component="identity")
     td = spiffe_id.trust_domain
     roots = bundles.get(td)
     if not roots:

@@ -25,7 +25,8 @@ def resolve_listen(host: str, port: int) -> tuple[socket.AddressFamily, tuple[ob
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
         raise ConfigError(
-            f"metrics: [telemetry] prometheus: cannot resolve {bare!r} ({reason}); use an address of this machine"
+            reason=f"[telemetry] prometheus: cannot resolve {bare!r} ({reason}); use an address of this machine",
+            component="metrics", key="telemetry.prometheus", value=host,
         ) from None
     family, _, _, _, address = infos[0]
     return family, tuple(address)
@@ -35,12 +36,14 @@ def bind_error(where: str, exc: OSError) -> MeshnodeError:
     """The error a failed bind of the metrics endpoint stands for: in use -> ServeError, else ConfigError."""
     if exc.errno == errno.EADDRINUSE:
         return ServeError(
-            f"metrics: cannot serve Prometheus metrics on {where}: the address is in use; "
-            "stop whatever uses it or change [telemetry] prometheus"
+            reason=f"cannot serve Prometheus metrics on {where}: the address is in use; "
+            "stop whatever uses it or change [telemetry] prometheus",
+            component="metrics", key="telemetry.prometheus", value=where,
         )
     return ConfigError(
-        f"metrics: cannot serve Prometheus metrics on {where}: {exc.strerror or exc}; "
-        "set [telemetry] prometheus to an address of this machine (e.g. 127.0.0.1:9464)"
+        reason=f"cannot serve Prometheus metrics on {where}: {exc.strerror or exc}; "
+        "set [telemetry] prometheus to an address of this machine (e.g. 127.0.0.1:9464)",
+        component="metrics", key="telemetry.prometheus", value=where,
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshnode.config.duration import format_duration
-from meshnode.errors import MeshnodeError
+from meshnode.errors import ConfigError, MeshnodeError
 
 __all__ = ["MAX_BODY", "Row", "Scrape", "ScrapeError", "Stats", "normalise_url", "parse", "render", "rows", "scrape"]
 
@@ -32,7 +32,8 @@ _SIDES = {"rpc_server_call_duration_seconds": "in", "rpc_client_call_duration_se
 
 
 class ScrapeError(MeshnodeError):
-    """A metrics endpoint could not be read, or is not a meshnode node's."""
+    """A metrics endpoint could not be read, or is not a meshnode node's: ``value`` is its URL,
+    ``reason`` why, and the message ``<url>: <reason>``."""
 
 
 @dataclass
@@ -78,11 +79,15 @@ class Row:
 
 
 def normalise_url(text: str) -> str:
-    """``host:port`` -> ``http://host:port/metrics``; a URL without a path gets ``/metrics``."""
+    """``host:port`` -> ``http://host:port/metrics``; a URL without a path gets ``/metrics``.
+
+    ConfigError (a usage error, exit 2) when it is not an http(s) URL with a host.
+    """
     url = text if "://" in text else f"http://{text}"
     scheme, _, rest = url.partition("://")
     if scheme not in ("http", "https") or not rest or rest.startswith("/"):
-        raise ScrapeError(f"top: {text!r} is not a metrics URL (e.g. http://127.0.0.1:9464/metrics)")
+        raise ConfigError(reason=f"{text!r} is not a metrics URL (e.g. http://127.0.0.1:9464/metrics)",
+                          component="top", value=text)
     return url if "/" in rest else f"{url}/metrics"
 
 
@@ -92,12 +97,13 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # http(s) only: normalise_url
             body = response.read(MAX_BODY + 1)
     except urllib.error.HTTPError as exc:
-        raise ScrapeError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise ScrapeError(reason=f"HTTP {exc.code} {exc.reason}", component=url, value=url) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise ScrapeError(f"{url}: unreachable ({reason})") from None
+        raise ScrapeError(reason=f"unreachable ({reason})", component=url, value=url) from None
     if len(body) > MAX_BODY:
-        raise ScrapeError(f"{url}: the response is larger than {MAX_BODY >> 20} MiB; not a meshnode node's metrics")
+        raise ScrapeError(reason=f"the response is larger than {MAX_BODY >> 20} MiB; not a meshnode node's metrics",
+                          component=url, value=url)
     return parse(body.decode("utf-8", errors="replace"), url, time.time())
 
 
@@ -122,9 +128,9 @@ def parse(text: str, url: str, at: float) -> Scrape:
                 elif family.name in _SIDES:
                     _add(stats, _SIDES[family.name], name, labels, value)
     except (ValueError, TypeError, IndexError) as exc:
-        raise ScrapeError(f"{url}: not Prometheus text format ({exc})") from None
+        raise ScrapeError(reason=f"not Prometheus text format ({exc})", component=url, value=url) from None
     if info is None:
-        raise ScrapeError(f"{url}: not a meshnode metrics endpoint (no meshnode_node_info)")
+        raise ScrapeError(reason="not a meshnode metrics endpoint (no meshnode_node_info)", component=url, value=url)
     return Scrape(url, info.get("node", "?"), info.get("spiffe_id", "?"), min(expiry) if expiry else None,
                   started, at, stats)
 

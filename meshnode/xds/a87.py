@@ -133,7 +133,8 @@ async def _attempt(name: str, timeout: float) -> grpc.aio.AioRpcError:
             await channel.unary_unary(_METHOD)(b"", timeout=timeout)
         except grpc.aio.AioRpcError as err:
             return err
-    raise PeerError("xds: the A87 probe server answered a call it has no handler for")  # never happens
+    raise PeerError(reason="the A87 probe server answered a call it has no handler for",
+                    component="xds")  # never happens
 
 
 def _handshake_passed(err: grpc.aio.AioRpcError) -> bool:
@@ -156,28 +157,31 @@ async def probe_bundle_maps(
             PROBE_PEERS[1]: server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([kit.forged])),
         }
     except RuntimeError as exc:  # grpc's "Failed to bind"
-        raise PeerError(f"xds: the gRFC A87 probe cannot listen on 127.0.0.1 (is loopback up?): {exc}") from None
+        raise PeerError(reason=f"the gRFC A87 probe cannot listen on 127.0.0.1 (is loopback up?): {exc}",
+                        component="xds") from None
     await server.start()
     try:
         publish(probe_resources(ports))
         honest = await _until(PROBE_PEERS[0], deadline, lambda e: _handshake_passed(e) or _refused(e))
         if not _handshake_passed(honest):
             raise PeerError(
-                "xds: gRPC did not verify a peer with a SPIFFE bundle map (gRFC A87) at start; meshnode "
+                reason="gRPC did not verify a peer with a SPIFFE bundle map (gRFC A87) at start; meshnode "
                 f"verifies spiffe-id peers only that way. Run a grpcio that supports it (this is grpcio "
                 f"{grpc.__version__}; 1.85 is verified) or use verify = \"dns\" peers. "
-                f"[{honest.code().name}: {honest.details()}]"
+                f"[{honest.code().name}: {honest.details()}]", component="xds"
             )
         forged = await _until(PROBE_PEERS[1], deadline, lambda e: _handshake_passed(e) or _verify_failed(e))
         if _handshake_passed(forged):
             raise PeerError(
-                "xds: gRPC accepted a certificate of one trust domain's CA for an ID of another while "
+                reason="gRPC accepted a certificate of one trust domain's CA for an ID of another while "
                 "verifying with a SPIFFE bundle map: it uses the map as a flat root list, not per trust domain "
-                f"(gRFC A87). Refusing spiffe-id peers on this grpcio ({grpc.__version__}); use verify = \"dns\""
+                f"(gRFC A87). Refusing spiffe-id peers on this grpcio ({grpc.__version__}); use verify = \"dns\"",
+                component="xds"
             )
         if not _verify_failed(forged):
             raise PeerError(
-                f"xds: the gRFC A87 probe could not finish: [{forged.code().name}: {forged.details()}]"
+                reason=f"the gRFC A87 probe could not finish: [{forged.code().name}: {forged.details()}]",
+                component="xds"
             )
     finally:
         await server.stop(None)

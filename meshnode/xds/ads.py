@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2
 
 from meshnode.errors import ServeError
 from meshnode.xds.resources import Resources
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import pack
 
-__all__ = ["AdsServer", "Nack", "ServedResources", "StreamState"]
+__all__ = ["ADS_SERVICE", "AdsServer", "Nack", "ServedResources", "StreamState"]
+
+#: The service gRPC's xDS client calls (envoy/service/discovery/v3/ads.proto); its one method,
+#: StreamAggregatedResources, is registered by hand (meshnode carries no copy of the Envoy API).
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 log = logging.getLogger("meshnode.xds")
 
@@ -71,11 +75,7 @@ class ServedResources:
     def updated(self, resources: Resources) -> ServedResources:
         versions, packed = dict(self.versions), {}
         for type_url in set(resources) | set(self.packed):
-            new = {}
-            for name, message in resources.get(type_url, {}).items():
-                any_msg = any_pb2.Any()
-                any_msg.Pack(message, deterministic=True)
-                new[name] = any_msg
+            new = {name: pack(message) for name, message in resources.get(type_url, {}).items()}
             old = self.packed.get(type_url, {})
             if {n: a.value for n, a in new.items()} != {n: a.value for n, a in old.items()}:
                 versions[type_url] = str(int(versions.get(type_url, "0")) + 1)
@@ -133,7 +133,7 @@ class StreamState:
         state.version = served.versions.get(type_url, "0")
         state.sent = key
         found = served.packed.get(type_url, {})
-        response = discovery_pb2.DiscoveryResponse(
+        response = pb.DiscoveryResponse(
             version_info=state.version,
             type_url=type_url,
             nonce=state.nonce,
@@ -150,7 +150,7 @@ class StreamState:
         )
 
 
-class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class AdsServer:
     """A grpc.aio ADS server on ``unix:<socket_path>``."""
 
     def __init__(self, socket_path: Path, resources: Resources | None = None) -> None:
@@ -204,11 +204,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.StreamAggregatedResources,
+                request_deserializer=pb.DiscoveryRequest.FromString,
+                response_serializer=pb.DiscoveryResponse.SerializeToString,
+            ),
+        }),))
         try:
             server.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError as exc:
-            raise ServeError(f"xds: cannot listen on unix:{self.socket_path}: {exc}") from exc
+            raise ServeError(reason=f"cannot listen on unix:{self.socket_path}: {exc}", component="xds") from exc
         await server.start()
         self._server = server
         log.debug("xds: ADS server listening on unix:%s", self.socket_path)

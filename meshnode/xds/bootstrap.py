@@ -179,9 +179,9 @@ def install(bootstrap: Bootstrap, owner: str) -> object:
     with _lock:
         if _holder is not None:
             raise PeerError(
-                f"xds: node '{owner}' cannot install its xDS bootstrap: node '{_holder.owner}' in this "
+                reason=f"node '{owner}' cannot install its xDS bootstrap: node '{_holder.owner}' in this "
                 "process owns it, and gRPC reads one bootstrap per process. Run each node with spiffe-id "
-                "peers in its own process (or close the other node first)"
+                "peers in its own process (or close the other node first)", component="xds"
             )
         _check_environment(bootstrap.json)
         set_flag = bootstrap.bundle_map and SPIFFE_BUNDLE_MAP_ENV not in os.environ
@@ -198,9 +198,9 @@ def _check_file_env() -> None:
     path = os.environ.get(BOOTSTRAP_FILE_ENV)
     if path is not None:
         raise PeerError(
-            f"xds: {BOOTSTRAP_FILE_ENV}={path} is set; gRPC reads that file before "
+            reason=f"{BOOTSTRAP_FILE_ENV}={path} is set; gRPC reads that file before "
             f"{BOOTSTRAP_CONFIG_ENV}, so meshnode's control plane would be bypassed. Unset it for "
-            "meshnode nodes, or use verify = \"dns\" peers only"
+            "meshnode nodes, or use verify = \"dns\" peers only", component="xds"
         )
 
 
@@ -209,9 +209,9 @@ def _check_environment(value: str) -> None:
     existing = os.environ.get(BOOTSTRAP_CONFIG_ENV)
     if existing is not None and existing != value:
         raise PeerError(
-            f"xds: {BOOTSTRAP_CONFIG_ENV} is already set by something else in this process "
+            reason=f"{BOOTSTRAP_CONFIG_ENV} is already set by something else in this process "
             f"({_describe(existing)}); gRPC would mix that control plane with meshnode's. Unset it "
-            "before the node starts, or run the node in its own process"
+            "before the node starts, or run the node in its own process", component="xds"
         )
 
 
@@ -220,14 +220,15 @@ def verify_installed(token: object) -> None:
     with _lock:
         holder = _holder
     if holder is None or holder.token is not token:
-        raise PeerError("xds: this control plane's bootstrap is not installed (closed, or never started)")
+        raise PeerError(reason="this control plane's bootstrap is not installed (closed, or never started)",
+                        component="xds")
     _check_file_env()
     if os.environ.get(BOOTSTRAP_CONFIG_ENV) != holder.bootstrap.json:
         found = os.environ.get(BOOTSTRAP_CONFIG_ENV)
         raise PeerError(
-            f"xds: something replaced node '{holder.owner}''s {BOOTSTRAP_CONFIG_ENV} after it started "
+            reason=f"something replaced node '{holder.owner}''s {BOOTSTRAP_CONFIG_ENV} after it started "
             f"({'removed' if found is None else _describe(found)}); a new channel would not use "
-            "meshnode's control plane. Find what sets it, then restart the node"
+            "meshnode's control plane. Find what sets it, then restart the node", component="xds"
         )
     holder.bootstrap.check_in_force()
 

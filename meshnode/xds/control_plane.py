@@ -161,7 +161,7 @@ class XdsControlPlane:
         targets = {validate_peer_name(name): PeerTarget.of(peer) for name, peer in peers.items()}
         reserved = sorted(name for name in targets if name.startswith("meshnode.a87-probe"))
         if reserved:
-            raise PeerError(f"xds: peer name {reserved[0]!r} is reserved for meshnode's A87 probe")
+            raise PeerError(reason=f"peer name {reserved[0]!r} is reserved for meshnode's A87 probe", component="xds")
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClosedError("xds: the control plane is closed")
@@ -169,9 +169,10 @@ class XdsControlPlane:
                 unknown = sorted({p.trust_domain for p in targets.values()} - self._bootstrap.trust_domains)
                 if unknown:
                     raise PeerError(
-                        f"xds: node '{self.node_name}' started with roots for "
+                        reason=f"node '{self.node_name}' started with roots for "
                         f"{', '.join(sorted(self._bootstrap.trust_domains))}; peers in {', '.join(unknown)} "
-                        "need a restart of the node (gRPC reads certificate providers from the bootstrap)"
+                        "need a restart of the node (gRPC reads certificate providers from the bootstrap)",
+                        component="xds"
                     )
             self._peers = targets
             self._serve_locked()
@@ -202,7 +203,8 @@ class XdsControlPlane:
         try:
             with self._lock:
                 if self._snapshot is None:
-                    raise IdentityUnavailableError("xds: start() needs an identity; update_identity() first")
+                    raise IdentityUnavailableError(reason="start() needs an identity; update_identity() first",
+                                                   component="xds")
                 self._write_locked()  # the final set of trust domains
                 tds = self._trust_domains()
                 kit = a87.probe_kit() if self.bundle_map else None
@@ -299,14 +301,14 @@ class XdsControlPlane:
         if self._state is _State.CLOSED:
             raise ClosedError("xds: the control plane is closed")
         if self._state is not _State.STARTED:
-            raise PeerError("xds: the control plane has not been started; await start() first")
+            raise PeerError(reason="the control plane has not been started; await start() first", component="xds")
 
     def target(self, name: str) -> str:
         """The channel target of peer ``name``; checks that the bootstrap is still in force."""
         self._require_started()
         if name not in self._peers:
             known = ", ".join(sorted(self._peers)) or "none"
-            raise PeerError(f"xds: no spiffe-id peer named {name!r} (configured: {known})")
+            raise PeerError(reason=f"no spiffe-id peer named {name!r} (configured: {known})", component="xds")
         assert self._token is not None
         _bootstrap.verify_installed(self._token)
         return f"xds:///{name}"

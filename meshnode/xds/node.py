@@ -19,7 +19,7 @@ import grpc
 from meshnode.channel import ChannelPlan
 from meshnode.config.node import PeerConfig
 from meshnode.identity.snapshot import IdentitySnapshot
-from meshnode.identity.source import IdentitySource
+from meshnode.identity.source import SvidSource
 from meshnode.xds.control_plane import XdsControlPlane
 
 __all__ = ["NodeXds", "start_control_plane"]
@@ -49,7 +49,7 @@ class NodeXds:
 
 async def start_control_plane(
     node_name: str,
-    source: IdentitySource,
+    source: SvidSource,
     peers: Mapping[str, PeerConfig],
     options: tuple[tuple[str, Any], ...] = (),
 ) -> NodeXds:

@@ -29,21 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2
-
 from meshnode.config.node import parse_address
 from meshnode.errors import ConfigError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.xds.bootstrap import IDENTITY_PROVIDER, roots_provider
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import pack, type_url
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -59,8 +50,8 @@ __all__ = [
     "validate_peer_name",
 ]
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER_TYPE = type_url(pb.Listener)
+CLUSTER_TYPE = type_url(pb.Cluster)
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 #: type URL -> resource name -> resource message
@@ -126,66 +117,46 @@ def san_regex(spiffe_id: SpiffeID) -> str:
     return "".join(c if c.isalnum() or c in "/:_" else "\\" + c for c in str(spiffe_id))
 
 
-def _pack(message: Any) -> Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def listener(name: str) -> Any:
     """The Listener behind ``xds:///name``: every call goes to the Cluster ``name``."""
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix=""),
-        route=route_components_pb2.RouteAction(cluster=name),
-    )
-    manager = hcm_pb2.HttpConnectionManager(
-        route_config=route_pb2.RouteConfiguration(
+    route = pb.Route(match=pb.RouteMatch(prefix=""), route=pb.RouteAction(cluster=name))
+    manager = pb.HttpConnectionManager(
+        route_config=pb.RouteConfiguration(
             name=name,
-            virtual_hosts=[route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])],
+            virtual_hosts=[pb.VirtualHost(name=name, domains=["*"], routes=[route])],
         ),
-        http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
-        ],
+        http_filters=[pb.HttpFilter(name="envoy.filters.http.router", typed_config=pack(pb.Router()))],
     )
-    api_listener = api_listener_pb2.ApiListener(api_listener=_pack(manager))
-    return listener_pb2.Listener(name=name, api_listener=api_listener)
+    return pb.Listener(name=name, api_listener=pb.ApiListener(api_listener=pack(manager)))
 
 
 def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provider: str) -> Any:
     """The Cluster for ``peer``: its address, and TLS pinned to its SPIFFE ID."""
-    endpoint = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=peer.host, port_value=peer.port)
-            )
+    endpoint = pb.LbEndpoint(
+        endpoint=pb.Endpoint(
+            address=pb.Address(socket_address=pb.SocketAddress(address=peer.host, port_value=peer.port))
         )
     )
-    tls = tls_pb2.UpstreamTlsContext(
-        common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
-                instance_name=identity_provider
-            ),
-            validation_context=common_pb2.CertificateValidationContext(
-                ca_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
-                    instance_name=roots_provider
-                ),
+    tls = pb.UpstreamTlsContext(
+        common_tls_context=pb.CommonTlsContext(
+            tls_certificate_provider_instance=pb.CertificateProviderPluginInstance(instance_name=identity_provider),
+            validation_context=pb.CertificateValidationContext(
+                ca_certificate_provider_instance=pb.CertificateProviderPluginInstance(instance_name=roots_provider),
                 match_subject_alt_names=[
-                    string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=san_regex(peer.spiffe_id)))
+                    pb.StringMatcher(safe_regex=pb.RegexMatcher(regex=san_regex(peer.spiffe_id)))
                 ],
             ),
         )
     )
-    result = cluster_pb2.Cluster(
+    return pb.Cluster(
         name=name,
-        type=cluster_pb2.Cluster.LOGICAL_DNS,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+        type=pb.Cluster.LOGICAL_DNS,
+        load_assignment=pb.ClusterLoadAssignment(
             cluster_name=name,
-            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
+            endpoints=[pb.LocalityLbEndpoints(lb_endpoints=[endpoint])],
         ),
+        transport_socket=pb.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(tls)),
     )
-    result.transport_socket.name = TLS_TRANSPORT_SOCKET
-    result.transport_socket.typed_config.Pack(tls)
-    return result
 
 
 def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict[str, dict[str, Any]]:

@@ -24,9 +24,6 @@ from typing import Any
 import grpc
 import grpc.experimental
 from cryptography import x509
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
 
 from meshnode.devagent.ca import DevCA
 from meshnode.errors import MeshnodeError
@@ -38,6 +35,8 @@ from meshnode.xds import resources as xres
 from meshnode.xds.ads import AdsServer
 from meshnode.xds.credentials import channel_credentials, verify_nothing_roots
 from meshnode.xds.files import RuntimeDir, spiffe_bundle_map
+from meshnode.xds.v3 import envoy_pb2 as pb
+from meshnode.xds.v3 import pack, unpack
 from tests.support.federation import atomic_write
 from tests.support.xds import (
     HOUR,
@@ -152,10 +151,9 @@ def _sync_call(target: str, credentials: grpc.ChannelCredentials) -> dict[str, A
 
 
 def _with_validation(cluster: Any, change: Callable[[Any], None]) -> Any:
-    tls = tls_pb2.UpstreamTlsContext()
-    cluster.transport_socket.typed_config.Unpack(tls)
+    tls = unpack(cluster.transport_socket.typed_config, pb.UpstreamTlsContext)
     change(tls.common_tls_context.validation_context)
-    cluster.transport_socket.typed_config.Pack(tls)
+    cluster.transport_socket.typed_config.CopyFrom(pack(tls))
     return cluster
 
 
@@ -200,7 +198,7 @@ async def pins(args: dict[str, Any]) -> dict[str, Any]:
             _with_validation(clusters["exact-vs-case-variant"], _exact_matcher)
             _with_validation(clusters["exact-vs-trailing-dot"], _exact_matcher)
             _with_validation(clusters["typed-matcher-only-vs-other-id"], _typed_matcher_only)
-            clusters["static-cluster"].type = cluster_pb2.Cluster.STATIC
+            clusters["static-cluster"].type = pb.Cluster.STATIC
             no_tls = {"no-tls": f"127.0.0.1:{plain_port}", "no-tls-vs-tls-server": servers["static-cluster"].address}
             for name, address in no_tls.items():
                 clusters[name] = cluster_for(name, address)
@@ -227,13 +225,13 @@ async def pins(args: dict[str, Any]) -> dict[str, Any]:
 
 def _exact_matcher(validation: Any) -> None:
     del validation.match_subject_alt_names[:]
-    validation.match_subject_alt_names.append(string_pb2.StringMatcher(exact=SERVER_ID))
+    validation.match_subject_alt_names.append(pb.StringMatcher(exact=SERVER_ID))
 
 
 def _typed_matcher_only(validation: Any) -> None:
     del validation.match_subject_alt_names[:]
-    validation.match_typed_subject_alt_names.append(common_pb2.SubjectAltNameMatcher(
-        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=SERVER_ID)))
+    validation.match_typed_subject_alt_names.append(pb.SubjectAltNameMatcher(
+        san_type=pb.SubjectAltNameMatcher.URI, matcher=pb.StringMatcher(exact=SERVER_ID)))
 
 
 # -- rotation under load ------------------------------------------------------------
