@@ -164,6 +164,7 @@ def node_toml(tmp_path: Path, prometheus: str) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_a_busy_metrics_port_stops_the_node_before_it_serves_with_exit_4(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -68,6 +68,7 @@ def table(out: str, node: str) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_top_once_shows_both_nodes_their_methods_callers_and_denials(tmp_path: Path) -> None:
     with ExitStack() as stack:
         beta_port, beta_url = stack.enter_context(running_node(tmp_path, "beta"))
@@ -101,6 +102,7 @@ def test_top_once_shows_both_nodes_their_methods_callers_and_denials(tmp_path: P
     assert (streams[4], streams[8]) == ("100.0%", "2")
 
 
+@pytest.mark.slow
 def test_an_unreachable_or_foreign_endpoint_is_named_and_exits_1(tmp_path: Path) -> None:
     server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
     try:
