@@ -10,10 +10,11 @@ empty durations are refused.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
-__all__ = ["DURATION_HELP", "format_duration", "parse_duration"]
+__all__ = ["DURATION_HELP", "duration_argument", "format_duration", "parse_duration"]
 
 #: What a duration looks like, for error messages and --help texts.
 DURATION_HELP = "seconds, or a duration such as 30s, 5m, 1h, 1h30m, 250ms"
@@ -69,3 +70,11 @@ def format_duration(seconds: float) -> str:
     if left or not parts:
         parts.append(f"{round(left, 3):g}s")
     return sign + "".join(parts)
+
+
+def duration_argument(text: str) -> float:
+    """:func:`parse_duration` as an argparse ``type`` (a usage error, exit 2, when it is no duration)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc} (write {DURATION_HELP})") from None
