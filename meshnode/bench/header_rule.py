@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="an older source tree to compare with this one")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="a source tree (repeatable)")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--duration", type=duration_argument, default=1.0, help="seconds per server and round (or 1s, 500ms)")
+    parser.add_argument("--duration", type=duration_argument, default=1.0,
+                        help="seconds per server and round (or 1s, 500ms)")
     parser.add_argument("--callers", type=int, default=1, help="concurrent unary callers")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and client to separate CPUs")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: few short rounds (CI)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 12; quick 2)")
-    p.add_argument("--duration", type=duration_argument, help="seconds per variant and workload (default 0.6; quick 0.25)")
+    p.add_argument("--duration", type=duration_argument,
+                   help="seconds per variant and workload (default 0.6; quick 0.25)")
     p.add_argument("--callers", type=int, help="concurrent callers of the 'many callers' workloads (default 16)")
     p.add_argument("--rotations", type=int, help="rotations under load (default 24; quick 4)")
     p.add_argument("--variants", help="comma-separated subset of the variants above, A-F, P, Q (B is required)")
