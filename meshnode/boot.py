@@ -11,7 +11,8 @@ when that one failed):
 1. **services**: instantiate ``[node] services``, discover their gRPC
    methods (:func:`meshnode.pipeline.discover`);
 2. **static checks**: what the configuration alone must satisfy
-   (:func:`meshnode.preflight.static_checks`);
+   (:func:`meshnode.preflight.static_checks`), and that the metrics
+   endpoint (``[telemetry] prometheus``) can listen on its address;
 3. **identity**: obtain the SVID the production way (or take the given
    source), then check it (:func:`meshnode.preflight.identity_checks`);
 4. **policy**: the effective policy (``[authz] allow``, the policy file, the
@@ -46,7 +47,7 @@ from meshnode.authz.identity import AcceptedTrust
 from meshnode.authz.jwt import JwtAuthn
 from meshnode.authz.policy import Policy
 from meshnode.authz.source import PolicySource
-from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig
+from meshnode.config.node import DEFAULT_DEV_TRUST_DOMAIN, NodeConfig, PeerConfig, parse_address
 from meshnode.errors import ConfigError, IdentityError, MeshnodeError, PolicyError
 from meshnode.fdlimit import connection_budget, current_limit
 from meshnode.identity.guard import GuardedSource
@@ -67,6 +68,8 @@ from meshnode.preflight import (
 )
 from meshnode.resolver import Resolution, resolve
 from meshnode.service import make_services, method_allow
+from meshnode.telemetry.listen import probe_listen
+from meshnode.telemetry.rpcmetrics import RpcMetrics
 
 __all__ = ["Boot", "PeerPlan", "ServerPlan", "boot", "resolve_peers"]
 
@@ -169,6 +172,7 @@ class Boot:
         span_attributes: Mapping[str, Any] | None = None,
         record_spans: bool = True,
         jwt: JwtAuthn | None = None,
+        rpc_metrics: RpcMetrics | None = None,
     ) -> Authorizer:
         """The node's authorizer; it takes over the policy source (closing the authorizer closes it).
 
@@ -180,7 +184,7 @@ class Boot:
         return Authorizer(
             policy, trust=AcceptedTrust(self.source, self.accepted), audit=authz.audit, dry_run=authz.dry_run,
             meter_provider=meter_provider, own_policy=True, span_attributes=span_attributes,
-            record_spans=record_spans,
+            record_spans=record_spans, rpc_metrics=rpc_metrics,
             jwt=jwt if jwt is not None else self.jwt.authn if self.jwt is not None else None,
         )
 
@@ -251,6 +255,8 @@ def _boot(
     discovered, servicer_generic = found
     declares = any(getattr(type(s), "allow", ()) for s in b.services)
     b.checks += static_checks(config, service_policies=declares)
+    if config.telemetry.prometheus is not None:
+        b.checks.append(_metrics_check(config.telemetry.prometheus, probe=not offline))
     if offline:
         b.accepted = config.identity.accepted_trust_domains(_configured_trust_domain(config))
     else:
@@ -276,6 +282,23 @@ def _boot(
     b.server = ServerPlan(
         config.listen, tuple(discovered), (*servicer_generic, *generic), (*_server_options(config), *options)
     )
+
+
+def _metrics_check(address: str, *, probe: bool) -> Check:
+    """[telemetry] prometheus resolves to this machine and its port is free (a probe bind, released).
+
+    Offline (``check --config-only``: CI, rendered manifests) nothing is bound: the address is the
+    one the node will have, not this machine's.
+    """
+    name = "metrics endpoint can listen"
+    if not probe:
+        return Check(name, True, f"{address} (not probed: no identity, no binding)", required="always")
+    host, port = parse_address(address, "[telemetry] prometheus")
+    problem = probe_listen(host, port)
+    if problem is None:
+        return Check(name, True, f"{address} (Prometheus text format, GET /metrics)", required="always")
+    return Check(name, False, str(problem), "change [telemetry] prometheus", type(problem), "always",
+                 message=str(problem), raised=problem)
 
 
 def _configured_trust_domain(config: NodeConfig) -> str:

@@ -17,7 +17,10 @@ Stubs made once keep working across swaps: each multicallable looks up the
 current generation per call (one attribute read). A call that gives no
 deadline gets the peer's ``timeout`` when one is configured. Failed calls whose
 details name a TLS identity problem are re-raised with an explanation that
-says what to fix.
+says what to fix. With RPC metrics on, the same wrapper adds each call's
+duration and status code to ``rpc.client.call.duration`` when the caller
+sees its end (the awaited response, the end of the stream, or its error):
+no interceptor.
 
 Per-call credentials (``call_auth``, ``[peers.NAME] jwt = true``): every
 call gets the metadata pair the callable returns (``authorization: Bearer
@@ -36,12 +39,14 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import grpc
 
 from meshnode.errors import ClosedError
 from meshnode.identity.snapshot import IdentitySnapshot, utcnow
+from meshnode.telemetry.rpcmetrics import CallSeries
 
 __all__ = ["CallAuth", "ChannelPlan", "PeerChannel"]
 
@@ -50,6 +55,8 @@ log = logging.getLogger("meshnode.channel")
 Explain = Callable[[grpc.aio.AioRpcError], "str | None"]
 #: per-call credentials: the metadata pair to add, or why the call must not be sent
 CallAuth = Callable[[], "tuple[str, str] | str"]
+
+_OK, _CANCELLED = 0, 1  # grpc.StatusCode numbers
 
 #: channel.close() tasks still running (held so they are not garbage-collected mid-way)
 _CLOSING: set[asyncio.Future[Any]] = set()
@@ -106,15 +113,24 @@ class _Generation:
 
 
 class _TranslatedCall:
-    """Wraps a call so a TLS identity failure carries meshnode's explanation."""
+    """Wraps a call so a TLS identity failure carries meshnode's explanation, and (with a
+    ``series``) adds the call's duration and status code to the client RPC metrics once it ends."""
 
-    __slots__ = ("_call", "_explain")
+    __slots__ = ("_call", "_explain", "_series", "_started")
 
-    def __init__(self, call: Any, explain: Explain) -> None:
+    def __init__(self, call: Any, explain: Explain, series: CallSeries | None = None) -> None:
         self._call = call
         self._explain = explain
+        self._series = series
+        self._started = perf_counter() if series is not None else 0.0
+
+    def _ended(self, code: int) -> None:
+        series, self._series = self._series, None  # once per call
+        if series is not None:
+            series.record(code, perf_counter() - self._started)
 
     def _translate(self, err: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        self._ended(err.code().value[0])
         better = self._explain(err)
         if better is None:
             return err
@@ -125,9 +141,14 @@ class _TranslatedCall:
 
     def __await__(self) -> Any:
         try:
-            return (yield from self._call.__await__())
+            result = yield from self._call.__await__()
         except grpc.aio.AioRpcError as err:
             raise self._translate(err) from None
+        except asyncio.CancelledError:
+            self._ended(_CANCELLED)
+            raise
+        self._ended(_OK)
+        return result
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -138,19 +159,26 @@ class _TranslatedCall:
                 yield item
         except grpc.aio.AioRpcError as err:
             raise self._translate(err) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            self._ended(_CANCELLED)
+            raise
+        self._ended(_OK)
 
     async def read(self) -> Any:
         try:
-            return await self._call.read()
+            message = await self._call.read()
         except grpc.aio.AioRpcError as err:
             raise self._translate(err) from None
+        if message is grpc.aio.EOF:
+            self._ended(_OK)
+        return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 
 
 class _MultiCallable:
-    __slots__ = ("_deser", "_gen", "_kind", "_method", "_owner", "_real", "_registered", "_ser")
+    __slots__ = ("_deser", "_gen", "_kind", "_method", "_owner", "_real", "_registered", "_ser", "_series")
 
     def __init__(self, owner: PeerChannel, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
         self._owner = owner
@@ -161,6 +189,7 @@ class _MultiCallable:
         self._registered = registered
         self._gen: _Generation | None = None
         self._real: Any = None
+        self._series = owner.series(method)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         gen = self._owner._active
@@ -182,7 +211,7 @@ class _MultiCallable:
         call = self._real(*args, **kwargs)
         gen.inflight += 1
         call.add_done_callback(gen.done)
-        return _TranslatedCall(call, self._owner.explain)
+        return _TranslatedCall(call, self._owner.explain, self._series)
 
 
 def _merged(metadata: Any, header: tuple[str, str]) -> Any:
@@ -265,7 +294,8 @@ class PeerChannel:
     call :meth:`update` with every new snapshot (from any thread), and
     when what the plan depends on changed (the peer's endpoints): a plan
     with a new key swaps the channel. ``call_auth``: per-call credentials
-    (see the module docstring).
+    (see the module docstring). ``series(method)``: the client RPC metrics
+    series of a method (None: no metrics), resolved once per multicallable.
     """
 
     def __init__(
@@ -278,10 +308,12 @@ class PeerChannel:
         explain: Explain | None = None,
         warm_timeout: float = 3.0,
         call_auth: CallAuth | None = None,
+        series: Callable[[str], CallSeries] | None = None,
         timeout: float | None = None,
     ) -> None:
         self.peer_name = peer_name
         self._call_auth = call_auth
+        self._series = series
         #: The deadline (seconds) of calls that give none; None: no deadline.
         self.timeout = timeout
         self._plan = plan
@@ -339,6 +371,10 @@ class PeerChannel:
         except Exception:  # an explanation must never hide the real error
             log.exception("channel: could not explain an error from peer '%s'", self.peer_name)
             return None
+
+    def series(self, method: str) -> CallSeries | None:
+        """Where calls of ``method`` record their duration and status (None: RPC metrics are off)."""
+        return self._series(method) if self._series is not None else None
 
     def _require(self) -> _Generation:
         if self._active is None:

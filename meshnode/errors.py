@@ -17,6 +17,7 @@ only this tree::
      |    +-- JwtSvidError              a JWT-SVID cannot be obtained (client) or is not valid (server) (reason)
      +-- PeerError                   unknown peer, or a channel cannot be built
      +-- ServeError                  the server cannot start (port in use...) (exit 4)
+     +-- ScrapeError                 a metrics endpoint cannot be read or is not a meshnode node's (meshnode top)
      +-- LifecycleError              an object was used in the wrong state
           +-- NotStartedError        used before start()
           +-- AlreadyStartedError    start() called twice
@@ -59,6 +60,7 @@ __all__ = [
     "NotStartedError",
     "PeerError",
     "PolicyError",
+    "ScrapeError",
     "ServeError",
     "SvidNotDeliveredError",
 ]
@@ -204,6 +206,11 @@ class ServeError(MeshnodeError):
     """The server could not start serving."""
 
     exit_code = EXIT_SERVE
+
+
+class ScrapeError(MeshnodeError):
+    """A metrics endpoint could not be read, or is not a meshnode node's: ``value`` is its URL,
+    ``reason`` why, and the message ``<url>: <reason>``."""
 
 
 class NoPeerIdentityError(MeshnodeError, LookupError):

@@ -15,6 +15,8 @@ generated servicers), ``handlers`` (generic RPC handlers), ``interceptors``
 (grpc.aio server interceptors: they run after tracing and wrap only calls
 authorization admitted), ``options`` (grpc server options). A node without
 ``[node] listen`` is a client only: it opens no port and needs no policy.
+With ``[telemetry] prometheus`` the node records RPC metrics and serves them
+(:mod:`meshnode.telemetry.prometheus`); it never configures logging.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -32,7 +34,7 @@ from opentelemetry.trace import TracerProvider
 from meshnode.authz.authorizer import Authorizer
 from meshnode.boot import Boot, boot
 from meshnode.channel import PeerChannel
-from meshnode.config.node import NodeConfig, PeerConfig
+from meshnode.config.node import NodeConfig, PeerConfig, parse_address
 from meshnode.credentials import ServerCredentials
 from meshnode.errors import AlreadyStartedError, NotStartedError, PeerError
 from meshnode.identity.guard import GuardedSource
@@ -45,6 +47,11 @@ from meshnode.server import MeshServer
 from meshnode.service import NodeService
 from meshnode.spiffeid import SpiffeID
 from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME
+from meshnode.telemetry.instruments import instruments
+from meshnode.telemetry.rpcmetrics import RpcMetrics
+
+if TYPE_CHECKING:
+    from meshnode.telemetry.prometheus import MetricsEndpoint
 
 __all__ = ["Node"]
 
@@ -90,6 +97,7 @@ class Node:
         self._peers: PeerChannels | None = None
         self._authorizer: Authorizer | None = None
         self._jwt: NodeJwt | None = None
+        self._metrics: MetricsEndpoint | None = None
         self._closed = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -133,6 +141,11 @@ class Node:
         return bool(self._state and self._state.serving)
 
     @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` once started with ``[telemetry] prometheus``; else None."""
+        return self._metrics.url if self._metrics is not None else None
+
+    @property
     def authorizer(self) -> Authorizer | None:
         """The node's authorizer once started (None for a client-only node)."""
         return self._authorizer
@@ -162,10 +175,12 @@ class Node:
         self._jwt = plan.take_jwt() if plan.jwt is not None else NodeJwt()
         snapshot = source.current()
         tracing = _tracing_enabled(self._tracer_provider)
+        telemetry = config.telemetry
+        rpc_metrics = RpcMetrics(telemetry.max_peer_ids) if telemetry.prometheus is not None else None
         if plan.server is not None:
             self._authorizer = plan.authorizer(
                 span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
-                record_spans=tracing, jwt=self._jwt.authn,
+                record_spans=tracing, jwt=self._jwt.authn, rpc_metrics=rpc_metrics,
             )
             tracing_interceptors: list[grpc.aio.ServerInterceptor] = []
             if tracing:
@@ -186,8 +201,12 @@ class Node:
             source, plan.peers.peers, node_name=config.name, liveness=plan.peers.liveness,
             tracing=tracing, tracer_provider=self._tracer_provider, call_auth=self._jwt.call_auth,
             resolved=plan.peers.resolved,
+            rpc_metrics=rpc_metrics,
         )
         await self._peers.start()
+        if telemetry.prometheus is not None:
+            self._metrics = self._metrics_endpoint(telemetry.prometheus, rpc_metrics)
+            self._metrics.start()  # before serving: a port in use stops the node before it takes a call
         if self._server is not None:
             await self._server.start()
         self._state = (
@@ -204,6 +223,16 @@ class Node:
             )
         else:
             log.info("node: %s up as %s, client only (mode %s)", config.name, snapshot.spiffe_id, config.mode)
+
+    def _metrics_endpoint(self, address: str, rpc_metrics: RpcMetrics | None) -> MetricsEndpoint:
+        from meshnode.telemetry.prometheus import MetricsEndpoint, NodeCollector
+
+        host, port = parse_address(address, "[telemetry] prometheus")
+        collector = NodeCollector(
+            self.config.name, lambda: str(self.source.current().spiffe_id), instruments=instruments(),
+            rpc_metrics=rpc_metrics, decisions=self._authorizer.decisions if self._authorizer is not None else None,
+        )
+        return MetricsEndpoint(host, port, [collector])
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, drain in-flight calls up to ``grace`` seconds
@@ -228,6 +257,8 @@ class Node:
                     )
             if self._peers is not None:
                 await self._peers.close()
+            if self._metrics is not None:
+                self._metrics.close()
             if self._authorizer is not None:
                 self._authorizer.close()
             if self._jwt is not None:
@@ -321,6 +352,4 @@ async def _no_health(serving: bool) -> None:
 
 def _count_source_error(message: str) -> None:
     """Identity source errors (the source keeps the last good SVID and logs them itself)."""
-    from meshnode.telemetry.instruments import instruments
-
     instruments().source_error("identity_source")

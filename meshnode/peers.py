@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import IdentitySource
 from meshnode.peer_plans import channelz_target, grpc_target, service_config
 from meshnode.resolver import Resolution, resolve
+from meshnode.telemetry.rpcmetrics import CallSeries, RpcMetrics
 
 __all__ = ["Liveness", "PeerChannels", "explain_dns_error"]
 
@@ -113,10 +114,12 @@ class PeerChannels:
         call_auth: Mapping[str, CallAuth] | None = None,
         resolved: Mapping[str, Resolution] | None = None,
         monitor: EndpointMonitor | None = None,
+        rpc_metrics: RpcMetrics | None = None,
     ) -> None:
         """``call_auth``: per-call credentials by peer name (the JWT-SVID slots of ``jwt = true`` peers)."""
         self._source = source
         self._call_auth = dict(call_auth or {})
+        self._rpc_metrics = rpc_metrics
         self._node_name = node_name
         self._peers = dict(peers)
         self._liveness = liveness
@@ -192,13 +195,21 @@ class PeerChannels:
 
         return client_interceptors(
             local_id=self._source.current().spiffe_id, node_name=self._node_name, peer_id=peer.spiffe_id,
-            peer_name=peer.name, tracer_provider=self._tracer_provider,
+            peer_name=peer.name, tracer_provider=self._tracer_provider, address=peer.address,
         )
 
     def _monitored(self, peer: PeerConfig) -> MonitoredPeer:
         watch = self._watches.get(peer.name)
         return MonitoredPeer(peer.name, peer.spiffe_id, peer.tls_name if peer.verify == "dns" else None,
                              watch.refresh if watch is not None else _nothing)
+
+    def _series(self, peer: PeerConfig) -> Callable[[str], CallSeries] | None:
+        """The client RPC metrics series of ``peer``'s methods (None: no RPC metrics)."""
+        metrics = self._rpc_metrics
+        if metrics is None:
+            return None
+        peer_id = str(peer.spiffe_id)
+        return lambda method: metrics.series("client", method, peer_id)
 
     def _dns_plan(self, peer: PeerConfig, snapshot: IdentitySnapshot) -> ChannelPlan:
         td = peer.spiffe_id.trust_domain
@@ -232,12 +243,14 @@ class PeerChannels:
             channel = PeerChannel(
                 name, snapshot, lambda _s: xds.plan(name), interceptors=self._interceptors(peer),
                 explain=lambda err: xds.explain(name, err), call_auth=self._call_auth.get(name),
+                series=self._series(peer),
                 timeout=peer.timeout,
             )
         else:
             channel = PeerChannel(
                 name, snapshot, lambda s: self._dns_plan(peer, s), interceptors=self._interceptors(peer),
                 explain=lambda err: explain_dns_error(peer, err), call_auth=self._call_auth.get(name),
+                series=self._series(peer),
                 timeout=peer.timeout,
             )
         self._channels[name] = channel

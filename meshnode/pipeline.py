@@ -17,10 +17,14 @@ Every method a node serves passes through here once, at registration:
    of the servicer context; a reader/writer coroutine runs inside an async
    generator that yields nothing (its ``context.write()`` goes to the call).
 3. **admit** (:func:`admit`): a :class:`Gate` decides the call before the
-   behaviour is entered. A refused call ends with ``context.abort()``:
+   behaviour is entered. A refused call ends with its status code set on
+   the context, without an exception (so tracing records no stack trace):
    request-streaming methods never read a message, response-streaming ones
    never write one. An admitted call binds its per-call state
-   (``Admission.enter``: the caller's identity for ``peer_id()``).
+   (``Admission.enter``: the caller's identity for ``peer_id()``). This
+   wrapper is meshnode's per-call hook: with RPC metrics on, it also adds
+   each call's duration and status code to the admission's ``series``
+   (:mod:`meshnode.telemetry.rpcmetrics`); there is no second interceptor.
 4. **register** (:class:`Pipeline.register`): registered method handlers
    (and the same handlers as a generic handler, for grpc releases whose
    interceptor path looks only at generic handlers).
@@ -41,12 +45,14 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
 from meshnode.errors import ConfigError, ServeError
+from meshnode.telemetry.rpcmetrics import CallSeries
 
 __all__ = [
     "Admission",
@@ -79,6 +85,10 @@ class Admission(Protocol):
 
     @property
     def details(self) -> str: ...
+
+    @property
+    def series(self) -> CallSeries | None:
+        """Where the call's duration and status go (None: RPC metrics are off)."""
 
     def enter(self) -> None:
         """Bind per-call state in the running call's context (before the behaviour runs)."""
@@ -317,38 +327,85 @@ def normalise(handler: grpc.RpcMethodHandler, pool: Executor | None = None) -> g
 # -- 3. admit ------------------------------------------------------------------------------------------
 
 
-async def _refuse(context: Any, admission: Admission) -> None:
+def _refuse(context: Any, admission: Admission) -> None:
+    """End a refused call with its status, without raising: the call is over when the wrapper returns.
+
+    ``context.abort()`` would raise through every interceptor above, and
+    OpenTelemetry's server interceptor records any exception as an
+    ``exception`` event with a Python stack trace: a denial is not a crash.
+    (grpc.aio sends no response message when the code is not OK.)
+    """
     code = admission.code
     assert code is not None
-    await context.abort(code, admission.details)
-    raise ServeError(reason="context.abort() returned instead of ending a refused call", component="server")
+    context.set_code(code)
+    context.set_details(admission.details)
+
+
+def _ended(context: Any, error: BaseException | None) -> int:
+    """The status code number a call ended with: what the handler set or aborted with, else from ``error``."""
+    code = context.code()
+    if code is not None:
+        return int(code.value[0])
+    if error is None:
+        return 0  # OK
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return 1  # CANCELLED: the caller went away, or the server is stopping
+    return 2  # UNKNOWN: what gRPC sends for an exception from a handler
 
 
 def admit(gate: Gate, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A normalised ``handler`` whose every call is decided by ``gate`` before it runs."""
+    """A normalised ``handler`` whose every call is decided by ``gate`` before it runs.
+
+    When the admission carries a ``series`` (RPC metrics are on), the call's
+    duration and status code are added to it: refused calls too.
+    """
     inner = _behavior(handler)
     if handler.response_streaming:
 
         async def admitted_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            started = perf_counter()
             admission = gate(context, method)
+            series = admission.series
             if admission.code is not None:
-                await _refuse(context, admission)
+                _refuse(context, admission)
+                if series is not None:
+                    series.record(admission.code.value[0], perf_counter() - started)
+                return
             admission.enter()
             responses = inner(request, context)
             try:
                 async for item in responses:
                     yield item
+            except BaseException as exc:
+                if series is not None:
+                    series.record(_ended(context, exc), perf_counter() - started)
+                raise
             finally:
                 await responses.aclose()
+            if series is not None:
+                series.record(_ended(context, None), perf_counter() - started)
 
         return _rebuild(handler, admitted_stream)
 
     async def admitted(request: Any, context: Any) -> Any:
+        started = perf_counter()
         admission = gate(context, method)
+        series = admission.series
         if admission.code is not None:
-            await _refuse(context, admission)
+            _refuse(context, admission)
+            if series is not None:
+                series.record(admission.code.value[0], perf_counter() - started)
+            return None
         admission.enter()
-        return await inner(request, context)
+        if series is None:
+            return await inner(request, context)
+        try:
+            response = await inner(request, context)
+        except BaseException as exc:
+            series.record(_ended(context, exc), perf_counter() - started)
+            raise
+        series.record(_ended(context, None), perf_counter() - started)
+        return response
 
     return _rebuild(handler, admitted)
 

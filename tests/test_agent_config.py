@@ -70,7 +70,8 @@ def test_file_problems(tmp_path: Path) -> None:
     fails(tmp_path, HEAD + "socket_dri = 1\n" + ALPHA, "'socket_dri' is not a known key")
     fails(tmp_path, HEAD, "no entries; add one [[entries]] table")
     fails(tmp_path, HEAD + "svid_ttl = 1\n" + ALPHA, "'svid_ttl' must be at least 2, not 1")
-    fails(tmp_path, HEAD + 'svid_ttl = "1h"\n' + ALPHA, "'svid_ttl' must be an integer")
+    fails(tmp_path, HEAD + 'svid_ttl = "1.5s"\n' + ALPHA, "'svid_ttl' must be a whole number of seconds")
+    fails(tmp_path, HEAD + 'svid_ttl = "1 hour"\n' + ALPHA, "'svid_ttl' is not a duration")
 
 
 def test_entry_problems(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CORE_VARIANTS = {"A", "B", "C", "D", "E", "E3"}
+CORE_VARIANTS = {"A", "B", "C", "D", "M", "E", "E3"}
 
 
 def _positive(value: Any) -> bool:
@@ -63,6 +63,10 @@ def test_every_variant_made_calls_without_errors(quick_run: tuple[subprocess.Com
             assert 0 < row["p50_ms"]["median"] <= row["p99_ms"]["median"], where
         assert rows["B"]["throughput_ratio"]["median"] == 1.0
     assert result["tracing"]["spans_exported"] > 0  # D really traced
+    metrics = result["metrics"]  # M really recorded every call it served (its client's start-up call too)
+    assert metrics["calls_counted"] >= metrics["calls_made"] > 0
+    for workload, rows in summary.items():
+        assert _positive(rows["M"]["vs_node"]["server_cpu_ratio"]["median"]), workload
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import eventually
+
 
 @pytest.mark.slow
 def test_meshnode_demo_tells_the_whole_story_and_exits_0(tmp_path: Path) -> None:
@@ -72,6 +74,28 @@ def test_keep_running_ends_on_ctrl_c_with_exit_0_and_no_leftovers() -> None:
         call = subprocess.run([sys.executable, "-m", "meshnode.cli", "demo", "call", "--workdir", str(work)],
                               capture_output=True, text=True, timeout=60)
         assert call.returncode == 0, call.stdout + call.stderr
+        # the call is traced from a client root span: trace show draws all of it, client first
+        trace_id = re.search(r"^trace ([0-9a-f]{32}): meshnode trace show", call.stdout, re.M)
+        assert trace_id is not None, call.stdout
+        files = sorted(str(p) for p in (work / "traces").glob("*.jsonl"))
+
+        def shown() -> str:
+            done = subprocess.run([sys.executable, "-m", "meshnode.cli", "trace", "show", "--no-color", "--width",
+                                   "200", "--trace-id", trace_id.group(1), *files],
+                                  capture_output=True, text=True, timeout=60)
+            return done.stdout
+
+        eventually(lambda: shown().count("Relay/Forward") == 6, "the 6 spans of the relay call in the files")
+        root = shown().splitlines()[2].split()  # after the trace's line and the column titles
+        assert root[:2] == ["/meshnode.demo.v1.Relay/Forward", "client"]
+        # the top command it printed shows the three nodes
+        urls = demo.wait_line(r"meshnode top (\S+) (\S+) (\S+)").groups()
+        top = subprocess.run([sys.executable, "-m", "meshnode.cli", "top", "--once", *urls],
+                             capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0, top.stdout + top.stderr
+        for node in ("alpha", "beta", "gamma"):
+            assert f"NODE {node}  spiffe://example.org/node/{node}" in top.stdout
+        assert "meshnode.demo.v1.Relay/Forward  spiffe://example.org/demo/client" in top.stdout
         # a terminal's Ctrl-C: SIGINT to the whole foreground process group
         os.killpg(os.getpgid(demo.proc.pid), signal.SIGINT)
         assert demo.proc.wait(timeout=60) == 0, demo.output()

@@ -84,7 +84,7 @@ def test_env_overrides_mode_and_listen(tmp_path: Path) -> None:
         (('spiffe_id = "spiffe://example.org/node/beta"', 'spiffe_id = "spiffe://example.org/node/../beta"'),
          "'peers.beta.spiffe_id' is not a valid SPIFFE ID"),
         (('address = "127.0.0.1:7002"', 'address = "127.0.0.1"'), "'peers.beta.address'"),
-        (('timeout = 3', 'timeout = "3"'), "'identity.timeout' must be a number"),
+        (('timeout = 3', 'timeout = "3x"'), "'identity.timeout' is not a duration"),
         (('"spiffe://example.org/ns/*"', '"spiffe://example.org/ns/"'), "trailing '/'"),
         (('services = ["meshnode.demo:EchoService"]', 'services = ["EchoService"]'), "package.module:ClassName"),
         (("[peers.beta]\n", "[peers.beta]\ncolour = 1\n"), "'peers.beta.colour' is not a known key"),

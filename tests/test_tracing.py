@@ -13,7 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from meshnode.authz import peer_id
 from meshnode.demo import EchoService, RelayService
@@ -134,3 +134,37 @@ async def test_sync_handlers_work_with_and_without_tracing(traced: bool) -> None
         names = sorted(s.name for s in exporter.get_finished_spans())
         assert names.count("/meshnode.demo.v1.Echo/Say") == 2
         assert all(s.attributes["meshnode.peer.spiffe_id"] == ALPHA for s in exporter.get_finished_spans())
+
+
+async def test_a_denied_call_is_an_error_status_with_its_code_not_an_exception_and_attributes_are_current() -> None:
+    """A denial is an answer, not a crash: server and client spans end with an ERROR status and the
+    gRPC code, and carry no ``exception`` event (with its Python stack trace). Addresses use the current
+    semantic conventions: network.peer.* on server spans, server.address/port on client spans."""
+    ca = DevCA("example.org")
+    exporter = InMemorySpanExporter()
+    async with Node(node_config("beta", allow=[ALPHA]), services=[EchoService()], source=ManualSource(ca, BETA),
+                    tracer_provider=provider("beta", exporter)) as beta:
+        async with Node(node_config("gamma", peers={"beta": peer(beta.port, BETA)}), source=ManualSource(ca, GAMMA),
+                        tracer_provider=provider("gamma", exporter)) as gamma:
+            stub = gamma.stub("beta", demo_pb2_grpc.EchoStub)
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await stub.Say(demo_pb2.SayRequest(text="x"), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as stream:
+                [r async for r in stub.SayStream(demo_pb2.SayRequest(text="x y"), timeout=10)]
+    assert unary.value.code() == stream.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert unary.value.details() == f"authz: {GAMMA} is not allowed to call /meshnode.demo.v1.Echo/Say"
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 4
+    for span in spans:
+        attrs = span.attributes or {}
+        assert [e.name for e in span.events] == [], (span.name, span.kind)
+        assert span.status.status_code == StatusCode.ERROR
+        assert attrs["rpc.grpc.status_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert not [key for key in attrs if key.startswith("net.")]
+        if span.kind == SpanKind.SERVER:
+            assert (span.status.description or "").startswith("PERMISSION_DENIED: authz: ")
+            assert attrs["network.peer.address"] == "127.0.0.1" and isinstance(attrs["network.peer.port"], int)
+            assert attrs["meshnode.authz.decision"] == "deny"
+        else:
+            assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", beta.port)
+            assert "authz: " in (span.status.description or "")

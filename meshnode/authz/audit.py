@@ -9,6 +9,10 @@ meshnode never configures handlers). Fields::
      "rule": "name or null", "policy": "policy name", "policy_version": 3,
      "dry_run": false, "reason": "..."}
 
+The record also carries the same fields as a dict (attribute
+:data:`AUDIT_FIELDS`): with ``MESHNODE_LOG_FORMAT=json`` they are top-level
+keys of the log line, next to the call's ``trace_id``.
+
 In dry-run mode a call the policy denies still runs; its record says
 ``"decision": "deny", "dry_run": true``. With JWT-SVIDs (``[authz] jwt``)
 records also carry ``"mtls_peer_id"`` (the TLS peer) and ``"jwt_subject"``
@@ -26,8 +30,9 @@ import logging
 from collections.abc import Mapping
 
 from meshnode.errors import PolicyError
+from meshnode.telemetry.jsonlog import AUDIT_FIELDS
 
-__all__ = ["AUDIT_LOGGER", "AuditCondition", "Auditor"]
+__all__ = ["AUDIT_FIELDS", "AUDIT_LOGGER", "AuditCondition", "Auditor"]
 
 AUDIT_LOGGER = "meshnode.audit"
 
@@ -107,5 +112,8 @@ class Auditor:
         }
         if extra:
             entry.update(extra)
-        # The message is the JSON itself; %s keeps logging's lazy formatting contract.
-        self._log.info("%s", json.dumps(entry, separators=(",", ":"), ensure_ascii=False))
+        # The message is the JSON itself; %s keeps logging's lazy formatting contract. The same fields ride
+        # along as a dict, so a JSON log formatter puts them at the top level of its line (telemetry.jsonlog).
+        self._log.info(
+            "%s", json.dumps(entry, separators=(",", ":"), ensure_ascii=False), extra={AUDIT_FIELDS: entry}
+        )

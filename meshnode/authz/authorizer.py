@@ -73,6 +73,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.authz.audit import AuditCondition, Auditor
@@ -89,6 +90,7 @@ from meshnode.pipeline import AuthzInterceptor, Pipeline
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
 from meshnode.telemetry.attributes import PEER_JWT_SUBJECT, PEER_MTLS_SPIFFE_ID
 from meshnode.telemetry.instruments import split_method
+from meshnode.telemetry.rpcmetrics import RpcMetrics, Series
 
 __all__ = ["Authorizer", "Verdict", "peer_key"]
 
@@ -119,6 +121,12 @@ class Verdict:
     caller: Caller | None = None
     #: fields the audit record adds (with JWT-SVIDs: the mTLS peer and the token's subject)
     audit_fields: Mapping[str, str | None] | None = None
+    series: Series | None = None  # RPC metrics of (caller, method): rpc.server.call.duration
+
+    @property
+    def span_status(self) -> Status | None:
+        """The server span's status for a refused call: an error naming why (None: admitted)."""
+        return None if self.code is None else Status(StatusCode.ERROR, f"{self.code.name}: {self.details}")
 
     def enter(self) -> None:
         """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
@@ -140,6 +148,8 @@ class Authorizer:
     for more). ``dry_run``: policy denials are recorded but not enforced.
     ``jwt``: JWT-SVIDs on calls (``[authz] jwt``, ``principal``,
     ``jwt_forwarders``); None: the authorization metadata is not looked at.
+    ``rpc_metrics``: where each call's duration and status go (its verdict
+    carries the series of its caller and method); None: no RPC metrics.
     """
 
     def __init__(
@@ -156,6 +166,7 @@ class Authorizer:
         span_attributes: Mapping[str, AttributeValue] | None = None,
         record_spans: bool = True,
         jwt: JwtAuthn | None = None,
+        rpc_metrics: RpcMetrics | None = None,
     ) -> None:
         if cache_size < 16:
             raise PolicyError(reason=f"cache_size must be at least 16, not {cache_size}", component="authz")
@@ -173,6 +184,7 @@ class Authorizer:
         self._decisions = DecisionCounter.for_provider(meter_provider)
         self._owns_policy = own_policy
         self._jwt = jwt
+        self._rpc_metrics = rpc_metrics
 
     # -- the per-call core ------------------------------------------------
 
@@ -324,10 +336,13 @@ class Authorizer:
             "rpc.method": name,
             "meshnode.authz.dry_run": dry_run,
         }
+        series = None
+        if self._rpc_metrics is not None:
+            series = self._rpc_metrics.series("server", method, str(peer) if peer is not None else None)
         return Verdict(
             peer, outcome, code, details, decision.rule, decision.reason, active.policy.name, active.version,
             dry_run, audit.covers(outcome == "allow"), final, span, self._decisions.slot(counted),
-            caller=caller, audit_fields=fields,
+            caller=caller, audit_fields=fields, series=series,
         )
 
     def _observe(self, verdict: Verdict, method: str) -> None:
@@ -335,6 +350,8 @@ class Authorizer:
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attributes(verdict.span_attributes)
+                if verdict.code is not None:
+                    span.set_status(verdict.span_status)  # type: ignore[arg-type]  # not None when refused
         self._decisions.add(verdict.counted)
         if verdict.audit:
             self._auditor.record(
@@ -387,6 +404,11 @@ class Authorizer:
     @property
     def active(self) -> ActivePolicy:
         return self._source.current()
+
+    @property
+    def decisions(self) -> DecisionCounter:
+        """The tally of ``meshnode.authz.decisions`` this authorizer counts in (shared per meter provider)."""
+        return self._decisions
 
     def explain(
         self, peer: str | SpiffeID, method: str, metadata: Iterable[tuple[str, str | bytes]] = ()

@@ -70,6 +70,11 @@ class DecisionCounter:
         with self._lock:
             slot.value += 1
 
+    def counts(self) -> list[tuple[Mapping[str, AttributeValue], int]]:
+        """Every attribute set counted so far, with its count (for collectors other than OpenTelemetry's)."""
+        with self._lock:
+            return [(s.attributes, s.value) for s in self._slots.values() if s.value]
+
     def _observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         with self._lock:
             return [metrics.Observation(s.value, s.attributes) for s in self._slots.values() if s.value]

@@ -37,6 +37,7 @@ from meshnode.bench.pki import SERVER_ID, TRUST_DOMAIN, BenchPKI
 from meshnode.bench.policies import SCALE_RULES, write_policy
 from meshnode.bench.protocol import Child
 from meshnode.bench.stats import ratio, spread
+from meshnode.config.duration import duration_argument
 from meshnode.errors import MeshnodeError
 
 __all__ = ["main"]
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="an older source tree to compare with this one")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="a source tree (repeatable)")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=1.0, help="seconds per server and round")
+    parser.add_argument("--duration", type=duration_argument, default=1.0,
+                        help="seconds per server and round (or 1s, 500ms)")
     parser.add_argument("--callers", type=int, default=1, help="concurrent unary callers")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and client to separate CPUs")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))

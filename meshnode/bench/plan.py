@@ -2,10 +2,11 @@
 
 Every variant is a (server, client channel) pair. ``B`` is the baseline the
 others are divided by; ``E`` and ``F`` call the ``C`` server, so their
-difference to ``C`` is the cost of meshnode's client side. ``E3`` and
-``F3`` call three ``C`` servers as one peer with three endpoints (balanced
-per call): their client CPU next to ``E`` and ``F`` is what balancing over
-several endpoints costs a caller. ``P`` and ``Q``
+difference to ``C`` is the cost of meshnode's client side; ``M`` is ``C``
+with RPC metrics and the Prometheus endpoint on, so ``M``/``C`` is what
+metrics cost. ``E3`` and ``F3`` call three ``C`` servers as one peer with
+three endpoints (balanced per call): their client CPU next to ``E`` and
+``F`` is what balancing over several endpoints costs a caller. ``P`` and ``Q``
 (not in a default run: ``--variants B,C,P,Q``) are the policy-scale
 scenario: their difference is what one header rule costs. ``J`` is ``E``
 with JWT-SVIDs (client ``jwt = true``, server ``jwt = "required"``): J/E is
@@ -40,6 +41,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("B", "bare grpcio, mTLS with static ssl_server_credentials (baseline)", "B", "mtls"),
     Variant("C", "meshnode Node server: dynamic credentials + authorization (bare mTLS client)", "C", "mtls"),
     Variant("D", "C + tracing (SDK TracerProvider, BatchSpanProcessor, no-op exporter)", "D", "mtls"),
+    Variant("M", "C + metrics: RPC metrics per peer and the Prometheus endpoint on (no traces)", "M", "mtls"),
     Variant("E", "C server; client through a meshnode Node peer channel, verify=dns", "C", "node-dns"),
     Variant("F", "C server; client through a meshnode Node peer channel, verify=spiffe-id (xDS)", "C",
             "node-spiffe-id", own_process=True),
@@ -91,7 +93,7 @@ class BenchSettings:
     spiffe_id_rotations: int = 4  # through a spiffe-id channel (only when F runs)
     spiffe_id_rotation_interval: float = 1.5  # gRPC's file_watcher re-reads every second
     pin: bool = True
-    variants: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "J", "E3", "F3")
+    variants: tuple[str, ...] = ("A", "B", "C", "D", "M", "E", "F", "J", "E3", "F3")
     quick: bool = False
 
     def __post_init__(self) -> None:

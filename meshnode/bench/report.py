@@ -48,6 +48,14 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
         rows.append(_target(f"D/C (tracing), {workload}", "report", cpu, None,
                             f"throughput {_fmt(tput, 2)}, server CPU {_fmt(cpu, 2)}"))
     rows += _jwt_targets(result)
+    for workload, variants in summary.items():
+        vs = (variants.get("M") or {}).get("vs_node")
+        if vs is None or "stream" in workload:
+            continue
+        tput, cpu = _median(vs["throughput_ratio"]), _median(vs["server_cpu_ratio"])
+        rows.append(_target(f"M/C (metrics) server CPU per RPC, {workload}", "<= 1.03", cpu,
+                            cpu is not None and cpu <= 1.03,
+                            f"{_spread(vs['server_cpu_ratio'], 3)} (throughput {_spread(vs['throughput_ratio'], 3)})"))
     rot = result["rotation"]
     failed = _target(
         "failed calls during rotations under load", "0 over >= 20 rotations", rot["failed_calls"],
@@ -124,6 +132,26 @@ def _throughput_table(result: Mapping[str, Any]) -> list[str]:
                 f"| {_fmt(_median(row['client_cpu_us']), 0)} |"
             )
     return lines
+
+
+def _metrics_section(result: Mapping[str, Any]) -> list[str]:
+    """M against C, round by round: what RPC metrics and the Prometheus endpoint cost."""
+    rows = [(w, v["M"]["vs_node"]) for w, v in result["throughput"]["summary"].items() if "vs_node" in v.get("M", {})]
+    if not rows:
+        return []
+    lines = [
+        "## Metrics: M (C + RPC metrics, Prometheus endpoint) against C, per round",
+        "",
+        "| workload | throughput M/C | server CPU per RPC M/C |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {w} | {_spread(vs['throughput_ratio'], 3)} | {_spread(vs['server_cpu_ratio'], 3)} |"
+              for w, vs in rows]
+    counted = result.get("metrics")
+    if counted:
+        lines += ["", f"M's /metrics counted {counted['calls_counted']} server calls; the clients made "
+                      f"{counted['calls_made']} (warm-up included)."]
+    return [*lines, ""]
 
 
 def _handshake_section(hs: Mapping[str, Any]) -> list[str]:
@@ -254,6 +282,7 @@ def markdown(result: Mapping[str, Any], command: str | None = None) -> str:
     tracing = result.get("tracing")
     if tracing:
         lines += [f"D exported {tracing['spans_exported']} spans for {tracing['calls']} calls.", ""]
+    lines += _metrics_section(result)
     lines += [*_handshake_section(result["handshakes"]), "", *_rotation_section(result), ""]
     lines += [*_channels_section(result), ""]
     lines += ["## Targets", "", "| target | goal | measured | status |", "|---|---|---|---|"]

@@ -251,6 +251,13 @@ class _Run:
             ca_rotations=0, interval=s.spiffe_id_rotation_interval, callers=s.rotation_callers,
         )
 
+    def metrics(self) -> dict[str, Any] | None:
+        """What M's /metrics counted against the calls the clients made of it (warm-up included)."""
+        if "M" not in self.servers:
+            return None
+        counted = self.servers["M"].request({"cmd": "metrics"})["calls"]
+        return {"calls_counted": counted, "calls_made": self.calls_by_server.get("M", 0)}
+
     def tracing(self) -> dict[str, Any] | None:
         if "D" not in self.servers:
             return None
@@ -287,6 +294,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
         rotation = run.rotation(agent)
         rotation_spiffe_id = run.rotation_spiffe_id(agent)
         tracing = run.tracing()
+        metrics = run.metrics()
         variants = {v.name: v.description for v in VARIANTS if v in run.variants}
         return {
             "meshnode_bench": 1,
@@ -301,6 +309,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             "rotation": rotation,
             "rotation_spiffe_id": rotation_spiffe_id,
             "tracing": tracing,
+            "metrics": metrics,
             "elapsed_s": time.monotonic() - began,
         }
     raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)

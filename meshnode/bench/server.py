@@ -9,6 +9,8 @@ Variants (what the runner compares):
   authorization by SPIFFE ID, health and reflection;
 * ``D``: ``C`` with tracing: an SDK ``TracerProvider`` whose spans go through
   a ``BatchSpanProcessor`` to an exporter that only counts them;
+* ``M``: ``C`` with ``[telemetry] prometheus`` on (RPC metrics per caller,
+  the /metrics endpoint; nothing scrapes it during the cells);
 * ``P``: ``C`` whose policy is a file of 10,001 allow rules, the bench
   client's last (:mod:`meshnode.bench.policies`);
 * ``Q``: ``P`` plus one deny rule with a header condition on the Echo
@@ -27,7 +29,8 @@ Variants (what the runner compares):
 Commands on stdin (see :mod:`meshnode.bench.protocol`): ``cpu`` -> this
 process's CPU seconds (``time.process_time()``: every thread, grpc's too);
 ``seen`` -> client certificate serial -> first call carrying it (``R``);
-``spans`` -> spans exported so far (``D``); ``quit``.
+``spans`` -> spans exported so far (``D``); ``metrics`` -> server calls
+counted in the node's /metrics, read over HTTP (``M``); ``quit``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "J", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "J", "M", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -72,7 +75,10 @@ async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCreden
     return port
 
 
-def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None, jwt: bool = False) -> Any:
+def _node_config(
+    name: str, identity: dict[str, Any], policy: Path | None = None, jwt: bool = False,
+    telemetry: dict[str, Any] | None = None,
+) -> Any:
     from meshnode.config.node import node_config_from_dict
 
     authz: dict[str, Any] = {"allow": [CLIENT_ID], "audit": "on_deny"}
@@ -85,21 +91,35 @@ def _node_config(name: str, identity: dict[str, Any], policy: Path | None = None
             "node": {"name": name, "listen": _LISTEN, "mode": "development", "shutdown_grace": 0.0},
             "identity": {"trust_domain": TRUST_DOMAIN, **identity},
             "authz": authz,
+            "telemetry": telemetry or {},
         },
         environ={},
     )
 
 
+def _scraped_calls(url: str) -> int:
+    """The server calls a node's /metrics counts (every status code), read as a scraper would."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # the node's own http URL
+        text = response.read().decode()
+    return int(sum(
+        s.value for f in text_string_to_metric_families(text) if f.name == "rpc_server_call_duration_seconds"
+        for s in f.samples if s.name.endswith("_count")
+    ))
+
+
 async def _node(
     stack: contextlib.AsyncExitStack, config: Any, service: object, *, source: Any = None, tracer_provider: Any = None
-) -> int:
+) -> Any:
     from meshnode.node import Node
 
     node = Node(config, services=[service], source=source, tracer_provider=tracer_provider)
     await node.start()
     stack.push_async_callback(node.stop, 0.0)
-    port: int = node.port
-    return port
+    return node
 
 
 def _tracer_provider(stack: contextlib.AsyncExitStack) -> tuple[Any, Callable[[], int]]:
@@ -139,7 +159,7 @@ async def start(
         log = CertificateLog()
         commands["seen"] = lambda: {"seen": log.first_seen()}
         config = _node_config("bench-rotation-server", {"source": "workload-api", "socket": agent_socket})
-        return {"main": await _node(stack, config, LoggingEcho(log))}, commands
+        return {"main": (await _node(stack, config, LoggingEcho(log))).port}, commands
     pki = BenchPKI(state_dir)
     if variant == "B":
         return {"main": await _bare(stack, pki.static_server_credentials())}, commands
@@ -163,7 +183,7 @@ async def start(
             config = _node_config(f"bench-server-c3-{i}", {"source": "dev"})
             ports[name] = await _node(stack, config, BenchEcho(), source=replica)
         return ports, commands
-    if variant in ("C", "D", "J", "P", "Q"):
+    if variant in ("C", "D", "J", "M", "P", "Q"):
         from meshnode.bench.policies import write_policy
         from meshnode.identity.source import StaticSource
         from meshnode.testing import ManualSource
@@ -180,8 +200,14 @@ async def start(
         policy = None
         if variant in ("P", "Q"):
             policy = write_policy(state_dir / f"policy-{variant}.json", header_rule=variant == "Q")
-        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy, jwt=variant == "J")
-        return {"main": await _node(stack, config, BenchEcho(), source=source, tracer_provider=provider)}, commands
+        telemetry = {"prometheus": "127.0.0.1:0"} if variant == "M" else None
+        config = _node_config(f"bench-server-{variant.lower()}", {"source": "dev"}, policy, jwt=variant == "J",
+                              telemetry=telemetry)
+        node = await _node(stack, config, BenchEcho(), source=source, tracer_provider=provider)
+        if variant == "M":
+            url = node.metrics_url
+            commands["metrics"] = lambda: {"calls": _scraped_calls(url)}
+        return {"main": node.port}, commands
     raise ValueError(f"unknown server variant {variant!r}; use one of {', '.join(SERVER_VARIANTS)}")
 
 

@@ -8,6 +8,9 @@ from typing import Any
 
 from meshnode.bench.plan import BASELINE
 
+#: the plain meshnode node; variants that add to it (tracing, metrics) are also compared with it per round
+NODE = "C"
+
 __all__ = ["Spread", "percentile", "ratio", "spread", "summarize_cells", "summarize_handshakes"]
 
 Spread = dict[str, float | int | None]
@@ -51,11 +54,13 @@ def _per_round(own: list[dict[str, Any]], base: dict[int, dict[str, Any]], key: 
 
 
 def summarize_cells(cells: list[dict[str, Any]], variants: list[str], workloads: list[str]) -> dict[str, Any]:
-    """Per workload and variant: medians [IQR] over rounds, and per-round ratios to the baseline."""
+    """Per workload and variant: medians [IQR] over rounds, per-round ratios to the baseline and
+    (``vs_node``) to the plain node C of the same round."""
     out: dict[str, Any] = {}
     for workload in workloads:
         mine = [c for c in cells if c["workload"] == workload]
         base = {c["round"]: c for c in mine if c["variant"] == BASELINE}
+        node = {c["round"]: c for c in mine if c["variant"] == NODE}
         rows: dict[str, Any] = {}
         for variant in variants:
             own = [c for c in mine if c["variant"] == variant]
@@ -71,6 +76,11 @@ def summarize_cells(cells: list[dict[str, Any]], variants: list[str], workloads:
                 "server_cpu_ratio": spread(_per_round(own, base, "server_cpu_us")),
                 "client_cpu_ratio": spread(_per_round(own, base, "client_cpu_us")),
             }
+            if node and variant != NODE:  # what a variant adds to the plain node, round by round
+                rows[variant]["vs_node"] = {
+                    "throughput_ratio": spread(_per_round(own, node, "calls_per_s")),
+                    "server_cpu_ratio": spread(_per_round(own, node, "server_cpu_us")),
+                }
         out[workload] = rows
     return out
 

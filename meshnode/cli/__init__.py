@@ -25,8 +25,8 @@ __all__ = ["COMMANDS", "main"]
 
 #: command -> the module (in meshnode.cli) that registers it
 COMMANDS = {
-    "dns-name": "dnsname", "run": "run", "check": "check", "probe": "probe", "trace": "trace", "agent": "agent",
-    "svid": "svid", "policy": "policy", "demo": "demo", "bench": "bench",
+    "dns-name": "dnsname", "run": "run", "check": "check", "probe": "probe", "trace": "trace", "top": "top",
+    "agent": "agent", "svid": "svid", "policy": "policy", "demo": "demo", "bench": "bench",
 }
 
 
@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except MeshnodeError as exc:
+        from meshnode.cli._logging import report_error
         from meshnode.config._reader import printable
 
-        print(f"meshnode: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a file name holds
+        report_error(f"meshnode: {printable(str(exc))}")  # one line (JSON with MESHNODE_LOG_FORMAT=json)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> None:
     """Run an agent until SIGTERM/SIGINT; SIGUSR1/SIGUSR2 rotate SVIDs / the CA."""
+    from meshnode.cli._logging import announce
     from meshnode.devagent.agent import DevAgent
 
     loop = asyncio.get_running_loop()
@@ -83,8 +84,8 @@ async def serve(config: AgentConfig) -> None:
             on_signal("CA rotation", lambda: agent.rotate_ca(activate_after=config.ca_overlap)),
         )
         names = ",".join(config.sockets)  # one socket per name; a repeated name serves several SVIDs
-        print(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
-              f"entries={names}", flush=True)
+        announce(f"meshnode agent: ready trust_domain={config.trust_domain} sockets={config.socket_dir} "
+                 f"entries={names}")
         await stop.wait()
         for task in rotations:
             task.cancel()

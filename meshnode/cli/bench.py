@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshnode.config.duration import duration_argument
 from meshnode.errors import MeshnodeError
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: few short rounds (CI)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 12; quick 2)")
-    p.add_argument("--duration", type=float, help="seconds per variant and workload (default 0.6; quick 0.25)")
+    p.add_argument("--duration", type=duration_argument,
+                   help="seconds per variant and workload (default 0.6; quick 0.25)")
     p.add_argument("--callers", type=int, help="concurrent callers of the 'many callers' workloads (default 16)")
     p.add_argument("--rotations", type=int, help="rotations under load (default 24; quick 4)")
     p.add_argument("--variants", help="comma-separated subset of the variants above, A-F, P, Q (B is required)")

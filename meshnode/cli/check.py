@@ -7,7 +7,8 @@ expiry, the trust domains, the services, the peers with the names they are
 verified by and their endpoints as resolved now, and every check, then what
 ``run`` would do with this config.
 
-``--json`` prints the same report as one JSON object.
+``--json`` prints the same report as one JSON object (with the
+``not_after`` of the SVID and of every CA in every trust bundle).
 
 ``--config-only`` runs the same plan without obtaining an identity (no
 Workload API, no SVID files, no dev CA): the configuration, the services it
@@ -15,9 +16,14 @@ names, the policy and the production rules that depend on configuration
 alone. For CI and for rendered manifests (``deploy/kubernetes``), where no
 agent runs.
 
+``--warn-expiry DURATION`` (``24h``, ``90m``, ``3600s``): also fail when
+the SVID, or a CA of any trust domain's bundle, expires within DURATION,
+naming it (for a cron job or a readiness gate ahead of an outage).
+
 Exit status: 0 when every production check passes (with
-``--config-only``: every check that needs no identity); 1 when one fails;
-2 when the configuration is invalid.
+``--config-only``: every check that needs no identity; with
+``--warn-expiry``: and nothing expires within the window); 1 when one fails
+or something expires; 2 when the configuration (or --warn-expiry) is invalid.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from meshnode.config._reader import printable
+from meshnode.config.duration import DURATION_HELP, format_duration, parse_duration
 from meshnode.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--config-only", action="store_true",
                    help="check the configuration, services and policy without obtaining an identity")
+    p.add_argument("--warn-expiry", metavar="DURATION",
+                   help=f"fail (exit 1) when the SVID or a bundle CA expires within DURATION ({DURATION_HELP})")
     p.set_defaults(func=run)
 
 
@@ -62,9 +73,36 @@ def _identity(b: Boot, snap: IdentitySnapshot) -> dict[str, Any]:
         "spiffe_id": str(snap.spiffe_id),
         "serial": snap.serial,
         "expires": snap.not_after.isoformat(),
+        "not_after": snap.not_after.isoformat(),
         "seconds_left": round(snap.seconds_left()),
         "trust_domains": {td: len(certs) for td, certs in sorted(snap.bundles.items())},
+        "bundles": {
+            td: [
+                {"subject": ca.subject.rfc4514_string(), "serial": format(ca.serial_number, "x"),
+                 "not_after": ca.not_valid_after_utc.isoformat()}
+                for ca in sorted(certs, key=lambda c: c.not_valid_after_utc)
+            ]
+            for td, certs in sorted(snap.bundles.items())
+        },
     }
+
+
+def expiring(snap: IdentitySnapshot, window: float, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """What expires within ``window`` seconds of ``now``: the SVID, and each bundle CA (by trust domain)."""
+    now = now or dt.datetime.now(dt.UTC)
+    found = []
+    items = [("SVID", str(snap.spiffe_id), None, snap.not_after)] + [
+        ("CA", ca.subject.rfc4514_string(), td, ca.not_valid_after_utc)
+        for td, certs in sorted(snap.bundles.items())
+        for ca in certs
+    ]
+    for kind, name, td, not_after in items:
+        left = (not_after - now).total_seconds()
+        if left < window:
+            what = f"the SVID {name}" if td is None else f"a CA of trust domain '{td}' ({name})"
+            found.append({"what": what, "kind": kind, "trust_domain": td, "not_after": not_after.isoformat(),
+                          "seconds_left": round(left)})
+    return sorted(found, key=lambda f: f["seconds_left"])
 
 
 def _peers(config: NodeConfig, plan: PeerPlan | None) -> list[dict[str, Any]]:
@@ -94,12 +132,17 @@ def _endpoint_line(p: dict[str, Any]) -> str:
     return f"{len(p['endpoints'])} now: {listed}{more}  ({p['lb']}, {retries}{timeout})"
 
 
-def report(b: Boot, path: str, *, config_only: bool = False) -> dict[str, Any]:
+def report(b: Boot, path: str, *, config_only: bool = False, warn_expiry: float | None = None) -> dict[str, Any]:
     """What check prints: the boot plan's findings and what `run` would do."""
     config = b.config
     refused = b.refusal()
     in_production = b.refusal("production")
+    expiry = None
+    if warn_expiry is not None:
+        soon = expiring(b.snapshot, warn_expiry) if b.snapshot is not None else []
+        expiry = {"window_seconds": warn_expiry, "expiring": soon}
     return {
+        "expiry": expiry,
         "node": config.name,
         "mode": config.mode,
         "config": path,
@@ -129,7 +172,10 @@ def _print(r: dict[str, Any]) -> None:
         print("identity         not obtained (--config-only): its checks are not run")
     ident = r["identity"]
     if ident is not None:
-        tds = ", ".join(f"{td} ({n} CA)" for td, n in ident["trust_domains"].items())
+        tds = ", ".join(
+            f"{td} ({len(cas)} CA" + (f", first expires {cas[0]['not_after']})" if cas else ")")
+            for td, cas in ident["bundles"].items()
+        )
         print("identity")
         print(f"  source         {ident['source']}")
         print(f"  spiffe id      {ident['spiffe_id']}")
@@ -158,6 +204,14 @@ def _print(r: dict[str, Any]) -> None:
         print(line)
     for warning in r["warnings"]:
         print(f"  warning: {warning}")
+    expiry = r["expiry"]
+    if expiry is not None:
+        window = format_duration(expiry["window_seconds"])
+        print(f"expiry           warn within {window}")
+        for item in expiry["expiring"]:
+            print(f"  [SOON] {item['what']} expires {item['not_after']} (in {_duration(item['seconds_left'])})")
+        if not expiry["expiring"]:
+            print(f"  [ok] neither the SVID nor a bundle CA expires within {window}")
     run = r["run"]
     if r["config_only"] and run["starts"]:
         print("run              would go on to obtain the identity (not tried: --config-only)")
@@ -166,6 +220,9 @@ def _print(r: dict[str, Any]) -> None:
     else:
         print(f"run              would refuse to start (exit {run['exit']}): {run['error']}")
     failed = [c for c in r["checks"] if not c["ok"]]
+    if expiry is not None and expiry["expiring"]:
+        names = "; ".join(f"{i['what']} in {_duration(i['seconds_left'])}" for i in expiry["expiring"])
+        print(f"result: expires within {format_duration(expiry['window_seconds'])}: {names}")
     if r["config_only"]:
         verdict = "valid for production" if r["ready_for_production"] else "NOT valid for production"
         print(f"result: configuration {verdict} ({len(failed)} of {len(r['checks'])} checks fail; "
@@ -181,16 +238,30 @@ def run(args: argparse.Namespace) -> int:
     from meshnode.cli._logging import setup_logging
     from meshnode.config.node import load_node_config
 
+    window = _window(args.warn_expiry)
     if args.config_only and args.socket:
         raise ConfigError("check: --socket has no use with --config-only (no identity is obtained)")
+    if args.config_only and window is not None:
+        raise ConfigError("check: --warn-expiry has no use with --config-only (no identity is obtained)")
     setup_logging(False)
     config = load_node_config(args.config)
     if args.socket:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, socket=args.socket))
     with contextlib.closing(boot(config, offline=args.config_only)) as booted:
-        r = report(booted, args.config, config_only=args.config_only)
+        r = report(booted, args.config, config_only=args.config_only, warn_expiry=window)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         _print(r)
-    return 0 if r["ready_for_production"] else 1
+    soon = r["expiry"] is not None and bool(r["expiry"]["expiring"])
+    return 0 if r["ready_for_production"] and not soon else 1
+
+
+def _window(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(reason=f"--warn-expiry {printable(repr(text))} {exc} (write {DURATION_HELP})",
+                          component="check", key="--warn-expiry", value=text) from None

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from meshnode.config.duration import duration_argument
 from meshnode.errors import ConfigError, IdentityUnavailableError, InvalidIdentityError, PeerError
 
 #: The environment variable every SPIFFE client reads for the Workload API address.
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--server-name", metavar="DNS_NAME",
                    help="the DNS SAN the node's certificate must carry (default: the name mapped from this "
                    "process's SPIFFE ID)")
-    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=duration_argument, default=3.0, metavar="DURATION",
                    help="give up after this long, identity and call together (default 3)")
     p.set_defaults(func=run)
 

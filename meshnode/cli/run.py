@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshnode.cli._logging import setup_logging
+    from meshnode.cli._logging import announce, setup_logging
     from meshnode.config.node import load_node_config
     from meshnode.fdlimit import raise_soft_limit
 
@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from meshnode.telemetry.setup import configure_telemetry
 
     core_log = CoreLogCapture().start()  # first: the log set up next writes to the real stderr, not the relay
-    setup_logging(args.verbose)
+    try:
+        setup_logging(args.verbose, config.log_format)
+    except BaseException:
+        core_log.close()
+        raise
     fd_limit = raise_soft_limit("node", quiet=True)  # reported once up: a config error stays one line
     try:
         handle = configure_telemetry(config.telemetry, default_service_name=config.name)
@@ -54,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     def ready(node: Node) -> None:
         logging.getLogger("meshnode.fdlimit").info("node: open-file limit (RLIMIT_NOFILE) %s", fd_limit.describe())
         for note in node.notes:
-            print(f"meshnode: NOTE: {note}", file=sys.stderr, flush=True)
+            announce(f"meshnode: NOTE: {note}", stream=sys.stderr, level=logging.WARNING)
         where = f"on {node.address}" if node.address is not None else "(client only, no port)"
-        print(f"meshnode: node {config.name} ready {where} as {node.spiffe_id} (mode {config.mode})", flush=True)
+        announce(f"meshnode: node {config.name} ready {where} as {node.spiffe_id} (mode {config.mode})")
+        if node.metrics_url is not None:
+            announce(f"meshnode: node {config.name} metrics on {node.metrics_url}")
 
     async def main() -> None:
         await Node(config).serve_until_signal(ready=ready)

@@ -18,6 +18,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from meshnode.config.duration import duration_argument
 from meshnode.errors import ConfigError, IdentityError, IdentityUnavailableError, InvalidIdentityError
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("svid", help="fetch this process's SVID from the Workload API and print it as JSON",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--socket", metavar="ADDR", help=f"Workload API address (default: ${ENDPOINT_SOCKET_ENV})")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=duration_argument, default=5.0, metavar="DURATION",
                    help="give up after this long (default 5)")
     p.set_defaults(func=run)
 

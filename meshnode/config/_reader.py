@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from meshnode.config.duration import DURATION_HELP, parse_duration
 from meshnode.errors import ConfigError
 
 __all__ = ["MISSING", "Section", "load_toml", "number_text", "printable", "resolve_path", "show"]
@@ -165,6 +166,35 @@ class Section:
             return float(value)
         except OverflowError:  # an integer beyond float range, where no maximum was given
             raise self.error(key, f"is too large: {show(value)}") from None
+
+    def duration(
+        self,
+        key: str,
+        default: Any = MISSING,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        whole: bool = False,
+    ) -> Any:
+        """Seconds, from a number or a string such as ``"30s"``, ``"5m"``, ``"1h30m"``
+        (:mod:`meshnode.config.duration`); ``whole``: a whole number of seconds (returned as int)."""
+        self._seen.add(key)
+        if key not in self._data or not isinstance(self._data[key], str):
+            if whole:
+                value = self._get(key, int, "a whole number of seconds or a duration such as \"1h\"", default)
+                if isinstance(value, int) and key in self._data:
+                    self._check_range(key, value, minimum, maximum)
+                return value
+            return self.number(key, default, minimum=minimum, maximum=maximum)
+        text = self.string(key)
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise self.error(key, f"{exc}: {show(text)} (write {DURATION_HELP})") from None
+        if whole and not seconds.is_integer():
+            raise self.error(key, f"must be a whole number of seconds, not {show(text)}")
+        self._check_range(key, seconds, minimum, maximum)
+        return int(seconds) if whole else seconds
 
     def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
         if minimum is not None and value < minimum:

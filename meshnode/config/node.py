@@ -13,6 +13,7 @@ connect_timeout = 5.0           # seconds before a connection attempt to a peer 
 max_connection_age = 600.0      # seconds before the server asks a client to reconnect (0: never)
 handshake_timeout = 5.0         # seconds a new connection has to finish TLS and start HTTP/2 (0.1-300)
 max_connections = 2048          # connections held at once; more are closed at accept (1-1048576)
+log_format = "text"             # text | json: how `meshnode run` logs (env MESHNODE_LOG_FORMAT)
 
 [identity]
 source = "workload-api"         # workload-api | files | dev
@@ -52,13 +53,18 @@ jwt_token_file = "..."          # optional: read the token from this file (spiff
 [telemetry]
 exporter = "jsonl"              # otlp | console | jsonl | none
 jsonl_path = "alpha-spans.jsonl"
+prometheus = "127.0.0.1:9464"   # serve GET /metrics on host:port (port 0: any free port)
+max_peer_ids = 200              # distinct caller/peer IDs in RPC metrics; the rest are "other"
 ```
+
+Durations (``shutdown_grace``, ``keepalive``, ``timeout``, ...) take seconds or
+``"30s"``, ``"5m"``, ``"1h"`` (:mod:`meshnode.config.duration`).
 
 Every number has a documented range (:data:`LIMITS`, docs/configuration.md):
 ``nan``, ``inf`` and values gRPC could not take are refused with the key.
 
 Environment overrides: ``MESHNODE_MODE`` (mode), ``MESHNODE_LISTEN``
-(listen). This module and :mod:`meshnode.devagent.config` are the only places
+(listen), ``MESHNODE_LOG_FORMAT`` (log_format). This module and :mod:`meshnode.devagent.config` are the only places
 that read configuration files and the environment.
 """
 
@@ -77,6 +83,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from meshnode.config._reader import Section, load_toml, number_text, printable, show
+from meshnode.config.logs import LOG_FORMATS, LogFormat, env_log_format
 from meshnode.config.targets import EndpointSpec, endpoint_spec
 from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section
 from meshnode.errors import ConfigError, InvalidSpiffeIdError
@@ -360,11 +367,16 @@ class NodeConfig:
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     source_path: Path | None = None
+    #: how `meshnode run` logs (env MESHNODE_LOG_FORMAT beats it); the library itself never configures logging
+    log_format: LogFormat = "text"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", MappingProxyType(dict(self.peers)))
         if self.listen is not None:
             parse_address(self.listen, "[node] listen")
+        if self.telemetry.prometheus is not None:
+            parse_address(self.telemetry.prometheus, "[telemetry] prometheus")
+        _one_of(self.log_format, LOG_FORMATS, "[node] log_format")
         for key in ("shutdown_grace", "keepalive", "connect_timeout", "max_connection_age"):
             check_limit(f"node.{key}", getattr(self, key))
         _one_of(self.mode, MODES, "[node] mode")
@@ -516,7 +528,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         source=source,
         socket=s.string("socket", None),
         trust_domain=trust_domain,
-        timeout=s.number("timeout", 10.0, **_limits("identity.timeout")),
+        timeout=s.duration("timeout", 10.0, **_limits("identity.timeout")),
         federates_with=federates,
         cert=_path(s, "cert", base),
         key=_path(s, "key", base),
@@ -524,7 +536,7 @@ def _identity(s: Section, base: Path) -> IdentityConfig:
         federated_bundles_dir=_path(s, "federated_bundles_dir", base),
         spiffe_id=_spiffe_id(s, "spiffe_id"),
         state_dir=_path(s, "state_dir", base),
-        svid_ttl=dt.timedelta(seconds=s.integer("svid_ttl", 3600, **_limits("identity.svid_ttl"))),
+        svid_ttl=dt.timedelta(seconds=s.duration("svid_ttl", 3600, **_limits("identity.svid_ttl"), whole=True)),
         hint=_hint(s, source),
         jwt_bundles_dir=_path(s, "jwt_bundles_dir", base),
     )
@@ -662,15 +674,18 @@ def node_config_from_dict(
     for i, spec in enumerate(services):
         if not _SERVICE_SPEC.fullmatch(spec):
             raise node.error("services", f"item {i} {show(spec)} must look like 'package.module:ClassName'")
-    shutdown_grace = node.number("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
+    shutdown_grace = node.duration("shutdown_grace", 5.0, **_limits("node.shutdown_grace"))
     peer_verify = node.choice("peer_verify", VERIFY_MODES, "spiffe-id")
-    keepalive = node.number("keepalive", 10.0, **_limits("node.keepalive"))
+    keepalive = node.duration("keepalive", 10.0, **_limits("node.keepalive"))
     if 0 < keepalive < 1:
         raise node.error("keepalive", f"must be 0 (off) or at least 1 second, not {keepalive}")
-    connect_timeout = node.number("connect_timeout", 5.0, **_limits("node.connect_timeout"))
-    max_connection_age = node.number("max_connection_age", 600.0, **_limits("node.max_connection_age"))
-    handshake_timeout = node.number("handshake_timeout", 5.0)
+    connect_timeout = node.duration("connect_timeout", 5.0, **_limits("node.connect_timeout"))
+    max_connection_age = node.duration("max_connection_age", 600.0, **_limits("node.max_connection_age"))
+    handshake_timeout = node.duration("handshake_timeout", 5.0)
     max_connections = node.integer("max_connections", 2048)
+    log_format = env_log_format(env) or node.choice("log_format", LOG_FORMATS, "text")
+    if env_log_format(env):
+        node.choice("log_format", LOG_FORMATS, None)
     problem = _limit_problem(handshake_timeout, max_connections)
     if problem is not None:
         raise node.error(*problem)
@@ -691,6 +706,12 @@ def node_config_from_dict(
         if not peer_name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"config: {source}: peer name {peer_name!r} may hold only letters, digits, '-' and '_'")
     telemetry = telemetry_settings_from_section(root.section("telemetry"))
+    if telemetry.prometheus is not None:
+        try:
+            parse_address(telemetry.prometheus, "prometheus")
+        except ConfigError as exc:
+            raise ConfigError(f"config: {source}: 'telemetry.prometheus' {exc.reason}", reason=exc.reason,
+                              key="telemetry.prometheus", path=source) from None
     if telemetry.jsonl_path is not None and not Path(telemetry.jsonl_path).is_absolute():
         telemetry = dataclasses.replace(telemetry, jsonl_path=str(base / telemetry.jsonl_path))
     root.done()
@@ -701,7 +722,7 @@ def node_config_from_dict(
             max_connection_age=max_connection_age, handshake_timeout=handshake_timeout,
             max_connections=max_connections, identity=identity,
             authz=authz, peers=peers, telemetry=telemetry,
-            source_path=None,
+            source_path=None, log_format=log_format,
         )
     except ConfigError as exc:
         raise ConfigError(f"config: {source}: {exc.reason}", reason=exc.reason, key=exc.key, path=source) from None

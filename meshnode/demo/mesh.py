@@ -65,6 +65,7 @@ class LocalMesh:
     keep: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)  # node -> its /metrics URL
 
     def __post_init__(self) -> None:
         self.root = Path(self.workdir) if self.workdir else Path(tempfile.mkdtemp(prefix="meshnode-demo-", dir="/tmp"))
@@ -121,7 +122,8 @@ class LocalMesh:
             "[identity]", 'source = "workload-api"', f'socket = "{self.socket(name)}"',
             f'trust_domain = "{TRUST_DOMAIN}"', "timeout = 10", "",
             "[authz]", authz[name], 'audit = "on_deny"', "",
-            "[telemetry]", 'exporter = "jsonl"', f'jsonl_path = "traces/{name}.jsonl"', "",
+            "[telemetry]", 'exporter = "jsonl"', f'jsonl_path = "traces/{name}.jsonl"',
+            'prometheus = "127.0.0.1:0"', "",
         ]
         peer = next_peer[name]
         if peer:
@@ -169,6 +171,9 @@ class LocalMesh:
             if found is None:
                 raise MeshError(f"demo: {name}'s ready line names no port: {ready[name]!r}")
             self.ports[name] = int(found.group(1))
+            metrics = re.search(r" metrics on (http://\S+)", self._wait_ready(name, f"node {name} metrics on", timeout))
+            if metrics is not None:
+                self.metrics[name] = metrics.group(1)
         self.ports_file().write_text(json.dumps(self.ports) + "\n")
         return ready
 

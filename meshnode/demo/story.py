@@ -26,6 +26,7 @@ from cryptography import x509
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshnode.config.node import node_config_from_dict
 from meshnode.demo.mesh import CLIENT_ID, NODES, LocalMesh, MeshError, node_id
@@ -278,12 +279,19 @@ def _print_commands(mesh: LocalMesh, out: Callable[[str], None]) -> None:
         f"meshnode policy explain --config {r / 'gamma.toml'} --peer {CLIENT_ID} --method /meshnode.demo.v1.Echo/Say",
         f"kill -USR1 {agent_pid}   # rotate every SVID;   kill -USR2 {agent_pid}   # rotate the CA",
         f"meshnode trace show {r}/traces/*.jsonl",
+        "meshnode top " + " ".join(mesh.metrics[n] for n in NODES if n in mesh.metrics)
+        + "   # calls/s, success, latency, denials per method and caller",
     ):
         out(f"   {cmd}")
 
 
 async def call_once(workdir: Path, route: list[str], verify: str) -> int:
-    """``meshnode demo call``: one relay call through a running demo mesh."""
+    """``meshnode demo call``: one relay call through a running demo mesh.
+
+    The call is traced: its client span is the root of the trace, written to
+    ``traces/client.jsonl`` next to the nodes' files, so ``meshnode trace show``
+    draws the whole call.
+    """
     try:
         ports = {name: int(port) for name, port in json.loads((workdir / "ports.json").read_text()).items()}
     except (OSError, ValueError, AttributeError) as exc:
@@ -291,8 +299,12 @@ async def call_once(workdir: Path, route: list[str], verify: str) -> int:
                         "`meshnode demo --keep-running`") from None
     mesh = LocalMesh(verify=verify, workdir=workdir, keep=True, ports=ports)
     source = await asyncio.to_thread(WorkloadApiSource, mesh.socket("client"), timeout=5)
+    tracer = TracerProvider(resource=Resource.create({"service.name": "client"}))
+    tracer.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(mesh.root / "traces" / "client.jsonl")))
+    sent = InMemorySpanExporter()  # to name the call's trace
+    tracer.add_span_processor(SimpleSpanProcessor(sent))
     try:
-        async with client_node(mesh, source, None) as client:
+        async with client_node(mesh, source, tracer) as client:
             try:
                 reply = await client.stub("alpha", demo_pb2_grpc.RelayStub).Forward(
                     demo_pb2.ForwardRequest(text="poke", route=route), timeout=10
@@ -302,6 +314,12 @@ async def call_once(workdir: Path, route: list[str], verify: str) -> int:
                 return 1
         for i, hop in enumerate(reply.hops, 1):
             print(f"hop {i}  {hop.node:<6} {hop.spiffe_id:<34} verified caller {hop.caller}")
+        for span in sent.get_finished_spans():
+            if span.parent is None and span.context is not None:
+                trace_id = format(span.context.trace_id, "032x")
+                print(f"trace {trace_id}: meshnode trace show --trace-id {trace_id} {mesh.root}/traces/*.jsonl")
     finally:
+        tracer.shutdown()
         source.close()
     return 0
+

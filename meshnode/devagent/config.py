@@ -324,11 +324,11 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     root = Section(data, "", str(source), "agent")
     trust_domain = root.string("trust_domain")
     socket_dir = root.file_path("socket_dir", base, None) or default_socket_dir()
-    svid_ttl = root.integer("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL)
+    svid_ttl = root.duration("svid_ttl", DEFAULT_SVID_TTL, minimum=MIN_SVID_TTL, maximum=MAX_SVID_TTL, whole=True)
     state_dir = root.file_path("state_dir", base, None)
-    ca_overlap = root.number("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)
+    ca_overlap = root.duration("ca_overlap", 2.0, minimum=0.0, maximum=MAX_CA_OVERLAP)
     limits = {
-        key: (root.integer if whole else root.number)(key, getattr(AgentConfig, key))
+        key: (root.integer if whole else root.duration)(key, getattr(AgentConfig, key))
         for key, (_, _, whole) in CONNECTION_LIMIT_RANGES.items()
     }
     for key, value in limits.items():

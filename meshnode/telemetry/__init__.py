@@ -9,8 +9,16 @@ exporter, no thread.
 
 The SDK side lives in modules the library never imports:
 :mod:`meshnode.telemetry.setup` (``configure_telemetry``, used by
-``meshnode run``), :mod:`meshnode.telemetry.jsonl` (the JSON-lines span
-file) and :mod:`meshnode.telemetry.waterfall` (``meshnode trace show``).
+``meshnode run``), :mod:`meshnode.telemetry.jsonl` (the span file, OTLP/JSON
+lines: :mod:`~meshnode.telemetry.otlpjson`) and
+:mod:`meshnode.telemetry.waterfall` (``meshnode trace show``).
+
+RPC metrics per method, status and peer (:mod:`~meshnode.telemetry.rpcmetrics`)
+are recorded on meshnode's own call paths when a node has ``[telemetry]
+prometheus``; :mod:`~meshnode.telemetry.prometheus` serves them (prometheus-client,
+imported only then), :mod:`~meshnode.telemetry.topview` reads them back for
+``meshnode top``. :mod:`~meshnode.telemetry.jsonlog` formats log records as
+JSON lines with the current trace (``MESHNODE_LOG_FORMAT=json``).
 """
 
 from meshnode.config.telemetry import TelemetrySettings, telemetry_settings_from_section

@@ -52,6 +52,9 @@ meshnode.authz.decisions               counter           by meshnode.authz.decis
 meshnode.identity.rotations            counter           SVID rotations taken in
 meshnode.identity.seconds_to_expiry    observable gauge  seconds until the SVID expires, by
                                                          meshnode.local.spiffe_id
+meshnode.identity.bundle_seconds_to_expiry  observable    seconds until a trust domain's earliest CA
+                                       gauge             expires, by meshnode.local.spiffe_id and
+                                                         meshnode.bundle.trust_domain
 meshnode.identity.source_errors        counter           errors from the identity source
 meshnode.identity.updates_refused      counter           identity updates the node refused
                                                          (another trust domain or SPIFFE ID),
@@ -65,6 +68,13 @@ meshnode.peer.endpoint_rejected        counter           peer endpoints whose id
                                                          identity, by meshnode.peer.name and
                                                          error.type (spiffe_id, dns_name, chain)
 ====================================== ================= =====================================
+
+The RPC duration histograms (``rpc.server.call.duration``,
+``rpc.client.call.duration``, by rpc.* and meshnode.peer.spiffe_id) are kept
+by :mod:`meshnode.telemetry.rpcmetrics` and served by the node's Prometheus
+endpoint (:mod:`meshnode.telemetry.prometheus`), which serves the counters
+and gauges above too, under Prometheus names (``.`` -> ``_``, counters with
+``_total``).
 """
 
 from __future__ import annotations
@@ -80,8 +90,10 @@ __all__ = [
     "AUTHZ_POLICY_VERSION",
     "AUTHZ_REASON",
     "AUTHZ_RULE",
+    "BUNDLE_TRUST_DOMAIN",
     "BUNDLE_TRUST_DOMAINS",
     "ERROR",
+    "IDENTITY_BUNDLE_SECONDS_TO_EXPIRY",
     "IDENTITY_GENERATION",
     "IDENTITY_ROTATIONS",
     "IDENTITY_SECONDS_TO_EXPIRY",
@@ -127,6 +139,7 @@ SVID_SERIAL: Final = "meshnode.svid.serial"
 SVID_NOT_AFTER: Final = "meshnode.svid.not_after"
 IDENTITY_GENERATION: Final = "meshnode.identity.generation"
 BUNDLE_TRUST_DOMAINS: Final = "meshnode.bundle.trust_domains"
+BUNDLE_TRUST_DOMAIN: Final = "meshnode.bundle.trust_domain"
 ERROR: Final = "meshnode.error"
 POLICY_SOURCE: Final = "meshnode.policy.source"
 
@@ -141,6 +154,7 @@ AUTHZ_DECISIONS: Final = "meshnode.authz.decisions"
 AUTHZ_POLICY_RELOAD_FAILURES: Final = "meshnode.authz.policy_reload_failures"
 IDENTITY_ROTATIONS: Final = "meshnode.identity.rotations"
 IDENTITY_SECONDS_TO_EXPIRY: Final = "meshnode.identity.seconds_to_expiry"
+IDENTITY_BUNDLE_SECONDS_TO_EXPIRY: Final = "meshnode.identity.bundle_seconds_to_expiry"
 IDENTITY_SOURCE_ERRORS: Final = "meshnode.identity.source_errors"
 SERVER_HANDSHAKE_FAILURES: Final = "meshnode.server.handshake_failures"
 IDENTITY_UPDATES_REFUSED: Final = "meshnode.identity.updates_refused"

@@ -5,7 +5,8 @@ Server: OTel's aio server interceptor (first in the list). The caller's
 SPIFFE ID and the authorization decision are set on its span by the
 authorizer, inside the admitted handler, where the span is current.
 Client: OTel's aio client interceptors, then small ones that stamp the
-expected peer ID, the peer name, the local ID and the node name.
+expected peer ID, the peer name, the local ID, the node name and the
+peer's ``server.address``/``server.port``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import grpc
 
 from meshnode.spiffeid import SpiffeID
 from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME, PEER_NAME, PEER_SPIFFE_ID
-from meshnode.telemetry.instrumentation import aio_client_interceptors, aio_server_interceptor
+from meshnode.telemetry.instrumentation import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    server_address_attributes,
+)
 
 __all__ = ["client_interceptors", "server_interceptors"]
 
@@ -26,8 +31,15 @@ def server_interceptors(tracer_provider: Any = None) -> list[grpc.aio.ServerInte
 
 
 def client_interceptors(
-    *, local_id: SpiffeID, node_name: str, peer_id: SpiffeID, peer_name: str, tracer_provider: Any = None
+    *,
+    local_id: SpiffeID,
+    node_name: str,
+    peer_id: SpiffeID,
+    peer_name: str,
+    tracer_provider: Any = None,
+    address: str | None = None,
 ) -> list[Any]:
+    """``address``: the peer's ``host:port``, as ``server.address``/``server.port`` on its client spans."""
     return list(
         aio_client_interceptors(
             tracer_provider,
@@ -36,6 +48,7 @@ def client_interceptors(
                 PEER_NAME: peer_name,
                 LOCAL_SPIFFE_ID: str(local_id),
                 NODE_NAME: node_name,
+                **(server_address_attributes(address) if address else {}),
             },
         )
     )

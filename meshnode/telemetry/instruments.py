@@ -9,6 +9,7 @@ library user who turns nothing on pays nothing. The names are listed in
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -20,7 +21,7 @@ from meshnode.errors import IdentityUnavailableError
 from meshnode.telemetry import attributes as attr
 from meshnode.telemetry.events import SnapshotView
 
-__all__ = ["ExpiryWatch", "Instruments", "instruments", "split_method"]
+__all__ = ["ExpiryWatch", "Instruments", "bundle_not_after", "instruments", "split_method"]
 
 #: Returns the current snapshot, None or raises IdentityUnavailableError when there is none.
 SnapshotGetter = Callable[[], SnapshotView | None]
@@ -88,26 +89,52 @@ class Instruments:
         self._lock = threading.Lock()
         self._watches: list[ExpiryWatch] = []
         self._gauge_made = False
+        # the same counts kept here too, for collectors other than OpenTelemetry's (Prometheus)
+        self._tallies: dict[tuple[str, frozenset[tuple[str, AttributeValue]]], int] = {}
+
+    def _count(self, counter: metrics.Counter, name: str, n: int, attributes: Mapping[str, AttributeValue]) -> None:
+        counter.add(n, attributes)
+        key = (name, frozenset(attributes.items()))
+        with self._lock:
+            self._tallies[key] = self._tallies.get(key, 0) + n
 
     def rotation(self, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         """Count one SVID rotation."""
-        self._rotations.add(1, attributes)
+        self._count(self._rotations, attr.IDENTITY_ROTATIONS, 1, attributes or {})
 
     def source_error(self, error_type: str) -> None:
         """Count one identity source error; ``error_type`` is low-cardinality (a class name)."""
-        self._source_errors.add(1, {_ERROR_TYPE: error_type})
+        self._count(self._source_errors, attr.IDENTITY_SOURCE_ERRORS, 1, {_ERROR_TYPE: error_type})
 
     def update_refused(self, error_type: str) -> None:
         """Count one refused identity update; ``error_type`` is low-cardinality (``trust_domain``, ...)."""
-        self._updates_refused.add(1, {_ERROR_TYPE: error_type})
+        self._count(self._updates_refused, attr.IDENTITY_UPDATES_REFUSED, 1, {_ERROR_TYPE: error_type})
 
     def policy_reload_failure(self, error_type: str) -> None:
         """Count one refused policy reload."""
-        self._reload_failures.add(1, {_ERROR_TYPE: error_type})
+        self._count(self._reload_failures, attr.AUTHZ_POLICY_RELOAD_FAILURES, 1, {_ERROR_TYPE: error_type})
 
     def handshake_failures(self, reason: str, count: int = 1) -> None:
         """Count failed server TLS handshakes; ``reason`` is the OpenSSL reason code (low-cardinality)."""
-        self._handshake_failures.add(count, {_ERROR_TYPE: reason})
+        self._count(self._handshake_failures, attr.SERVER_HANDSHAKE_FAILURES, count, {_ERROR_TYPE: reason})
+
+    def counts(self) -> list[tuple[str, dict[str, AttributeValue], int]]:
+        """Every counter's value per attribute set: (metric name, attributes, count)."""
+        with self._lock:
+            return [(name, dict(key), value) for (name, key), value in self._tallies.items()]
+
+    def expiries(self) -> list[tuple[str, float]]:
+        """(local SPIFFE ID, seconds to expiry) of every watched identity."""
+        return [(str(s.spiffe_id), s.seconds_left()) for s in self._snapshots()]
+
+    def bundle_expiries(self) -> list[tuple[str, str, float]]:
+        """(local SPIFFE ID, trust domain, seconds until its earliest CA expires) of every watched identity."""
+        now = dt.datetime.now(dt.UTC)
+        return [
+            (str(s.spiffe_id), td, (not_after - now).total_seconds())
+            for s in self._snapshots()
+            for td, not_after in sorted(bundle_not_after(s).items())
+        ]
 
     def endpoint_rejected(self, peer_name: str, reason: str) -> None:
         """Count one peer endpoint refused for its identity; ``reason``: spiffe_id, dns_name or chain."""
@@ -130,6 +157,12 @@ class Instruments:
                     unit="s",
                     description="Seconds until the node's X.509-SVID expires",
                 )
+                self._meter.create_observable_gauge(
+                    attr.IDENTITY_BUNDLE_SECONDS_TO_EXPIRY,
+                    callbacks=[self._observe_bundle_expiry],
+                    unit="s",
+                    description="Seconds until the earliest CA certificate of a trust domain's bundle expires",
+                )
                 self._gauge_made = True
         return watch
 
@@ -138,7 +171,7 @@ class Instruments:
             if watch in self._watches:
                 self._watches.remove(watch)
 
-    def _observe_expiry(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    def _snapshots(self) -> list[SnapshotView]:
         with self._lock:
             watches = list(self._watches)
         out = []
@@ -148,10 +181,30 @@ class Instruments:
             except IdentityUnavailableError:
                 continue
             if snapshot is not None:
-                out.append(
-                    metrics.Observation(snapshot.seconds_left(), {attr.LOCAL_SPIFFE_ID: str(snapshot.spiffe_id)})
-                )
+                out.append(snapshot)
         return out
+
+    def _observe_expiry(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [metrics.Observation(left, {attr.LOCAL_SPIFFE_ID: local}) for local, left in self.expiries()]
+
+    def _observe_bundle_expiry(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(left, {attr.LOCAL_SPIFFE_ID: local, attr.BUNDLE_TRUST_DOMAIN: td})
+            for local, td, left in self.bundle_expiries()
+        ]
+
+
+def bundle_not_after(snapshot: SnapshotView) -> dict[str, dt.datetime]:
+    """Per trust domain of ``snapshot``'s bundles, when its earliest CA certificate expires."""
+    bundles = snapshot.bundles
+    if not isinstance(bundles, Mapping):
+        return {}
+    out = {}
+    for td, certs in bundles.items():
+        times = [c.not_valid_after_utc for c in certs]
+        if times:
+            out[str(td)] = min(times)
+    return out
 
 
 _default: Instruments | None = None

@@ -1,20 +1,33 @@
-"""The JSON-lines span file: an SDK exporter that writes it and a tolerant reader.
+"""The span file: an SDK exporter that writes OTLP/JSON lines, and a reader of them (and of the older format).
 
-One finished span per line, one JSON object each::
+Each line is one OTLP/JSON ``ExportTraceServiceRequest`` holding the spans
+of one export batch (:mod:`meshnode.telemetry.otlpjson`): the format of the
+OpenTelemetry Collector's ``file`` exporter, so a collector's ``otlpjson``
+file receiver (or anything that reads OTLP/JSON) can ingest the file::
+
+    {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "alpha"}}]},
+      "scopeSpans": [{"scope": {"name": "opentelemetry.instrumentation.grpc", "version": "0.66b2"},
+        "spans": [{"traceId": "<32 hex>", "spanId": "<16 hex>", "parentSpanId": "<16 hex>", "flags": 769,
+                   "name": "/demo.v1.Demo/Echo", "kind": 2, "startTimeUnixNano": "...", "endTimeUnixNano": "...",
+                   "attributes": [...], "events": [...], "links": [...], "status": {"code": 2, "message": "..."}}]}]}]}
+
+Files written before (one span per line, meshnode's own shape)::
 
     {"trace_id": "<32 hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex>" | null,
      "parent_is_remote": bool, "name": "/demo.v1.Demo/Echo", "kind": "SERVER",
      "start_time_unix_nano": int, "end_time_unix_nano": int,
      "status": {"code": "UNSET" | "OK" | "ERROR", "description": str | null},
      "attributes": {...}, "events": [{"name": str, "time_unix_nano": int, "attributes": {...}}],
-     "links": [{"trace_id": ..., "span_id": ..., "attributes": {...}}],
      "resource": {"service.name": ..., ...}, "scope": {"name": str, "version": str | null}}
+
+are read as well (``meshnode trace show`` takes both, even mixed in one file).
 
 Give each node its own file; ``meshnode trace show`` merges them. (Within
 a process each line is written whole under a lock, in append mode; several
 processes appending to one file usually works but a very long line may
-interleave.) The reader skips and counts lines it cannot use (a line cut
-short by a crash, a foreign line), so a live file can be read while written.
+interleave.) The reader skips and counts what it cannot use (a line cut
+short by a crash, a foreign line, a span without ids), so a live file can
+be read while written.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import format_span_id, format_trace_id
 
+from meshnode.telemetry.otlpjson import decode_request, encode_spans, is_request
+
 __all__ = ["JsonlSpanExporter", "ReadResult", "SpanEvent", "SpanRecord", "read_spans", "span_to_json"]
 
 log = logging.getLogger("meshnode.telemetry")
@@ -42,7 +57,7 @@ def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def span_to_json(span: ReadableSpan) -> dict[str, Any]:
-    """The JSON object written for one finished span."""
+    """One finished span in meshnode's older one-span-per-line shape (still read; no longer written)."""
     ctx = span.context
     parent = span.parent
     scope = span.instrumentation_scope
@@ -74,7 +89,7 @@ def span_to_json(span: ReadableSpan) -> dict[str, Any]:
 
 
 class JsonlSpanExporter(SpanExporter):
-    """Appends finished spans to a file, one JSON object per line; thread-safe.
+    """Appends finished spans to a file, one OTLP/JSON request per export (one line); thread-safe.
 
     The file is opened (created) at construction so a bad path fails at
     start-up; :meth:`shutdown` flushes, fsyncs and closes it.
@@ -86,10 +101,12 @@ class JsonlSpanExporter(SpanExporter):
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_to_json(s), separators=(",", ":"), default=str) + "\n" for s in spans)
+        lines = json.dumps(encode_spans(spans), separators=(",", ":"), default=str) + "\n" if spans else ""
         with self._lock:
             if self._file.closed:
                 return SpanExportResult.FAILURE
+            if not lines:
+                return SpanExportResult.SUCCESS
             try:
                 self._file.write(lines)
             except OSError as exc:
@@ -187,9 +204,11 @@ class ReadResult:
 
 
 def read_spans(paths: Iterable[str | os.PathLike[str]]) -> ReadResult:
-    """Read and merge span files; duplicate spans (same trace and span id) are kept once.
+    """Read and merge span files (OTLP/JSON lines, or the older one-span lines); duplicate spans
+    (same trace and span id) are kept once.
 
-    Raises OSError when a file cannot be opened; lines that are not spans are counted, not fatal.
+    Raises OSError when a file cannot be opened; lines (or spans in a line) that cannot be read are
+    counted in ``bad_lines``, not fatal.
     """
     seen: dict[tuple[str, str], SpanRecord] = {}
     bad = 0
@@ -199,9 +218,17 @@ def read_spans(paths: Iterable[str | os.PathLike[str]]) -> ReadResult:
                 if not line.strip():
                     continue
                 try:
-                    record = SpanRecord.from_json(json.loads(line))
-                except (ValueError, TypeError, KeyError, AttributeError):
+                    obj = json.loads(line)
+                except (ValueError, RecursionError):
                     bad += 1
                     continue
-                seen.setdefault((record.trace_id, record.span_id), record)
+                flat, skipped = decode_request(obj) if is_request(obj) else ([obj], 0)
+                bad += skipped
+                for item in flat:
+                    try:
+                        record = SpanRecord.from_json(item)
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        bad += 1
+                        continue
+                    seen.setdefault((record.trace_id, record.span_id), record)
     return ReadResult(tuple(seen.values()), bad)
