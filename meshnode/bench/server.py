@@ -181,7 +181,7 @@ async def start(
             replica = StaticSource(pki.snapshot(SERVER_ID), description="bench server identity")
             stack.callback(replica.close)
             config = _node_config(f"bench-server-c3-{i}", {"source": "dev"})
-            ports[name] = await _node(stack, config, BenchEcho(), source=replica)
+            ports[name] = (await _node(stack, config, BenchEcho(), source=replica)).port
         return ports, commands
     if variant in ("C", "D", "J", "M", "P", "Q"):
         from meshnode.bench.policies import write_policy
