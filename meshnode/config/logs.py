@@ -45,9 +45,11 @@ class LogSettings:
 
     def __post_init__(self) -> None:
         if self.format not in LOG_FORMATS:
-            raise ConfigError(f"config: log format must be one of {', '.join(LOG_FORMATS)}, not {show(self.format)}")
+            raise ConfigError(reason=f"log format must be one of {', '.join(LOG_FORMATS)}, not {show(self.format)}",
+                              component="config", key="node.log_format")
         if self.level not in LOG_LEVELS:
-            raise ConfigError(f"config: log level must be one of {', '.join(LOG_LEVELS)}, not {show(self.level)}")
+            raise ConfigError(reason=f"log level must be one of {', '.join(LOG_LEVELS)}, not {show(self.level)}",
+                              component="config", key="MESHNODE_LOG_LEVEL")
 
 
 def env_log_format(environ: Mapping[str, str] | None = None) -> LogFormat | None:

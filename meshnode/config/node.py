@@ -276,7 +276,7 @@ class PeerConfig:
         _one_of(self.verify, VERIFY_MODES, f"[peers.{self.name}] verify")
         problem = _peer_jwt_problem(self.jwt, self.jwt_audience, self.jwt_token_file)
         if problem is not None:
-            raise ConfigError(f"config: [peers.{self.name}] {problem[0]} {problem[1]}")
+            raise _error(f"[peers.{self.name}] {problem[0]} {problem[1]}", key=f"peers.{self.name}.{problem[0]}")
         service_problem = _peer_problem(self)
         if service_problem is not None:
             raise _error(f"[peers.{self.name}] {service_problem}", key=f"peers.{self.name}")
@@ -342,7 +342,7 @@ class AuthzSettings:
         _one_of(self.principal, PRINCIPALS, "[authz] principal")
         problem = _authz_jwt_problem(self.jwt, self.jwt_audiences, self.principal, self.jwt_forwarders)
         if problem is not None:
-            raise ConfigError(f"config: [authz] {problem[0]} {problem[1]}")
+            raise _error(f"[authz] {problem[0]} {problem[1]}", key=f"authz.{problem[0]}")
 
     @property
     def configured(self) -> bool:
