@@ -182,14 +182,13 @@ class Node:
                 span_attributes={LOCAL_SPIFFE_ID: str(snapshot.spiffe_id), NODE_NAME: config.name},
                 record_spans=tracing, jwt=self._jwt.authn, rpc_metrics=rpc_metrics,
             )
-            tracing_interceptors: list[grpc.aio.ServerInterceptor] = []
+            spans = None
             if tracing:
-                from meshnode.telemetry.grpc import server_interceptors
+                from meshnode.telemetry.serverspans import ServerSpans
 
-                tracing_interceptors = server_interceptors(self._tracer_provider)
+                spans = ServerSpans(self._tracer_provider)
             self._server = MeshServer(
-                plan.server, gate=self._authorizer.check, tracing=tracing_interceptors,
-                interceptors=self._interceptors,
+                plan.server, gate=self._authorizer.check, spans=spans, interceptors=self._interceptors,
             )
             for service in plan.services:
                 if isinstance(service, NodeService):

@@ -61,6 +61,7 @@ __all__ = [
     "Pipeline",
     "Registrar",
     "ServiceMethods",
+    "Spans",
     "admit",
     "discover",
     "normalise",
@@ -95,6 +96,16 @@ class Admission(Protocol):
 
 
 Gate = Callable[[Any, str], Admission]  # (servicer context, "/pkg.Svc/Method") -> Admission
+
+
+class Spans(Protocol):
+    """Server spans (:class:`meshnode.telemetry.serverspans.ServerSpans`): one per call, current while it runs."""
+
+    def start(self, method: str, context: Any) -> tuple[Any, object]:
+        """Start the call's span and make it current: (span, token to end it with)."""
+
+    def end(self, span: Any, token: object, code: int, error: BaseException | None, details: str | None) -> None:
+        """End the span of a call that ended with status ``code`` (a number) and made it no longer current."""
 
 
 # -- 1. discover ---------------------------------------------------------------------------------------
@@ -353,12 +364,18 @@ def _ended(context: Any, error: BaseException | None) -> int:
     return 2  # UNKNOWN: what gRPC sends for an exception from a handler
 
 
-def admit(gate: Gate, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def admit(
+    gate: Gate, method: str, handler: grpc.RpcMethodHandler, spans: Spans | None = None
+) -> grpc.RpcMethodHandler:
     """A normalised ``handler`` whose every call is decided by ``gate`` before it runs.
 
     When the admission carries a ``series`` (RPC metrics are on), the call's
-    duration and status code are added to it: refused calls too.
+    duration and status code are added to it: refused calls too. With
+    ``spans`` (tracing is on), each call runs in its server span, started
+    before the gate decides (the decision is recorded on it).
     """
+    if spans is not None:
+        return _rebuild(handler, _traced(gate, method, _behavior(handler), handler.response_streaming, spans))
     inner = _behavior(handler)
     if handler.response_streaming:
 
@@ -410,6 +427,66 @@ def admit(gate: Gate, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMe
     return _rebuild(handler, admitted)
 
 
+def _traced(gate: Gate, method: str, inner: Behavior, streaming: bool, spans: Spans) -> Behavior:
+    """:func:`admit`'s wrappers with the call's server span around them (see :mod:`meshnode.telemetry.serverspans`)."""
+
+    def finish(context: Any, span: Any, token: object, error: BaseException | None, started: float,
+               series: CallSeries | None) -> None:
+        code = _ended(context, error)
+        spans.end(span, token, code, error, context.details())
+        if series is not None:
+            series.record(code, perf_counter() - started)
+
+    if streaming:
+
+        async def traced_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            started = perf_counter()
+            span, token = spans.start(method, context)
+            series: CallSeries | None = None
+            error: BaseException | None = None
+            try:
+                admission = gate(context, method)
+                series = admission.series
+                if admission.code is not None:
+                    _refuse(context, admission)
+                    return
+                admission.enter()
+                responses = inner(request, context)
+                try:
+                    async for item in responses:
+                        yield item
+                finally:
+                    await responses.aclose()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(context, span, token, error, started, series)
+
+        return traced_stream
+
+    async def traced(request: Any, context: Any) -> Any:
+        started = perf_counter()
+        span, token = spans.start(method, context)
+        series: CallSeries | None = None
+        error: BaseException | None = None
+        try:
+            admission = gate(context, method)
+            series = admission.series
+            if admission.code is not None:
+                _refuse(context, admission)
+                return None
+            admission.enter()
+            return await inner(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(context, span, token, error, started, series)
+
+    return traced
+
+
 # -- 4. register ---------------------------------------------------------------------------------------
 
 
@@ -453,8 +530,8 @@ class _PreparedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc sh
 class AuthzInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
     """Normalises and gates every call of a grpc.aio server; place it after OTel's server interceptor."""
 
-    def __init__(self, gate: Gate, pool: Executor | None = None) -> None:
-        self._handlers = _PreparedCache(Pipeline(gate, pool).prepare)
+    def __init__(self, gate: Gate, pool: Executor | None = None, spans: Spans | None = None) -> None:
+        self._handlers = _PreparedCache(Pipeline(gate, pool, spans).prepare)
 
     async def intercept_service(
         self,
@@ -468,15 +545,17 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
 
 
 class Pipeline:
-    """Normalise (on ``pool``) and, with a ``gate``, admit: one ``prepare`` for every handler."""
+    """Normalise (on ``pool``) and, with a ``gate``, admit (in a server span with ``spans``): one
+    ``prepare`` for every handler."""
 
-    def __init__(self, gate: Gate | None, pool: Executor | None = None) -> None:
+    def __init__(self, gate: Gate | None, pool: Executor | None = None, spans: Spans | None = None) -> None:
         self._gate = gate
         self._pool = pool
+        self._spans = spans
 
     def prepare(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         normalised = normalise(handler, self._pool)
-        return normalised if self._gate is None else admit(self._gate, method, normalised)
+        return normalised if self._gate is None else admit(self._gate, method, normalised, self._spans)
 
     def register(
         self, server: Any, services: Sequence[ServiceMethods], generic: Sequence[grpc.GenericRpcHandler] = ()

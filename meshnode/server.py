@@ -40,7 +40,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from meshnode.boot import ServerPlan
 from meshnode.errors import ServeError
-from meshnode.pipeline import AuthzInterceptor, Gate, Pipeline, discover
+from meshnode.pipeline import AuthzInterceptor, Gate, Pipeline, Spans, discover
 
 __all__ = ["HANDLER_THREAD_PREFIX", "MeshServer"]
 
@@ -58,9 +58,10 @@ _DRAIN_POLL = 0.02
 class MeshServer:
     """Builds and owns the grpc.aio server of a node, from its :class:`~meshnode.boot.ServerPlan`.
 
-    ``tracing``: interceptors that run first (OpenTelemetry's). ``interceptors``: the user's; they
-    must see only admitted calls, so when there are any, the gate runs as an interceptor between
-    the two (:class:`~meshnode.pipeline.AuthzInterceptor`) instead of at registration.
+    ``spans``: server spans, made by the admitted wrapper around each call (tracing; None: off).
+    ``interceptors``: the user's; they must see only admitted calls, so when there are any, the
+    gate runs as the first interceptor (:class:`~meshnode.pipeline.AuthzInterceptor`) instead of
+    at registration, the span around it.
     """
 
     def __init__(
@@ -68,18 +69,18 @@ class MeshServer:
         plan: ServerPlan,
         *,
         gate: Gate,
-        tracing: Sequence[grpc.aio.ServerInterceptor] = (),
+        spans: Spans | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         max_workers: int = 16,
     ) -> None:
         self._plan = plan
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=HANDLER_THREAD_PREFIX)
-        chain = list(tracing)
+        chain: list[grpc.aio.ServerInterceptor] = []
         if interceptors:
-            chain += [AuthzInterceptor(gate, self._pool), *interceptors]
+            chain += [AuthzInterceptor(gate, self._pool, spans), *interceptors]
             self._pipeline = Pipeline(None, self._pool)  # the interceptor admits
         else:
-            self._pipeline = Pipeline(gate, self._pool)
+            self._pipeline = Pipeline(gate, self._pool, spans)
         self.server = grpc.aio.server(
             migration_thread_pool=self._pool,
             interceptors=chain or None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from meshnode.authz.context import CURRENT_CALLER, CURRENT_PEER, Caller
+from meshnode.authz.context import CURRENT_CALLER, Caller
 from meshnode.devagent.ca import DevCA
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.identity.source import StaticSource
@@ -113,10 +113,8 @@ def as_caller(
     """
     peer = spiffe_id if isinstance(spiffe_id, SpiffeID) else parse_spiffe_id(spiffe_id)
     tls = peer if mtls is None else mtls if isinstance(mtls, SpiffeID) else parse_spiffe_id(mtls)
-    token = CURRENT_PEER.set(peer)
-    caller = CURRENT_CALLER.set(Caller(peer, tls, jwt))
+    token = CURRENT_CALLER.set(Caller(peer, tls, jwt))
     try:
         yield peer
     finally:
-        CURRENT_CALLER.reset(caller)
-        CURRENT_PEER.reset(token)
+        CURRENT_CALLER.reset(token)

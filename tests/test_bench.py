@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CORE_VARIANTS = {"A", "B", "C", "D", "M", "E", "E3"}
+CORE_VARIANTS = {"A", "B", "G", "C", "N", "D", "M", "E", "E3"}
 
 
 def _positive(value: Any) -> bool:
@@ -51,7 +51,7 @@ def test_every_variant_made_calls_without_errors(quick_run: tuple[subprocess.Com
     assert ("F" in ran) != ("F" in result["skipped"])  # spiffe-id channels ran, or say why not
     assert ("F3" in ran) != ("F3" in result["skipped"])
     summary = result["throughput"]["summary"]
-    assert len(summary) == 4  # unary and stream, 1 and many callers
+    assert len(summary) == 5  # unary and stream, 1 and many callers; a long stream
     for workload, rows in summary.items():
         assert set(rows) == ran, workload
         for name, row in rows.items():
@@ -62,6 +62,9 @@ def test_every_variant_made_calls_without_errors(quick_run: tuple[subprocess.Com
             assert _positive(row["server_cpu_us"]["median"]) and _positive(row["client_cpu_us"]["median"]), where
             assert 0 < row["p50_ms"]["median"] <= row["p99_ms"]["median"], where
         assert rows["B"]["throughput_ratio"]["median"] == 1.0
+        # the meshnode servers next to the hand-written authorizing server G, round by round
+        assert _positive(rows["C"]["vs_limit"]["server_cpu_ratio"]["median"]), workload
+        assert _positive(rows["N"]["vs_limit"]["throughput_ratio"]["median"]), workload
     assert result["tracing"]["spans_exported"] > 0  # D really traced
     metrics = result["metrics"]  # M really recorded every call it served (its client's start-up call too)
     assert metrics["calls_counted"] >= metrics["calls_made"] > 0

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,6 +41,7 @@ from meshnode.identity.x509svid import build_snapshot
 from meshnode.jwtsvid import PeerTokens, WorkloadApiTokens
 from meshnode.spiffeid import dns_name_for, parse_spiffe_id
 from meshnode.testing import short_tmpdir
+from tests.support.grpc_js_client import call_echo, grpc_js
 from tests.support.jwt import (
     ALPHA,
     BETA,
@@ -478,30 +478,11 @@ async def test_files_source_validates_with_jwt_bundles_dir(
 
 # -- an independent client: @grpc/grpc-js on Node.js ---------------------------------------------------------
 
-GRPC_JS = Path.home() / ".cache" / "meshnode-tests" / "grpc-js"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def grpc_js() -> Path:
-    """A directory with @grpc/grpc-js and @grpc/proto-loader installed (npm, once); skips when impossible."""
-    import shutil
-
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js and npm are not installed")
-    if not (GRPC_JS / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        GRPC_JS.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "@grpc/grpc-js@1.14.7",
-                               "@grpc/proto-loader@0.8.1"], cwd=GRPC_JS, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot install @grpc/grpc-js: {proc.stderr[-300:]}")
-    return GRPC_JS
-
-
 @pytest.mark.slow
 async def test_a_grpc_js_client_with_a_workload_api_token(
     make_agent: Callable[..., DevAgentThread], tmp_path: Path,
 ) -> None:
-    modules = grpc_js()
+    grpc_js()
     agent = make_agent()
     client = snapshot_of(agent, "client")
     for name, data in (("ca.pem", client.bundle_pem("example.org")), ("cert.pem", client.chain_pem),
@@ -512,17 +493,7 @@ async def test_a_grpc_js_client_with_a_workload_api_token(
     async with serving(agent, "beta", {"jwt": "required"}, echo) as beta:
 
         async def call(token: str) -> dict[str, Any]:
-            proc = await asyncio.create_subprocess_exec(
-                "node", str(ROOT / "tests" / "support" / "grpc_js" / "echo_client.js"), f"127.0.0.1:{beta.port}",
-                dns_name_for(parse_spiffe_id(BETA)), str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem"),
-                str(tmp_path / "key.pem"), str(ROOT / "meshnode" / "demo" / "v1" / "demo.proto"), token,
-                env={**os.environ, "NODE_PATH": str(modules / "node_modules")},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-            assert proc.returncode == 0, err.decode()
-            result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-            return result
+            return await call_echo(f"127.0.0.1:{beta.port}", dns_name_for(parse_spiffe_id(BETA)), tmp_path, token)
 
         ok = await call(good)
         assert ok == {"code": 0, "details": "", "caller": CLIENT}

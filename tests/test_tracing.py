@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,7 +22,9 @@ from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.devagent.ca import DevCA
 from meshnode.node import Node
 from meshnode.service import NodeService
-from meshnode.testing import ManualSource
+from meshnode.spiffeid import dns_name_for, parse_spiffe_id
+from meshnode.testing import ManualSource, issue_snapshot
+from tests.support.grpc_js_client import call_echo
 from tests.support.nodes import node_config, peer
 
 TD = "spiffe://example.org/node/"
@@ -168,3 +171,62 @@ async def test_a_denied_call_is_an_error_status_with_its_code_not_an_exception_a
         else:
             assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", beta.port)
             assert "authz: " in (span.status.description or "")
+
+
+@pytest.mark.slow
+async def test_a_w3c_traceparent_from_grpc_js_parents_the_server_span(tmp_path: Path) -> None:
+    """The server span is made in meshnode's own per-call hook, not by OpenTelemetry's interceptor: a
+    traceparent sent by an independent client (@grpc/grpc-js, by hand) still parents it, and it carries
+    the RPC semantic conventions, the caller's identity and the status code the call ended with."""
+    ca = DevCA("example.org")
+    client = issue_snapshot(ca, CLIENT)
+    for name, data in (("ca.pem", client.bundle_pem("example.org")), ("cert.pem", client.chain_pem),
+                       ("key.pem", client.key_pem)):
+        (tmp_path / name).write_bytes(data)
+    exporter = InMemorySpanExporter()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with Node(node_config("beta", allow=[CLIENT]), services=[EchoService()], source=ManualSource(ca, BETA),
+                    tracer_provider=provider("beta", exporter)) as beta:
+        answer = await call_echo(f"127.0.0.1:{beta.port}", dns_name_for(parse_spiffe_id(BETA)), tmp_path,
+                                 traceparent=f"00-{trace_id}-{parent_id}-01")
+    assert answer == {"code": 0, "details": "", "caller": CLIENT}
+    [span] = exporter.get_finished_spans()
+    assert (span.name, span.kind) == ("/meshnode.demo.v1.Echo/Say", SpanKind.SERVER)
+    assert span.context is not None and span.parent is not None
+    assert (format(span.context.trace_id, "032x"), format(span.parent.span_id, "016x")) == (trace_id, parent_id)
+    assert span.parent.is_remote
+    attrs = span.attributes or {}
+    assert (attrs["rpc.system"], attrs["rpc.service"], attrs["rpc.method"]) == ("grpc", "meshnode.demo.v1.Echo", "Say")
+    assert attrs["rpc.grpc.status_code"] == 0 and span.status.status_code == StatusCode.UNSET
+    assert attrs["meshnode.peer.spiffe_id"] == CLIENT and attrs["meshnode.authz.decision"] == "allow"
+    assert attrs["network.peer.address"] == "127.0.0.1" and "grpc-node-js" in str(attrs["user_agent.original"])
+
+
+async def test_a_handler_error_is_one_exception_event_and_an_unknown_status() -> None:
+    """An exception escaping a handler: the span records it once, with status code 2 (UNKNOWN) and
+    an ERROR status; an abort() is an answer: its code, no exception event."""
+
+    class Failing(demo_pb2_grpc.EchoServicer):
+        async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+            if request.text == "abort":
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
+            raise ValueError("boom")
+
+    ca = DevCA("example.org")
+    exporter = InMemorySpanExporter()
+    async with Node(node_config("beta", allow=[GAMMA]), services=[Failing()], source=ManualSource(ca, BETA),
+                    tracer_provider=provider("beta", exporter)) as beta:
+        async with Node(node_config("gamma", peers={"beta": peer(beta.port, BETA)}),
+                        source=ManualSource(ca, GAMMA)) as gamma:
+            stub = gamma.stub("beta", demo_pb2_grpc.EchoStub)
+            for text, code in (("x", grpc.StatusCode.UNKNOWN), ("abort", grpc.StatusCode.FAILED_PRECONDITION)):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await stub.Say(demo_pb2.SayRequest(text=text), timeout=10)
+                assert failed.value.code() == code
+    crashed, aborted = exporter.get_finished_spans()
+    assert [e.name for e in crashed.events] == ["exception"]
+    assert (crashed.events[0].attributes or {})["exception.type"] == "ValueError"
+    assert (crashed.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.UNKNOWN.value[0]
+    assert crashed.status.status_code == StatusCode.ERROR
+    assert [e.name for e in aborted.events] == []
+    assert (aborted.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]

@@ -77,7 +77,7 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from meshnode.authz.audit import AuditCondition, Auditor
-from meshnode.authz.context import CURRENT_CALLER, CURRENT_PEER, Caller
+from meshnode.authz.context import CURRENT_CALLER, Caller
 from meshnode.authz.counting import DecisionCounter, Slot
 from meshnode.authz.identity import PeerIdentity, TrustInfo, TrustSnapshot, resolve_peer
 from meshnode.authz.jwt import JwtAuthn
@@ -130,7 +130,6 @@ class Verdict:
 
     def enter(self) -> None:
         """Make the caller ``peer_id()`` for the rest of the admitted call (its task's context)."""
-        CURRENT_PEER.set(self.peer)
         CURRENT_CALLER.set(self.caller)
 
 
@@ -189,10 +188,15 @@ class Authorizer:
     # -- the per-call core ------------------------------------------------
 
     def check(self, context: Any, method: str) -> Verdict:
-        """Decide one call from its servicer ``context``; records span, metric and audit."""
+        """Decide one call from its servicer ``context``; records span, metric and audit.
+
+        The common case (one trust domain, no JWT-SVIDs, a decision already
+        made for this certificate, method and policy version) costs one
+        ``auth_context()``, one dict lookup and the decision count.
+        """
         active = self._source.current()
-        trust = self._trust
         auth: Mapping[str, Any] = context.auth_context()
+        trust = self._trust
         snapshot: TrustSnapshot | None = None
         if trust is not None and len(trust.accepted_trust_domains) > 1:
             snapshot = trust.current()
@@ -211,7 +215,10 @@ class Authorizer:
             assert verdict.peer is not None
             headers = Request.from_metadata(verdict.peer, method, context.invocation_metadata()).headers
             verdict = verdict.outcomes[verdict.residual.pick(headers)]
-        self._observe(verdict, method)
+        if self._record_spans or verdict.audit:
+            self._observe(verdict, method)
+        else:
+            self._decisions.add(verdict.counted)
         return verdict
 
     def _miss(

@@ -156,7 +156,7 @@ def check_method_path(path: str, where: str = "method") -> str:
                           component="authz")
     if not path.startswith("/"):
         raise PolicyError(
-            reason=f"{where}: method {path!r} must start with '/': write '/{path}' "
+            reason=f"{where}: method {path!r} must start with '/': write {'/' + path!r} "
             "(gRPC method paths are '/package.Service/Method')", component="authz"
         )
     service, slash, method = path[1:].partition("/")

@@ -168,6 +168,7 @@ class Client:
             self.stubs[command["target"]],
             unary=int(command.get("unary", 0)),
             stream=int(command.get("stream", 0)),
+            long=bool(command.get("long", False)),
             duration=float(command["duration"]),
             window=float(command.get("window", 0.0)),
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from meshnode.bench.service import REQUEST, STREAM_MESSAGES
+from meshnode.bench.service import LONG_REQUEST, LONG_STREAM_MESSAGES, REQUEST, STREAM_MESSAGES
 from meshnode.bench.stats import percentile
 
 __all__ = ["run_load"]
@@ -61,19 +61,20 @@ async def _unary(stub: Any, deadline: float, tally: _Tally) -> None:
             tally.ok(start, clock())
 
 
-async def _stream(stub: Any, deadline: float, tally: _Tally) -> None:
+async def _stream(stub: Any, deadline: float, tally: _Tally, long: bool) -> None:
     say_stream = stub.SayStream
     clock = time.monotonic
+    request, expected = (LONG_REQUEST, LONG_STREAM_MESSAGES) if long else (REQUEST, STREAM_MESSAGES)
     while (start := clock()) < deadline:
         got = 0
         try:
-            async for _reply in say_stream(REQUEST, timeout=_TIMEOUT):
+            async for _reply in say_stream(request, timeout=_TIMEOUT):
                 got += 1
         except Exception as exc:
             tally.failed(start, exc)
             continue
-        if got != STREAM_MESSAGES:
-            tally.failed(start, RuntimeError(f"stream ended after {got} of {STREAM_MESSAGES} messages"))
+        if got != expected:
+            tally.failed(start, RuntimeError(f"stream ended after {got} of {expected} messages"))
             continue
         tally.messages += got
         tally.ok(start, clock())
@@ -102,15 +103,20 @@ def _windows(tally: _Tally, errors: Sequence[tuple[float, str]], begin: float, w
     return out
 
 
-async def run_load(stub: Any, *, unary: int, stream: int, duration: float, window: float = 0.0) -> dict[str, Any]:
-    """Run the load; returns calls, errors (with a few samples), latency percentiles and CPU time."""
+async def run_load(
+    stub: Any, *, unary: int, stream: int, duration: float, window: float = 0.0, long: bool = False
+) -> dict[str, Any]:
+    """Run the load; returns calls, errors (with a few samples), latency percentiles and CPU time.
+
+    ``long``: the stream callers ask for long streams (:data:`~meshnode.bench.service.LONG_STREAM_MESSAGES`).
+    """
     unary_tally, stream_tally = _Tally(window > 0), _Tally(window > 0)
     cpu_before = time.process_time()
     begin = time.monotonic()
     deadline = begin + duration
     await asyncio.gather(
         *(_unary(stub, deadline, unary_tally) for _ in range(unary)),
-        *(_stream(stub, deadline, stream_tally) for _ in range(stream)),
+        *(_stream(stub, deadline, stream_tally, long) for _ in range(stream)),
     )
     elapsed = time.monotonic() - begin
     cpu = time.process_time() - cpu_before

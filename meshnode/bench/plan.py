@@ -20,6 +20,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshnode.bench.service import LONG_STREAM_MESSAGES
 from meshnode.errors import ConfigError
 
 __all__ = ["BASELINE", "VARIANTS", "BenchSettings", "Variant", "Workload", "spiffe_id_unavailable"]
@@ -39,6 +40,9 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("A", "bare grpcio, insecure", "A", "insecure"),
     Variant("B", "bare grpcio, mTLS with static ssl_server_credentials (baseline)", "B", "mtls"),
+    Variant("G", "hand-written grpc.aio mTLS server: B + peer_identities() checked against an allowlist in the "
+            "servicer (the limit)", "G", "mtls"),
+    Variant("N", "`meshnode run` serving meshnode.demo:EchoService (replies carry caller and server IDs)", "N", "mtls"),
     Variant("C", "meshnode Node server: dynamic credentials + authorization (bare mTLS client)", "C", "mtls"),
     Variant("D", "C + tracing (SDK TracerProvider, BatchSpanProcessor, no-op exporter)", "D", "mtls"),
     Variant("M", "C + metrics: RPC metrics per peer and the Prometheus endpoint on (no traces)", "M", "mtls"),
@@ -61,6 +65,7 @@ class Workload:
     name: str
     unary: int
     stream: int
+    long: bool = False  # streams of LONG_STREAM_MESSAGES: what a message costs
 
     @property
     def callers(self) -> int:
@@ -93,7 +98,7 @@ class BenchSettings:
     spiffe_id_rotations: int = 4  # through a spiffe-id channel (only when F runs)
     spiffe_id_rotation_interval: float = 1.5  # gRPC's file_watcher re-reads every second
     pin: bool = True
-    variants: tuple[str, ...] = ("A", "B", "C", "D", "M", "E", "F", "J", "E3", "F3")
+    variants: tuple[str, ...] = ("A", "B", "G", "C", "N", "D", "M", "E", "F", "J", "E3", "F3")
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -137,6 +142,7 @@ class BenchSettings:
             Workload(f"unary, {n} callers", n, 0),
             Workload("server stream, 1 caller", 0, 1),
             Workload(f"server stream, {n} callers", 0, n),
+            Workload(f"long server stream ({LONG_STREAM_MESSAGES} messages), 1 caller", 0, 1, long=True),
         )
 
     def selected(self) -> tuple[Variant, ...]:

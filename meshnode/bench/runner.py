@@ -143,7 +143,7 @@ class _Run:
         before = server.request({"cmd": "cpu"})["cpu"]
         load = self._client_of(variant).request(
             {"cmd": "load", "target": variant.name, "unary": workload.unary, "stream": workload.stream,
-             "duration": duration},
+             "long": workload.long, "duration": duration},
             timeout=duration + 60.0,
         )
         server_cpu = server.request({"cmd": "cpu"})["cpu"] - before

@@ -5,6 +5,12 @@ Variants (what the runner compares):
 * ``A``: bare ``grpc.aio`` server, insecure port;
 * ``B``: bare ``grpc.aio`` server, static ``ssl_server_credentials`` with
   client certificates required (the baseline);
+* ``G``: ``B`` whose servicer authorizes by hand, as a careful grpcio user
+  would write it: every call reads ``context.peer_identities()`` and checks
+  it against an allowlist (the limit a framework is measured against);
+* ``N``: ``meshnode run`` on a node.toml serving ``meshnode.demo:EchoService``
+  (the demo service, not the bench one), its identity from the shared dev
+  CA: a process of its own, whose CPU this process reads from ``/proc``;
 * ``C``: a meshnode :class:`~meshnode.node.Node`: dynamic server credentials,
   authorization by SPIFFE ID, health and reflection;
 * ``D``: ``C`` with tracing: an SDK ``TracerProvider`` whose spans go through
@@ -50,22 +56,26 @@ from typing import Any
 
 import grpc
 
+from meshnode.bench.meshnode_run import MeshnodeRun
 from meshnode.bench.pki import CLIENT_ID, SERVER_ID, TRUST_DOMAIN, BenchPKI
 from meshnode.bench.protocol import pin_process, send_line
-from meshnode.bench.service import BenchEcho, CertificateLog, LoggingEcho
+from meshnode.bench.service import AllowlistEcho, BenchEcho, CertificateLog, LoggingEcho
 from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "H", "J", "M", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "G", "H", "J", "M", "N", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
 
 
-async def _bare(stack: contextlib.AsyncExitStack, credentials: grpc.ServerCredentials | None) -> int:
+async def _bare(
+    stack: contextlib.AsyncExitStack, credentials: grpc.ServerCredentials | None,
+    servicer: demo_pb2_grpc.EchoServicer | None = None,
+) -> int:
     server = grpc.aio.server()
-    demo_pb2_grpc.add_EchoServicer_to_server(BenchEcho(), server)
+    demo_pb2_grpc.add_EchoServicer_to_server(servicer or BenchEcho(), server)
     if credentials is None:
         port: int = server.add_insecure_port(_LISTEN)
     else:
@@ -147,7 +157,7 @@ def _tracer_provider(stack: contextlib.AsyncExitStack) -> tuple[Any, Callable[[]
 
 
 async def start(
-    variant: str, state_dir: Path, agent_socket: str | None, stack: contextlib.AsyncExitStack
+    variant: str, state_dir: Path, agent_socket: str | None, stack: contextlib.AsyncExitStack, cpu: int | None = None
 ) -> tuple[dict[str, int], Commands]:
     """Start the variant's server(s); returns their ports and the extra commands."""
     commands: Commands = {}
@@ -163,6 +173,13 @@ async def start(
     pki = BenchPKI(state_dir)
     if variant == "B":
         return {"main": await _bare(stack, pki.static_server_credentials())}, commands
+    if variant == "G":
+        return {"main": await _bare(stack, pki.static_server_credentials(), AllowlistEcho({CLIENT_ID}))}, commands
+    if variant == "N":
+        run = MeshnodeRun(state_dir, cpu)
+        stack.callback(run.close)
+        commands["cpu"] = run.cpu_seconds_answer
+        return {"main": run.port}, commands
     if variant == "H":
         from meshnode.credentials import ServerCredentials
         from meshnode.identity.source import StaticSource
@@ -236,11 +253,11 @@ async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         try:
-            ports, commands = await start(args.variant, Path(args.state_dir), args.agent_socket, stack)
+            ports, commands = await start(args.variant, Path(args.state_dir), args.agent_socket, stack, args.cpu)
         except Exception as exc:  # reported to the runner, which quotes it
             send_line({"error": f"server {args.variant}: {type(exc).__name__}: {exc}"})
             return
-        commands["cpu"] = lambda: {"cpu": time.process_time()}
+        commands.setdefault("cpu", lambda: {"cpu": time.process_time()})
         cpus = pin_process(args.cpu)
         threading.Thread(target=_control, args=(commands, loop, stop), name="bench-control", daemon=True).start()
         send_line({"ready": True, "variant": args.variant, "ports": ports, "pid": os.getpid(), "cpus": cpus})

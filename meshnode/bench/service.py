@@ -2,7 +2,7 @@
 
 The same class serves the bare grpcio baselines and the meshnode nodes, so
 the handlers cost the same everywhere and the differences are what sits
-around them. ``Say`` answers a 64-byte text with itself; ``SayStream``
+around them. ``Say`` answers a 48-byte text with itself; ``SayStream``
 answers with :data:`STREAM_MESSAGES` copies of it.
 """
 
@@ -10,20 +10,35 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.identity.x509svid import load_pem_certs
 
-__all__ = ["PAYLOAD", "REQUEST", "STREAM_MESSAGES", "BenchEcho", "CertificateLog", "LoggingEcho"]
+__all__ = [
+    "LONG_REQUEST", "LONG_STREAM_MESSAGES", "PAYLOAD", "REQUEST", "STREAM_MESSAGES",
+    "AllowlistEcho", "BenchEcho", "CertificateLog", "LoggingEcho",
+]
 
-#: the request (and reply) text: 64 bytes
-PAYLOAD = "m" * 64
+#: the request (and reply) text: 48 bytes in 10 words (the demo service's stream sends a reply per word)
+PAYLOAD = " ".join(["mesh"] * 9 + ["net"])
 REQUEST = demo_pb2.SayRequest(text=PAYLOAD)
 #: replies per server stream
 STREAM_MESSAGES = 10
+#: replies per long server stream (what a message costs, with the per-call costs spread thin):
+#: asked for by a request of that many words (the demo service also replies once per word)
+LONG_STREAM_MESSAGES = 200
+LONG_REQUEST = demo_pb2.SayRequest(text=" ".join(["m"] * LONG_STREAM_MESSAGES))
+
+
+def _replies(request: demo_pb2.SayRequest) -> tuple[demo_pb2.SayReply, int]:
+    """A stream's reply and how many times to send it: :data:`LONG_STREAM_MESSAGES` of ``PAYLOAD`` for the
+    long request, else :data:`STREAM_MESSAGES` of the request's text."""
+    if len(request.text) > len(PAYLOAD):
+        return demo_pb2.SayReply(text=PAYLOAD), LONG_STREAM_MESSAGES
+    return demo_pb2.SayReply(text=request.text), STREAM_MESSAGES
 
 
 class BenchEcho(demo_pb2_grpc.EchoServicer):
@@ -33,8 +48,37 @@ class BenchEcho(demo_pb2_grpc.EchoServicer):
     async def SayStream(
         self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[demo_pb2.SayReply]:
-        reply = demo_pb2.SayReply(text=request.text)
-        for _ in range(STREAM_MESSAGES):
+        reply, count = _replies(request)
+        for _ in range(count):
+            yield reply
+
+
+class AllowlistEcho(BenchEcho):
+    """:class:`BenchEcho` authorized by hand: the caller's ``peer_identities()`` must hold an allowed ID.
+
+    What a careful grpcio user writes without a framework: no cache, no
+    policy language, no telemetry; one C call and a set lookup per call.
+    """
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self._allowed = frozenset(a.encode() for a in allowed)
+
+    def _allowed_caller(self, context: grpc.aio.ServicerContext) -> bool:
+        identities = context.peer_identities()
+        return identities is not None and not self._allowed.isdisjoint(identities)
+
+    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+        if not self._allowed_caller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
+        return demo_pb2.SayReply(text=request.text)
+
+    async def SayStream(
+        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[demo_pb2.SayReply]:
+        if not self._allowed_caller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
+        reply, count = _replies(request)
+        for _ in range(count):
             yield reply
 
 
@@ -75,6 +119,6 @@ class LoggingEcho(BenchEcho):
         self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[demo_pb2.SayReply]:
         self.log.note(context)
-        reply = demo_pb2.SayReply(text=request.text)
-        for _ in range(STREAM_MESSAGES):
+        reply, count = _replies(request)
+        for _ in range(count):
             yield reply

@@ -10,6 +10,8 @@ from meshnode.bench.plan import BASELINE
 
 #: the plain meshnode node; variants that add to it (tracing, metrics) are also compared with it per round
 NODE = "C"
+#: the hand-written server that authorizes by hand: meshnode servers are also compared with it per round
+LIMIT = "G"
 
 __all__ = ["Spread", "percentile", "ratio", "spread", "summarize_cells", "summarize_handshakes"]
 
@@ -61,6 +63,7 @@ def summarize_cells(cells: list[dict[str, Any]], variants: list[str], workloads:
         mine = [c for c in cells if c["workload"] == workload]
         base = {c["round"]: c for c in mine if c["variant"] == BASELINE}
         node = {c["round"]: c for c in mine if c["variant"] == NODE}
+        limit = {c["round"]: c for c in mine if c["variant"] == LIMIT}
         rows: dict[str, Any] = {}
         for variant in variants:
             own = [c for c in mine if c["variant"] == variant]
@@ -80,6 +83,11 @@ def summarize_cells(cells: list[dict[str, Any]], variants: list[str], workloads:
                 rows[variant]["vs_node"] = {
                     "throughput_ratio": spread(_per_round(own, node, "calls_per_s")),
                     "server_cpu_ratio": spread(_per_round(own, node, "server_cpu_us")),
+                }
+            if limit and variant != LIMIT:  # next to the limit: a hand-written authorizing server
+                rows[variant]["vs_limit"] = {
+                    "throughput_ratio": spread(_per_round(own, limit, "calls_per_s")),
+                    "server_cpu_ratio": spread(_per_round(own, limit, "server_cpu_us")),
                 }
         out[workload] = rows
     return out

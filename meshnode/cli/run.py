@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         announce(f"meshnode: node {config.name} ready {where} as {node.spiffe_id} (mode {config.mode})")
         if node.metrics_url is not None:
             announce(f"meshnode: node {config.name} metrics on {node.metrics_url}")
+        # what start-up made (modules, classes, config) lives as long as the process: keep it out of
+        # every later collection of the cyclic GC (about 1% of a call's CPU under load)
+        gc.freeze()
 
     async def main() -> None:
         await Node(config).serve_until_signal(ready=ready)

@@ -1,10 +1,9 @@
 """The node's tracing interceptors: OpenTelemetry's gRPC instrumentation
 plus the identity attributes it lacks.
 
-Server: OTel's aio server interceptor (first in the list). The caller's
-SPIFFE ID and the authorization decision are set on its span by the
-authorizer, inside the admitted handler, where the span is current.
-Client: OTel's aio client interceptors, then small ones that stamp the
+Server: no interceptor; the admitted wrapper makes the server span
+(:mod:`meshnode.telemetry.serverspans`) and the authorizer sets the caller's
+SPIFFE ID and its decision on it. Client: OTel's aio client interceptors, then small ones that stamp the
 expected peer ID, the peer name, the local ID, the node name and the
 peer's ``server.address``/``server.port``.
 """
@@ -13,21 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from meshnode.spiffeid import SpiffeID
 from meshnode.telemetry.attributes import LOCAL_SPIFFE_ID, NODE_NAME, PEER_NAME, PEER_SPIFFE_ID
 from meshnode.telemetry.instrumentation import (
     aio_client_interceptors,
-    aio_server_interceptor,
     server_address_attributes,
 )
 
-__all__ = ["client_interceptors", "server_interceptors"]
-
-
-def server_interceptors(tracer_provider: Any = None) -> list[grpc.aio.ServerInterceptor]:
-    return [aio_server_interceptor(tracer_provider)]
+__all__ = ["client_interceptors"]
 
 
 def client_interceptors(
