@@ -364,6 +364,73 @@ def _ended(context: Any, error: BaseException | None) -> int:
     return 2  # UNKNOWN: what gRPC sends for an exception from a handler
 
 
+class _NoMessages:
+    """The responses of a refused stream: none (an async iterator that ends at once)."""
+
+    def __aiter__(self) -> _NoMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+
+_NO_MESSAGES = _NoMessages()
+
+
+class _NoSpans:
+    """:class:`Spans` that make none."""
+
+    def start(self, method: str, context: Any) -> tuple[Any, object]:
+        return None, None
+
+    def end(self, span: Any, token: object, code: int, error: BaseException | None, details: str | None) -> None:
+        return None
+
+
+_NO_SPANS = _NoSpans()
+
+
+async def _async_generator_template(request: Any, context: Any) -> AsyncIterator[Any]:  # pragma: no cover
+    yield None  # only its code object is used: it marks what grpc.aio must treat as an async generator
+
+
+class _AsyncGenFunction:
+    """A plain function that returns an async iterator, made to look like an async generator function.
+
+    grpc.aio decides how to drive a streaming behaviour with
+    ``inspect.isasyncgenfunction`` (its server's ``_finish_handler_with_stream_responses``),
+    and ``inspect`` accepts any "function-like" object (a ``__code__``, a
+    ``__name__``, ...; the duck typing it has for Cython functions) whose code
+    has the async-generator flag. So the gate runs when grpc calls this
+    object, and grpc then iterates the handler's own generator: an admitted
+    stream costs nothing per message (a wrapping ``async for ... yield``
+    costs a generator step per message). :func:`_stream_shape` checks, at
+    registration, that ``inspect`` still sees it that way.
+    """
+
+    __code__ = _async_generator_template.__code__
+    __defaults__ = None
+    __kwdefaults__ = None
+    __annotations__: dict[str, Any] = {}  # what inspect reads; never changed
+
+    def __init__(self, call: Callable[[Any, Any], AsyncIterator[Any]], method: str) -> None:
+        self._call = call
+        self.__name__ = self.__qualname__ = f"admitted {method}"
+
+    def __call__(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        return self._call(request, context)
+
+
+def _stream_shape_ok() -> bool:
+    """Whether this Python's ``inspect`` (what grpc.aio asks) takes an :class:`_AsyncGenFunction` for an
+    async generator function and not for a coroutine function."""
+    probe = _AsyncGenFunction(lambda request, context: _NO_MESSAGES, "/probe.Probe/Probe")
+    return inspect.isasyncgenfunction(probe) and not inspect.iscoroutinefunction(probe)
+
+
+_STREAM_SHAPE_OK = _stream_shape_ok()
+
+
 def admit(
     gate: Gate, method: str, handler: grpc.RpcMethodHandler, spans: Spans | None = None
 ) -> grpc.RpcMethodHandler:
@@ -374,12 +441,30 @@ def admit(
     ``spans`` (tracing is on), each call runs in its server span, started
     before the gate decides (the decision is recorded on it).
     """
-    if spans is not None:
+    if spans is not None or (handler.response_streaming and not _STREAM_SHAPE_OK):
+        spans = spans or _NO_SPANS  # without the shape: the wrapping generator, no span
         return _rebuild(handler, _traced(gate, method, _behavior(handler), handler.response_streaming, spans))
     inner = _behavior(handler)
     if handler.response_streaming:
 
-        async def admitted_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def measured_stream(
+            request: Any, context: Any, admission: Admission, started: float
+        ) -> AsyncIterator[Any]:
+            """An admitted stream whose end is recorded in its series (RPC metrics)."""
+            series = admission.series
+            assert series is not None
+            responses = inner(request, context)
+            try:
+                async for item in responses:
+                    yield item
+            except BaseException as exc:
+                series.record(_ended(context, exc), perf_counter() - started)
+                raise
+            finally:
+                await responses.aclose()
+            series.record(_ended(context, None), perf_counter() - started)
+
+        def admitted_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             started = perf_counter()
             admission = gate(context, method)
             series = admission.series
@@ -387,22 +472,14 @@ def admit(
                 _refuse(context, admission)
                 if series is not None:
                     series.record(admission.code.value[0], perf_counter() - started)
-                return
+                return _NO_MESSAGES
             admission.enter()
-            responses = inner(request, context)
-            try:
-                async for item in responses:
-                    yield item
-            except BaseException as exc:
-                if series is not None:
-                    series.record(_ended(context, exc), perf_counter() - started)
-                raise
-            finally:
-                await responses.aclose()
             if series is not None:
-                series.record(_ended(context, None), perf_counter() - started)
+                return measured_stream(request, context, admission, started)
+            responses: AsyncIterator[Any] = inner(request, context)
+            return responses  # gRPC iterates the handler's own generator: nothing per message
 
-        return _rebuild(handler, admitted_stream)
+        return _rebuild(handler, _AsyncGenFunction(admitted_stream, method))
 
     async def admitted(request: Any, context: Any) -> Any:
         started = perf_counter()
