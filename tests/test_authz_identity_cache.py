@@ -140,3 +140,18 @@ def test_cached_verdicts_equal_fresh_verdicts_for_any_certificates(shapes: list[
     assert len(set(keys)) == len(pems)  # distinct certificates never share an entry
     for pem in pems + pems:  # every certificate twice: the second round is served from the cache
         assert _decide(cached, pem) == _decide(Authorizer(policy), pem)
+
+
+@pytest.mark.parametrize("order", ["svid-first", "forgery-first"])
+def test_certificates_that_share_the_cache_window_never_share_a_decision(order: str) -> None:
+    """The cache keys on 64 bytes of the certificate (cheap to hash) and counts a hit only when the whole
+    certificate matches: a certificate made to end like the SVID's (here: the SVID's PEM with one byte
+    changed before the window, so it no longer parses) is decided on its own, in either order."""
+    real = _RAW.issue([ALPHA]).chain[0].public_bytes(serialization.Encoding.PEM)
+    forged = real[:40] + (b"A" if real[40:41] != b"A" else b"B") + real[41:]
+    assert forged[-96:-32] == real[-96:-32] and forged != real
+    authorizer = Authorizer(Policy((allow(ALPHA, name="alpha"),)))
+    expected = {real: (None, ALPHA), forged: (grpc.StatusCode.UNAUTHENTICATED, "None")}
+    sequence = [real, forged, real, forged] if order == "svid-first" else [forged, real, forged, real]
+    for pem in sequence:
+        assert _decide(authorizer, pem) == expected[pem], order

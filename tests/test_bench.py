@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CORE_VARIANTS = {"A", "B", "G", "C", "N", "D", "M", "E", "E3"}
+CORE_VARIANTS = {"A", "B", "G", "K", "C", "N", "D", "M", "E", "E3"}
 
 
 def _positive(value: Any) -> bool:

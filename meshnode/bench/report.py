@@ -50,6 +50,11 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
                                 tput is not None and tput >= 0.97, _spread(vs["throughput_ratio"], 3)))
             rows.append(_target(f"{name}/G server CPU per RPC ({what}), {workload}", "<= 1.03", cpu,
                                 cpu is not None and cpu <= 1.03, _spread(vs["server_cpu_ratio"], 3)))
+    for workload, cpu_ratios in pair_ratios(result, "C", "K", "server_cpu_us").items():
+        tput = pair_ratios(result, "C", "K", "calls_per_s").get(workload)
+        rows.append(_target(f"C/K (next to a hand-written server keyed on the certificate), {workload}", "report",
+                            cpu_ratios["median"], None,
+                            f"server CPU {_spread(cpu_ratios, 3)}, throughput {_spread(tput or {}, 3)}"))
     for workload, variants in summary.items():
         c = variants.get("C")
         if c is None or workload.startswith("long"):
@@ -95,20 +100,25 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def jwt_cost(result: Mapping[str, Any]) -> dict[str, Any]:
-    """J/E server CPU per RPC by workload: median [IQR] of the per-round ratios (JWT-SVID required vs not,
-    both called through a meshnode peer channel)."""
+def pair_ratios(result: Mapping[str, Any], num: str, den: str, key: str) -> dict[str, Any]:
+    """``num``/``den`` of ``key`` by workload: median [IQR] of the per-round ratios (both variants must run)."""
     cells = result["throughput"].get("cells", [])
-    cpu = {(c["round"], c["workload"], c["variant"]): c["server_cpu_us"] for c in cells}
+    value = {(c["round"], c["workload"], c["variant"]): c[key] for c in cells}
     out: dict[str, Any] = {}
     for workload in result["throughput"]["summary"]:
         ratios = [
-            j / e for (r, w, v), j in cpu.items()
-            if w == workload and v == "J" and j is not None and (e := cpu.get((r, w, "E")))
+            a / b for (r, w, v), a in value.items()
+            if w == workload and v == num and a is not None and (b := value.get((r, w, den)))
         ]
         if ratios:
             out[workload] = spread(ratios)
     return out
+
+
+def jwt_cost(result: Mapping[str, Any]) -> dict[str, Any]:
+    """J/E server CPU per RPC by workload: median [IQR] of the per-round ratios (JWT-SVID required vs not,
+    both called through a meshnode peer channel)."""
+    return pair_ratios(result, "J", "E", "server_cpu_us")
 
 
 def _jwt_targets(result: Mapping[str, Any]) -> list[Row]:

@@ -8,6 +8,9 @@ Variants (what the runner compares):
 * ``G``: ``B`` whose servicer authorizes by hand, as a careful grpcio user
   would write it: every call reads ``context.peer_identities()`` and checks
   it against an allowlist (the limit a framework is measured against);
+* ``K``: ``G`` keyed on the caller's certificate instead of its SAN strings
+  (``auth_context()``, an X509-SVID check once per certificate): the limit
+  for a hand-written server that the typed-SAN bypass cannot fool;
 * ``N``: ``meshnode run`` on a node.toml serving ``meshnode.demo:EchoService``
   (the demo service, not the bench one), its identity from the shared dev
   CA: a process of its own, whose CPU this process reads from ``/proc``;
@@ -59,12 +62,12 @@ import grpc
 from meshnode.bench.meshnode_run import MeshnodeRun
 from meshnode.bench.pki import CLIENT_ID, SERVER_ID, TRUST_DOMAIN, BenchPKI
 from meshnode.bench.protocol import pin_process, send_line
-from meshnode.bench.service import AllowlistEcho, BenchEcho, CertificateLog, LoggingEcho
+from meshnode.bench.service import AllowlistEcho, BenchEcho, CertificateAllowlistEcho, CertificateLog, LoggingEcho
 from meshnode.demo.v1 import demo_pb2_grpc
 
 __all__ = ["SERVER_VARIANTS", "main"]
 
-SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "G", "H", "J", "M", "N", "P", "Q", "R")
+SERVER_VARIANTS = ("A", "B", "C", "C3", "D", "G", "H", "J", "K", "M", "N", "P", "Q", "R")
 _LISTEN = "127.0.0.1:0"
 
 Commands = dict[str, Callable[[], dict[str, Any]]]
@@ -175,6 +178,9 @@ async def start(
         return {"main": await _bare(stack, pki.static_server_credentials())}, commands
     if variant == "G":
         return {"main": await _bare(stack, pki.static_server_credentials(), AllowlistEcho({CLIENT_ID}))}, commands
+    if variant == "K":
+        return {"main": await _bare(stack, pki.static_server_credentials(), CertificateAllowlistEcho({CLIENT_ID}))}, \
+            commands
     if variant == "N":
         run = MeshnodeRun(state_dir, cpu)
         stack.callback(run.close)

@@ -19,7 +19,7 @@ from meshnode.identity.x509svid import load_pem_certs
 
 __all__ = [
     "LONG_REQUEST", "LONG_STREAM_MESSAGES", "PAYLOAD", "REQUEST", "STREAM_MESSAGES",
-    "AllowlistEcho", "BenchEcho", "CertificateLog", "LoggingEcho",
+    "AllowlistEcho", "BenchEcho", "CertificateAllowlistEcho", "CertificateLog", "LoggingEcho",
 ]
 
 #: the request (and reply) text: 48 bytes in 10 words (the demo service's stream sends a reply per word)
@@ -66,6 +66,51 @@ class AllowlistEcho(BenchEcho):
     def _allowed_caller(self, context: grpc.aio.ServicerContext) -> bool:
         identities = context.peer_identities()
         return identities is not None and not self._allowed.isdisjoint(identities)
+
+    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+        if not self._allowed_caller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
+        return demo_pb2.SayReply(text=request.text)
+
+    async def SayStream(
+        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[demo_pb2.SayReply]:
+        if not self._allowed_caller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
+        reply, count = _replies(request)
+        for _ in range(count):
+            yield reply
+
+
+class CertificateAllowlistEcho(BenchEcho):
+    """:class:`AllowlistEcho` done safely by hand: decided on the caller's certificate, not its SAN strings.
+
+    ``peer_identities()`` is a flat list of SAN strings without their type: a
+    certificate with a DNS SAN (or, without SANs, a common name) spelled like
+    an allowed SPIFFE ID passes :class:`AllowlistEcho`. A careful hand-written
+    server keys on the verified leaf (``auth_context()["x509_pem_cert"]``, the
+    only API that gives it) and checks it as an X509-SVID once per
+    certificate, as meshnode does; this is that server, with no framework.
+    """
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        from meshnode.spiffeid import parse_spiffe_id
+
+        self._allowed = frozenset(parse_spiffe_id(a) for a in allowed)
+        self._decided: dict[bytes, bool] = {}
+
+    def _allowed_caller(self, context: grpc.aio.ServicerContext) -> bool:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert")
+        if not pems:
+            return False
+        allowed = self._decided.get(pems[0])
+        if allowed is None:
+            from meshnode.authz.identity import resolve_peer
+
+            peer = resolve_peer(auth).spiffe_id
+            allowed = self._decided[pems[0]] = peer is not None and peer in self._allowed
+        return allowed
 
     async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
         if not self._allowed_caller(context):
