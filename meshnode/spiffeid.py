@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshnode.errors import InvalidSpiffeIdError
 
@@ -146,6 +146,7 @@ class SpiffeID:
 
     trust_domain: TrustDomain
     path: str  # "" or "/seg/seg..."
+    _text: str = field(init=False, repr=False, compare=False)  # str(self), made once (handlers call it per call)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trust_domain", TrustDomain(self.trust_domain))
@@ -156,9 +157,10 @@ class SpiffeID:
             raise InvalidSpiffeIdError(f"spiffeid: invalid SPIFFE ID path: {problem}", reason=problem, value=self.path)
         if len(SCHEME) + len(self.trust_domain) + len(self.path.encode()) > MAX_ID_BYTES:
             raise InvalidSpiffeIdError(f"spiffeid: a SPIFFE ID is at most {MAX_ID_BYTES} bytes")
+        object.__setattr__(self, "_text", f"{SCHEME}{self.trust_domain}{self.path}")
 
     def __str__(self) -> str:
-        return f"{SCHEME}{self.trust_domain}{self.path}"
+        return self._text
 
     @property
     def segments(self) -> tuple[str, ...]:
