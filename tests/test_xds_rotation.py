@@ -44,3 +44,32 @@ def test_calls_survive_the_control_plane_stopping_and_it_restarts() -> None:
     assert out["restarted_after_unlink"] and out["update_after_unlink"]  # a removed socket is noticed too
     assert out["update_after_restart_ads"]
     assert out["synced"] and out["restarts"] == 3
+
+
+@pytest.mark.slow
+def test_a_rotation_reaches_the_next_handshake_through_the_push_not_the_file_reread() -> None:
+    """gRPC re-reads the files only every hour here, and the server never ends a connection: each
+    new SVID (one of them across a CA rotation) still reaches the open channel's calls and a fresh
+    connection, because the control plane serves the Clusters in a fresh certificate provider slot,
+    whose provider gRPC builds and fills from the files at once. No call fails."""
+    out = run_scenario("push-rotation", {"refresh_interval": 3600, "rotations": 4, "ca_rotation_at": 2},
+                       timeout=240)
+    assert out["refresh_intervals"] == ["3600s"]
+    assert out["failed"] == 0, out["failures"]
+    assert out["ca_rotated"]
+    for rotation in out["each"]:
+        assert rotation["on_channel"] and rotation["fresh_connection"], out["each"]
+        before, after = rotation["slot"]
+        assert after != before and after != 0, out["each"]
+
+
+@pytest.mark.slow
+def test_after_a_rotation_the_clusters_go_home_and_its_connections_carry_the_new_svid() -> None:
+    """Two refresh intervals (1 s) after a rotation the Clusters name the home slot again, whose
+    provider gRPC held all along and has re-read the files by then: the connections made for it
+    present the newest SVID, no older one, and no call fails."""
+    out = run_scenario("push-rotation", {"refresh_interval": 1, "rotations": 2, "settle": True}, timeout=240)
+    assert out["failed"] == 0, out["failures"]
+    assert all(r["on_channel"] and r["fresh_connection"] for r in out["each"]), out["each"]
+    assert out["home"] and out["calls_after_home"]
+    assert out["serials_after_home"] == [out["latest"]]

@@ -81,8 +81,9 @@ PROBE_PROVIDER = "meshnode-a87-probe"
 #: gRPC's minimum; its default is 10 minutes, far too slow for rotation. With slots it is the
 #: fallback: a rotation reaches new handshakes through a new slot, not through the re-read.
 REFRESH_INTERVAL_SECONDS = 1
-#: Copies of each provider a control plane declares (see "Slots" above); 1 turns slots off.
-PROVIDER_SLOTS = 3
+#: Copies of each provider a control plane declares (see "Slots" above and meshnode.xds.slots):
+#: home and three fresh ones; 1 turns slots off.
+PROVIDER_SLOTS = 4
 _MAX_SLOTS = 9  # one digit in file names
 _TRUE = ("1", "true", "yes")  # what gRPC's boolean env parser takes as true
 

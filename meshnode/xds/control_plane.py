@@ -99,7 +99,8 @@ class XdsControlPlane:
         refresh_interval: int = _bootstrap.REFRESH_INTERVAL_SECONDS,
     ) -> None:
         """``slots``: copies of each certificate provider (1: rotation only through gRPC's re-read of
-        the files; 3 or more for back-to-back rotations); ``refresh_interval``: seconds between those
+        the files; 4, the default, has three fresh slots for back-to-back rotations, see
+        :mod:`meshnode.xds.slots`); ``refresh_interval``: seconds between those
         re-reads (gRPC's minimum is 1)."""
         _bootstrap.check_providers(slots, refresh_interval)
         self.node_name = node_name

@@ -26,7 +26,12 @@ Hence: slot 0 is *home*, where channels start and where the Clusters stay
 between rotations. A rotation moves the Clusters to a *fresh* slot (1, 2,
 ..., round robin, never the current one), whose instance nobody holds, so
 gRPC builds it and it reads the new files at once: the next handshakes
-present the new certificate. Once home's instance has surely re-read the
+present the new certificate. The slot a rotation left is still held until
+gRPC has connected the new subchannels (milliseconds; the old ones carry
+the calls meanwhile), so back-to-back rotations need more than two fresh
+slots: with three (the default, :data:`~meshnode.xds.bootstrap.PROVIDER_SLOTS`),
+two rotations closer together than that, such as a new bundle and the
+first SVID of its CA, still each get a slot nobody holds. Once home's instance has surely re-read the
 files (two refresh intervals later) the Clusters go home again, so
 channels made after that pin home, not a fresh slot. A fresh slot that a
 channel made during that window still pins can be stale when its turn
