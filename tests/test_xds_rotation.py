@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from tests.support.replicas import Client, mesh
 from tests.support.xds import run_scenario
 
 
@@ -73,3 +78,36 @@ def test_after_a_rotation_the_clusters_go_home_and_its_connections_carry_the_new
     assert all(r["on_channel"] and r["fresh_connection"] for r in out["each"]), out["each"]
     assert out["home"] and out["calls_after_home"]
     assert out["serials_after_home"] == [out["latest"]]
+
+
+def asked_until(client: Client, command: str, done: Callable[[dict[str, Any]], bool], what: str,
+                timeout: float = 30.0) -> dict[str, Any]:
+    """Ask the client node ``command`` until ``done(answer)``; the timeout is a safety net."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.ask(command)
+        if done(answer):
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s for {what}; last answer {answer}\n{client.log()}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_after_a_rotation_a_node_pairs_next_connection_presents_the_new_svid() -> None:
+    """Real processes: a dev agent, a `meshnode run` server that never ends a connection
+    (max_connection_age = 0) and answers with the serial of the caller's certificate, and a client
+    node calling it as a spiffe-id peer. The agent rotates the SVIDs (SIGUSR1): the client's calls
+    through its one peer channel reach the server with the new SVID, on a connection the control
+    plane's push made. (Before, the open connection kept the old SVID until the server ended it.)"""
+    with mesh("mn-rot-") as m:
+        m.replica(2, services=["tests.support.services:CallerSerial"], node_extra="max_connection_age = 0")
+        client = m.client("spiffe-id", endpoints=f'address = "127.0.0.2:{m.port}"')
+        first = client.ask("identity")
+        assert client.ask("serial") == {"serial": first["serial"]}
+        m.agent.proc.send_signal(signal.SIGUSR1)
+        rotated = asked_until(client, "identity", lambda a: a["serials"] == 2, "the client node's new SVID")
+        assert rotated["serial"] != first["serial"]
+        seen = asked_until(client, "serial", lambda a: a != {"serial": first["serial"]},
+                           "a call that the server sees with another certificate")
+        assert seen == {"serial": rotated["serial"]}
