@@ -24,7 +24,7 @@ def test_rotation_under_load_fails_no_call(roots: str) -> None:
     The server recycles connections every ~0.3 s, so the load keeps making handshakes with
     whatever certificates are current. The scenario waits for each pushed SVID to appear on a
     fresh connection's handshake and then for the load to make calls, before the next rotation.
-    Push-to-new-handshake is printed (gRPC's file watcher re-reads every second), not asserted.
+    Push-to-new-handshake is printed (a fresh certificate provider slot: milliseconds), not asserted.
     """
     args = {"rotations": 10, "ca_rotation_at": 5, "workers": 4, "bundle_map": roots == "bundle-map"}
     out = run_scenario("rotation", args, timeout=300)

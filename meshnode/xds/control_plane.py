@@ -285,6 +285,8 @@ class XdsControlPlane:
         def arm() -> None:
             if self._home is not None:
                 self._home.cancel()
+            if self._state is _State.CLOSED:
+                return
             assert self._loop is not None
             self._home = self._loop.call_later(2 * self._refresh_interval, self._return_home, rotation)
 
