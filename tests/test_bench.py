@@ -85,8 +85,30 @@ def test_handshakes_rotation_and_first_calls_are_reported(
     assert rotation["rotations"] >= 1 and rotation["ca_rotations"] >= 1
     assert rotation["calls"] > 0 and rotation["failed_calls"] == 0, rotation["error_samples"]
     assert _positive(rotation["pickup_ms"]["median"])  # the server saw the new client certificates
+    spiffe_id = result["rotation_spiffe_id"]
+    if spiffe_id is not None:  # F ran: the spiffe-id channel's calls carried the new client certificate too
+        assert spiffe_id["calls"] > 0 and spiffe_id["failed_calls"] == 0, spiffe_id["error_samples"]
+        assert _positive(spiffe_id["pickup_ms"]["median"]) and spiffe_id["pickup_ms"]["missing"] == 0
     for name in ("C", "E", "E3"):
         assert _positive(result["first_calls"][name]["ms"]["median"]), name
     statuses = {t["target"]: t["status"] for t in result["targets"]}
     assert set(statuses.values()) <= {"PASS", "MISS", "INFO", "n/a"}
     assert "dynamic/static handshake rate" in statuses
+
+
+@pytest.mark.slow
+def test_rotation_latency_compares_provider_slots_with_the_file_reread(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshnode.bench.rotation_latency", "--rounds", "1", "--rotations", "1",
+         "--interval", "0.3", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "rotation-latency.json").read_text())["summary"]
+    assert set(summary) == {"slots", "reread"}
+    for mode, s in summary.items():
+        assert s["rotations"] == 1 and s["failed_calls"] == 0, mode
+        assert _positive(s["fresh_ms"]["median"]), mode  # a new connection presented the new SVID
+    assert summary["reread"]["channel_ms"]["missing"] == 1  # the open channel kept its connection...
+    assert _positive(summary["slots"]["channel_ms"]["median"])  # ...unless the push moved it to a fresh slot
+    assert "| fresh certificate provider slot (meshnode now) | 1 | 0 |" in proc.stdout

@@ -122,6 +122,8 @@ def test_a_killed_nodes_runtime_dir_and_the_key_in_it_are_removed_by_the_next_no
     left = dead_owner_dir(base, "meshnode-alpha-")
     (left / "svid.pem").write_text("-----BEGIN PRIVATE KEY-----")
     (left / "bundle.example.org.pem").write_text("")
+    (left / "2.svid.pem").write_text("-----BEGIN PRIVATE KEY-----")  # certificate provider slots' copies
+    (left / "1.bundles.example.org.json").write_text("{}")
     bind_socket(left / "ads.sock")
     live = make_private_dir("meshnode-gamma-", base)
     (live / "svid.pem").write_text("in use")

@@ -71,8 +71,9 @@ def test_a_removed_peer_is_unreachable_at_once(verify: dict[str, Any]) -> None:
 
 
 def test_identity_files_are_private_and_removed_on_close(verify: dict[str, Any]) -> None:
-    assert verify["files"] == ["ads.sock", "bundle.example.org.pem", "bundle.other.org.pem",
-                               "bundle.third.org.pem", "owner", "svid.pem"]
+    slot_0 = ["bundle.example.org.pem", "bundle.other.org.pem", "bundle.third.org.pem", "svid.pem"]
+    copies = [f"{slot}.{name}" for slot in (1, 2, 3) for name in slot_0]  # the certificate provider slots
+    assert verify["files"] == sorted(["ads.sock", "owner", *slot_0, *copies])
     assert set(verify["modes"].values()) == {"0o600"} and verify["dir_mode"] == "0o700"
     assert verify["runtime_dir_removed"]
 

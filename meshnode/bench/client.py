@@ -103,8 +103,9 @@ class Client:
         from meshnode.identity.source import StaticSource
         from meshnode.node import Node
 
-        origin, _, verify = kind.partition("-")
-        verify, _, jwt = verify.partition("-")
+        origin, _, verify = kind.partition("-")  # "agent-spiffe-id", "node-dns-jwt"
+        jwt = verify.endswith("-jwt")
+        verify = verify.removesuffix("-jwt")
         source: Any = None
         if origin == "agent":
             if self._agent_socket is None:

@@ -17,6 +17,15 @@ what nodes use; see :meth:`Bootstrap.check_in_force`), or
 ``meshnode-a87-probe``, the map of the start-up probe
 (:mod:`meshnode.xds.a87`).
 
+Slots: each identity and roots provider is declared ``slots`` times, slot
+``n`` (``name#n``; slot 0 is ``name``) reading its own copy of the files
+(``n.`` + the file name, see :func:`slot_path`). gRPC builds a provider
+instance when a Cluster first names it and reads its files right then,
+and afterwards only every ``refresh_interval`` (at least 1 s). So a
+rotation that writes the files and moves the Clusters to the next slot
+reaches the next handshake at once, instead of after up to a refresh
+interval (:class:`~meshnode.xds.control_plane.XdsControlPlane`).
+
 One map per trust domain, not one map of all: gRPC's SAN matchers also
 match DNS SANs, so with a single map a CA of a federated trust domain could
 issue a certificate with a URI SAN of its own trust domain (A87 then picks
@@ -47,12 +56,16 @@ __all__ = [
     "BOOTSTRAP_FILE_ENV",
     "IDENTITY_PROVIDER",
     "PROBE_PROVIDER",
+    "PROVIDER_SLOTS",
     "REFRESH_INTERVAL_SECONDS",
     "SPIFFE_BUNDLE_MAP_ENV",
     "Bootstrap",
+    "check_providers",
+    "in_slot",
     "install",
     "release",
     "roots_provider",
+    "slot_path",
     "verify_installed",
 ]
 
@@ -65,8 +78,13 @@ SPIFFE_BUNDLE_MAP_ENV = "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE"
 IDENTITY_PROVIDER = "meshnode-identity"
 #: The provider of the A87 start-up probe's map (two throwaway trust domains).
 PROBE_PROVIDER = "meshnode-a87-probe"
-#: gRPC's minimum; its default is 10 minutes, far too slow for rotation.
+#: gRPC's minimum; its default is 10 minutes, far too slow for rotation. With slots it is the
+#: fallback: a rotation reaches new handshakes through a new slot, not through the re-read.
 REFRESH_INTERVAL_SECONDS = 1
+#: Copies of each provider a control plane declares (see "Slots" above and meshnode.xds.slots):
+#: home and three fresh ones; 1 turns slots off.
+PROVIDER_SLOTS = 4
+_MAX_SLOTS = 9  # one digit in file names
 _TRUE = ("1", "true", "yes")  # what gRPC's boolean env parser takes as true
 
 
@@ -75,13 +93,38 @@ def roots_provider(trust_domain: str, *, bundle_map: bool) -> str:
     return f"meshnode-bundles:{trust_domain}" if bundle_map else f"meshnode-bundle:{trust_domain}"
 
 
+def check_providers(slots: int, refresh_interval: int) -> None:
+    """Raise ConfigError unless ``slots`` and ``refresh_interval`` are what a bootstrap can declare."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= _MAX_SLOTS:
+        raise ConfigError(f"xds: provider slots must be a whole number from 1 to {_MAX_SLOTS}, not {slots!r}")
+    interval = refresh_interval
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < REFRESH_INTERVAL_SECONDS:
+        raise ConfigError(
+            f"xds: the file refresh interval must be whole seconds, at least {REFRESH_INTERVAL_SECONDS} "
+            f"(gRPC's minimum), not {interval!r}"
+        )
+
+
+def in_slot(provider: str, slot: int) -> str:
+    """The instance name of ``provider`` in slot ``slot`` (slot 0: ``provider`` itself)."""
+    return provider if slot == 0 else f"{provider}#{slot}"
+
+
+def slot_path(path: Path, slot: int) -> Path:
+    """The copy of ``path`` that slot ``slot`` reads (slot 0: ``path`` itself, else ``<slot>.<name>``)."""
+    return path if slot == 0 else path.with_name(f"{slot}.{path.name}")
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """One node's bootstrap: ADS socket, node id and certificate providers.
 
     ``bundle_files``: trust domain -> the file its roots provider reads, a
     SPIFFE bundle map of that trust domain alone (``bundle_map``) or PEM roots.
-    ``probe_map_file``: the A87 probe's map (map mode only).
+    ``probe_map_file``: the A87 probe's map (map mode only). ``slots``: copies
+    of the identity and roots providers, slot ``n`` reading
+    ``slot_path(file, n)``. ``refresh_interval``: seconds between gRPC's
+    re-reads of the files (whole seconds, at least 1).
     """
 
     node_id: str
@@ -90,10 +133,13 @@ class Bootstrap:
     bundle_files: Mapping[str, Path] = field(default_factory=dict)
     bundle_map: bool = False
     probe_map_file: Path | None = None
+    slots: int = 1
+    refresh_interval: int = REFRESH_INTERVAL_SECONDS
 
     def __post_init__(self) -> None:
         if self.probe_map_file is not None and not self.bundle_map:
             raise ConfigError("xds: the A87 probe map belongs to a bootstrap in bundle-map mode")
+        check_providers(self.slots, self.refresh_interval)
 
     @property
     def trust_domains(self) -> frozenset[str]:
@@ -103,17 +149,21 @@ class Bootstrap:
     @cached_property
     def json(self) -> str:
         def watcher(**config: str) -> dict[str, object]:
-            config["refresh_interval"] = f"{REFRESH_INTERVAL_SECONDS}s"
+            config["refresh_interval"] = f"{self.refresh_interval}s"
             return {"plugin_name": "file_watcher", "config": config}
 
-        identity = str(self.identity_file)
-        providers = {IDENTITY_PROVIDER: watcher(certificate_file=identity, private_key_file=identity)}
-        for td, path in sorted(self.bundle_files.items()):
-            name = roots_provider(td, bundle_map=self.bundle_map)
-            if self.bundle_map:
-                providers[name] = watcher(spiffe_bundle_map_file=str(path))
-            else:
-                providers[name] = watcher(ca_certificate_file=str(path))
+        providers: dict[str, dict[str, object]] = {}
+        for slot in range(self.slots):
+            identity = str(slot_path(self.identity_file, slot))
+            providers[in_slot(IDENTITY_PROVIDER, slot)] = watcher(certificate_file=identity,
+                                                                  private_key_file=identity)
+            for td, path in sorted(self.bundle_files.items()):
+                name = in_slot(roots_provider(td, bundle_map=self.bundle_map), slot)
+                roots = str(slot_path(path, slot))
+                if self.bundle_map:
+                    providers[name] = watcher(spiffe_bundle_map_file=roots)
+                else:
+                    providers[name] = watcher(ca_certificate_file=roots)
         if self.probe_map_file is not None:
             providers[PROBE_PROVIDER] = watcher(spiffe_bundle_map_file=str(self.probe_map_file))
         doc = {
@@ -145,7 +195,7 @@ class Bootstrap:
         for name, provider in json.loads(self.json)["certificate_providers"].items():
             config = provider["config"]
             flat = "ca_certificate_file" in config or "spiffe_bundle_map_file" not in config
-            if name != IDENTITY_PROVIDER and flat:
+            if "certificate_file" not in config and flat:
                 raise ConfigError(f"xds: provider {name} must name a bundle map and no flat CA file")
         value = os.environ.get(SPIFFE_BUNDLE_MAP_ENV, "")
         if value.lower() not in _TRUE:

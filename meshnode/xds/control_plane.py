@@ -16,6 +16,17 @@ open channels, and new channels to targets that have an open channel, keep
 working. :meth:`close` stops everything and removes the files; close the
 channels before it.
 
+Rotation: :meth:`update_identity` writes the new files into every
+certificate provider slot, then serves the Clusters naming a fresh slot,
+whose provider gRPC builds and which reads the new files at once; gRPC
+makes new subchannels for the new Clusters, so the next calls run on new
+handshakes with the new certificate within milliseconds, while calls in
+flight finish on the old connections. Two refresh intervals later the
+Clusters go back to the home slot (:mod:`meshnode.xds.slots` says why).
+With ``slots=1`` the only way in is gRPC's re-read of the files (every
+``refresh_interval``), and an open channel makes no new handshake until
+its connection ends (the server's ``max_connection_age``).
+
 Roots are per trust domain: one provider per trust domain in the
 bootstrap, for the peers' trust domains and those of the snapshot's
 bundles at :meth:`start`. With ``bundle_map=True`` (what nodes use) each
@@ -60,6 +71,7 @@ from meshnode.xds.resources import (
     validate_peer_name,
 )
 from meshnode.xds.rpc_errors import explain_rpc_error
+from meshnode.xds.slots import SlotPlan
 
 __all__ = ["XdsControlPlane"]
 
@@ -83,9 +95,20 @@ class XdsControlPlane:
         bundle_map: bool = False,
         restart_delay: float = 1.0,
         check_interval: float = 5.0,
+        slots: int = _bootstrap.PROVIDER_SLOTS,
+        refresh_interval: int = _bootstrap.REFRESH_INTERVAL_SECONDS,
     ) -> None:
+        """``slots``: copies of each certificate provider (1: rotation only through gRPC's re-read of
+        the files; 4, the default, has three fresh slots for back-to-back rotations, see
+        :mod:`meshnode.xds.slots`); ``refresh_interval``: seconds between those
+        re-reads (gRPC's minimum is 1)."""
+        _bootstrap.check_providers(slots, refresh_interval)
         self.node_name = node_name
         self.bundle_map = bundle_map
+        self._slots = SlotPlan(slots)
+        self._refresh_interval = refresh_interval
+        self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: runs the return to the home slot
+        self._home: asyncio.TimerHandle | None = None
         self._restart_delay = restart_delay
         self._check_interval = check_interval
         self._dir = RuntimeDir(node_name, runtime_dir)
@@ -141,11 +164,17 @@ class XdsControlPlane:
 
     # -- inputs -----------------------------------------------------------
 
-    def update_identity(self, snapshot: IdentitySnapshot) -> None:
-        """Write the snapshot's files (bundles first, then key and chain); thread-safe.
+    @property
+    def slot(self) -> int:
+        """The certificate provider slot the served Clusters name now (see :mod:`meshnode.xds.slots`)."""
+        return self._slots.current
 
-        gRPC's file watchers pick the files up within a second; channels are
-        not rebuilt. Calls after :meth:`close` are ignored.
+    def update_identity(self, snapshot: IdentitySnapshot) -> None:
+        """Write the snapshot's files (bundles first, then key and chain) and, once started, serve
+        the Clusters in the next provider slot if any file changed; thread-safe.
+
+        New handshakes use the new files from the push on; channels are not
+        rebuilt. Calls after :meth:`close` are ignored.
         """
         with self._lock:
             if self._state is _State.CLOSED:
@@ -156,10 +185,14 @@ class XdsControlPlane:
 
     def _write_locked(self) -> None:
         assert self._snapshot is not None
+        version = self._dir.content_version
         missing = self._dir.write_identity(
             self._snapshot, self._trust_domains(), bundle_map=self.bundle_map,
-            placeholder=verify_nothing_roots(),
+            placeholder=verify_nothing_roots(), slots=self._slots.count,
         )
+        if self._bootstrap is not None and self._dir.content_version != version and self._slots.rotate() is not None:
+            self._serve_locked()  # every slot has the new files: the Clusters name a fresh one
+            self._plan_return_home(self._slots.rotations)
         needed = {peer.trust_domain for peer in self._peers.values()}
         newly = needed & (set(missing) - self._unverifiable)
         if newly:
@@ -247,8 +280,28 @@ class XdsControlPlane:
                     self._state is not _State.CLOSED:
                 self._serve_locked()
 
+    def _plan_return_home(self, rotation: int) -> None:
+        """Serve the home slot again two refresh intervals from now, unless another rotation comes first."""
+        def arm() -> None:
+            if self._home is not None:
+                self._home.cancel()
+            if self._state is _State.CLOSED:
+                return
+            assert self._loop is not None
+            self._home = self._loop.call_later(2 * self._refresh_interval, self._return_home, rotation)
+
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: so is this control plane
+                self._loop.call_soon_threadsafe(arm)
+
+    def _return_home(self, rotation: int) -> None:
+        with self._lock:
+            if self._state is not _State.CLOSED and self._slots.settle(rotation):
+                self._serve_locked()
+
     def _serve_locked(self) -> None:
-        resources = peer_resources({**self._peers, **self._health}, bundle_map=self.bundle_map)
+        resources = peer_resources({**self._peers, **self._health}, bundle_map=self.bundle_map,
+                                   slot=self._slots.current)
         for type_url, named in self._probe.items():
             resources.setdefault(type_url, {}).update(named)
         self.ads.set_resources(resources)
@@ -270,6 +323,7 @@ class XdsControlPlane:
             return
         if self._state is _State.CLOSED:
             raise ClosedError("xds: the control plane is closed; make a new one")
+        self._loop = asyncio.get_running_loop()
         try:
             with self._lock:
                 if self._snapshot is None:
@@ -287,6 +341,8 @@ class XdsControlPlane:
                     bundle_files={td: self._dir.bundle_path(td, bundle_map=self.bundle_map) for td in tds},
                     bundle_map=self.bundle_map,
                     probe_map_file=self._dir.probe_path if kit is not None else None,
+                    slots=self._slots.count,
+                    refresh_interval=self._refresh_interval,
                 )
                 self._token = _bootstrap.install(boot, self.node_name)
                 self._bootstrap = boot
@@ -349,6 +405,8 @@ class XdsControlPlane:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
+        if self._home is not None:
+            self._home.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

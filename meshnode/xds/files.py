@@ -16,7 +16,12 @@ from files, so the control plane keeps them in one private directory:
   mode; ``a87-probe.json``, the map of the start-up probe;
 * every file 0600, written to a temporary name, fsynced and renamed, so a
   reader sees the old or the new content, never half of it;
-* ``ads.sock``: the control plane's unix socket lives here too.
+* ``ads.sock``: the control plane's unix socket lives here too;
+* with provider slots (:mod:`meshnode.xds.bootstrap`), slot ``n`` reads
+  ``n.svid.pem``, ``n.bundles.<trust domain>.json``, ...: every slot gets
+  the same content at every write, so no older key stays on disk and a
+  provider instance gRPC still holds for an old connection re-reads the
+  current files too.
 
 :meth:`RuntimeDir.close` removes the files, and the directory when it made it.
 A directory it makes names its owner process, so one left by a node that
@@ -45,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from meshnode.errors import ConfigError, IdentityError
 from meshnode.identity.snapshot import IdentitySnapshot
 from meshnode.private_dirs import OWNER_FILE, make_private_dir, remove_stale
+from meshnode.xds.bootstrap import slot_path
 
 __all__ = ["MAX_SOCKET_PATH", "RuntimeDir", "default_runtime_base", "map_key_type", "spiffe_bundle_map"]
 
@@ -57,7 +63,8 @@ IDENTITY_FILE = "svid.pem"
 PROBE_FILE = "a87-probe.json"
 SOCKET_FILE = "ads.sock"
 _OWN_NAMES = re.compile(
-    r"svid\.pem|a87-probe\.json|bundles\.json|ads\.sock|bundle\.[a-z0-9._-]+\.pem|bundles\.[a-z0-9._-]+\.json"
+    r"a87-probe\.json|bundles\.json|ads\.sock"
+    r"|(?:[0-9]\.)?(?:svid\.pem|bundle\.[a-z0-9._-]+\.pem|bundles\.[a-z0-9._-]+\.json)"
     r"|\.[A-Za-z0-9._-]+\.tmp"
 )
 
@@ -130,6 +137,8 @@ class RuntimeDir:
         self._digests: dict[str, str] = {}
         self._left_out: set[bytes] = set()  # roots left out of a bundle map, warned about once
         self._closed = False
+        #: Bumped by every write that changed the content of a file.
+        self.content_version = 0
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             self.close()
             raise ConfigError(
@@ -155,9 +164,10 @@ class RuntimeDir:
 
     def write_identity(
         self, snapshot: IdentitySnapshot, trust_domains: Iterable[str], *, bundle_map: bool,
-        placeholder: bytes,
+        placeholder: bytes, slots: int = 1,
     ) -> list[str]:
-        """Write the bundles first, then key and chain; returns the trust domains without a bundle.
+        """Write the bundles first, then key and chain, in every one of ``slots`` slots; returns the
+        trust domains without a bundle.
 
         Every trust domain in ``trust_domains`` gets a file. One the snapshot
         has no bundle for (or none gRPC can take in a map) gets ``placeholder``
@@ -171,6 +181,7 @@ class RuntimeDir:
             raise IdentityError("xds: the runtime directory is closed")
         wanted = sorted(set(trust_domains))
         missing = [td for td in wanted if not snapshot.bundles.get(td)]
+        files: list[tuple[Path, bytes]] = []
         for td in wanted:
             path = self.bundle_path(td, bundle_map=bundle_map)
             if bundle_map:
@@ -178,10 +189,13 @@ class RuntimeDir:
                 self._warn_left_out(td, roots)
                 if not any(map_key_type(c) for c in roots):
                     roots = tuple(x509.load_pem_x509_certificates(placeholder))
-                self._write(path.name, spiffe_bundle_map({td: roots}))
+                files.append((path, spiffe_bundle_map({td: roots})))
             else:
-                self._write(path.name, snapshot.bundle_pem(td) or placeholder)
-        self._write(IDENTITY_FILE, snapshot.key_pem + snapshot.chain_pem)
+                files.append((path, snapshot.bundle_pem(td) or placeholder))
+        files.append((self.identity_path, snapshot.key_pem + snapshot.chain_pem))
+        for slot in range(slots):
+            for path, data in files:
+                self._write(slot_path(path, slot).name, data)
         return missing
 
     def write_probe(self, document: bytes) -> None:
@@ -216,13 +230,15 @@ class RuntimeDir:
                 os.unlink(tmp)
             raise IdentityError(f"xds: cannot write {self.path / name}: {exc.strerror}") from None
         self._digests[name] = digest
+        self.content_version += 1
 
     def close(self) -> None:
         """Remove every file written here, and the directory if this object made it; idempotent."""
         if self._closed:
             return
         self._closed = True
-        patterns = [IDENTITY_FILE, PROBE_FILE, SOCKET_FILE, "bundle.*.pem", "bundles.*.json", ".*.tmp"]
+        patterns = [IDENTITY_FILE, PROBE_FILE, SOCKET_FILE, "bundle.*.pem", "bundles.*.json", ".*.tmp",
+                    f"[0-9].{IDENTITY_FILE}", "[0-9].bundle.*.pem", "[0-9].bundles.*.json"]
         for pattern in patterns + ([OWNER_FILE] if self._owned else []):
             for path in self.path.glob(pattern):
                 with contextlib.suppress(FileNotFoundError):

@@ -1,13 +1,12 @@
 """The node's side of the xDS control plane: channel plans for spiffe-id peers.
 
 A spiffe-id peer gets one ``xds:///<peer>`` channel for good: its
-endpoints change through EDS (:meth:`NodeXds.set_endpoints`), and gRPC's
-file_watcher providers re-read the node's SVID and bundles from the control
-plane's runtime directory every second, so rotation needs no new channel
-(the plan's key never changes). New TLS handshakes use the new files; a
-connection keeps the certificates of its handshake, like Envoy's, until the
-server's ``max_connection_age`` (meshnode default 10 minutes) makes the
-client reconnect.
+endpoints change through EDS (:meth:`NodeXds.set_endpoints`), and the
+control plane hands a new SVID or bundle to gRPC by serving the Clusters in
+a fresh certificate provider slot (:mod:`meshnode.xds.slots`), so rotation
+needs no new channel (the plan's key never changes): gRPC makes new
+connections, whose handshakes present the new certificate, and the calls in
+flight finish on the old ones.
 """
 
 from __future__ import annotations

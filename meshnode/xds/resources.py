@@ -24,6 +24,9 @@ Either way the Cluster carries an ``UpstreamTlsContext``:
 * the node's certificate from the ``meshnode-identity`` provider;
 * roots from the provider of the *peer's* trust domain only, so a CA of
   another trust domain cannot vouch for an ID of this one;
+* both in the control plane's current provider slot (``#n``, see
+  :mod:`meshnode.xds.bootstrap`): a new slot makes gRPC build new
+  subchannels whose handshakes read the current files;
 * one SAN matcher for the peer's SPIFFE ID, checked on every endpoint's
   handshake: an endpoint presenting another identity fails its handshake
   and the balancer routes around it.
@@ -52,7 +55,7 @@ from meshnode.config.node import RETRYABLE_CODES, parse_address
 from meshnode.config.targets import MAX_ENDPOINTS, EndpointSpec, HostPort
 from meshnode.errors import ConfigError
 from meshnode.spiffeid import SpiffeID, parse_spiffe_id
-from meshnode.xds.bootstrap import IDENTITY_PROVIDER, roots_provider
+from meshnode.xds.bootstrap import IDENTITY_PROVIDER, in_slot, roots_provider
 from meshnode.xds.v3 import envoy_pb2 as pb
 from meshnode.xds.v3 import pack, type_url
 
@@ -305,15 +308,18 @@ def cluster(name: str, peer: PeerTarget, *, roots_provider: str, identity_provid
     return result
 
 
-def peer_resources(peers: Mapping[str, PeerTarget], *, bundle_map: bool) -> dict[str, dict[str, Any]]:
-    """Listeners, Clusters and endpoints for ``peers``, referring to the bootstrap's provider instances."""
+def peer_resources(
+    peers: Mapping[str, PeerTarget], *, bundle_map: bool, slot: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Listeners, Clusters and endpoints for ``peers``, referring to the bootstrap's provider
+    instances of slot ``slot``."""
     listeners = {name: listener(name, peer) for name, peer in peers.items()}
     clusters = {
         name: cluster(
             name,
             peer,
-            roots_provider=roots_provider(peer.trust_domain, bundle_map=bundle_map),
-            identity_provider=IDENTITY_PROVIDER,
+            roots_provider=in_slot(roots_provider(peer.trust_domain, bundle_map=bundle_map), slot),
+            identity_provider=in_slot(IDENTITY_PROVIDER, slot),
         )
         for name, peer in peers.items()
     }

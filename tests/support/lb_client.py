@@ -16,6 +16,8 @@ Commands (stdin, one per line), each answered by one line
 * ``stall N``: start N ``Echo.Say`` calls to a replica service that never answers
   (``tests.support.services:Stall``) -> ``{}``; ``stalled``: how they ended so far;
 * ``metric``: the value of ``meshnode.peer.endpoint_rejected`` (in-memory reader);
+* ``serial``: one ``Echo.Say`` to a replica serving ``tests.support.services:CallerSerial``
+  -> ``{"serial": the client certificate serial it saw}`` or ``{"failed": failure}``;
 * ``identity``: serial of the client's SVID and how many it has had;
 * ``quit``.
 
@@ -125,6 +127,11 @@ class Driver:
                                                                                           for t in self.stalls)}
         if command == "metric":
             return {"endpoint_rejected": self.metric()}
+        if command == "serial":
+            try:
+                return {"serial": (await self.echo.Say(demo_pb2.SayRequest(text="serial"), timeout=10)).text}
+            except grpc.aio.AioRpcError as err:
+                return {"failed": [err.code().name, err.details() or ""]}
         if command == "identity":
             self._rotated(self.node.identity)
             return {"serial": self.serials[-1], "serials": len(self.serials)}

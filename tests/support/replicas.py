@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,18 +39,21 @@ MALLORY = "spiffe://example.org/node/mallory"
 NAME = "beta.test"
 #: the impostor's address (replicas take 127.0.0.2 upwards)
 IMPOSTOR_HOST = "127.0.0.9"
+SERVICES = ("meshnode.demo:RelayService", "tests.support.services:Stall")
 
 
 class Replica:
     """``meshnode run`` as one workload behind the service: node ``name`` on ``host:port``."""
 
-    def __init__(self, mesh: Mesh, host: str, port: int, *, name: str, socket: str) -> None:
+    def __init__(self, mesh: Mesh, host: str, port: int, *, name: str, socket: str,
+                 services: Sequence[str] = SERVICES, node_extra: str = "") -> None:
+        """``node_extra``: more ``[node]`` lines."""
         self.host = host
         self.name = name
         config = mesh.workdir / f"{name}.toml"
         config.write_text(
-            f'[node]\nname = "{name}"\nlisten = "{host}:{port}"\nshutdown_grace = 5.0\n'
-            'services = ["meshnode.demo:RelayService", "tests.support.services:Stall"]\n'
+            f'[node]\nname = "{name}"\nlisten = "{host}:{port}"\nshutdown_grace = 5.0\n{node_extra}\n'
+            f'services = {json.dumps(list(services))}\n'
             f'[identity]\nsource = "workload-api"\nsocket = "unix://{mesh.workdir}/sockets/{socket}.sock"\n'
             f'[authz]\nallow = ["{ALPHA}"]\n'
         )
@@ -156,9 +159,10 @@ class Mesh:
         self.port = 0
         self.clients: list[Client] = []
 
-    def replica(self, index: int) -> Replica:
-        """Start replica ``beta-<index>`` on 127.0.0.<index> (the service's port once one is known)."""
-        replica = Replica(self, f"127.0.0.{index}", self.port, name=f"beta-{index}", socket="beta")
+    def replica(self, index: int, **kwargs: Any) -> Replica:
+        """Start replica ``beta-<index>`` on 127.0.0.<index> (the service's port once one is known);
+        ``kwargs``: :class:`Replica`'s ``services`` and ``node_extra``."""
+        replica = Replica(self, f"127.0.0.{index}", self.port, name=f"beta-{index}", socket="beta", **kwargs)
         self.port = replica.port
         self.replicas[replica.name] = replica
         return replica

@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 import grpc
+from cryptography import x509
 
 from meshnode.demo.v1 import demo_pb2, demo_pb2_grpc
 from meshnode.service import NodeService
@@ -27,3 +28,11 @@ class Greeter(NodeService, demo_pb2_grpc.EchoServicer):
 
     async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
         return demo_pb2.SayReply(text=request.text)
+
+
+class CallerSerial(NodeService, demo_pb2_grpc.EchoServicer):
+    """Echo.Say answers with the serial (hex) of the certificate the caller's connection was made with."""
+
+    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
+        pem = context.auth_context()["x509_pem_cert"][0]
+        return demo_pb2.SayReply(text=format(x509.load_pem_x509_certificate(pem).serial_number, "x"))

@@ -340,6 +340,86 @@ async def _first_handshake_with(cp: XdsControlPlane, serial: str, pushed: float,
     raise AssertionError(f"no handshake with serial {serial} within {timeout}s")
 
 
+@scenario
+async def push_rotation(args: dict[str, Any]) -> dict[str, Any]:
+    """Rotations pushed as a fresh certificate provider slot, gRPC's re-read of the files every
+    ``refresh_interval`` seconds: does each new SVID reach the open channel and a fresh connection?
+
+    The server never ends a connection (no max_connection_age), so the open channel makes a new
+    handshake only when the control plane makes it. With ``settle``, after the last rotation the
+    scenario waits for the Clusters to go home and for calls on the connections made then.
+    """
+    rotations = int(args.get("rotations", 4))
+    ca_rotation_at = int(args.get("ca_rotation_at", rotations))
+    ca = DevCA(TD)
+    first_ca = ca.ca_certificate.subject
+    client = snapshot_of(ca, CLIENT_ID)
+    key, chain = svid_pems(ca, SERVER_ID)
+    failures: list[str] = []
+    each: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+    async with WhoServer("server", key, chain, certs_pem(ca.bundle)) as server:
+        cp = XdsControlPlane("push", bundle_map=True, refresh_interval=int(args["refresh_interval"]))
+        cp.update_identity(client)
+        cp.set_peers({"server": peer(server.address, SERVER_ID)})
+        async with cp:
+            assert cp.bootstrap is not None
+            providers = json.loads(cp.bootstrap.json)["certificate_providers"].values()
+            out["refresh_intervals"] = sorted({p["config"]["refresh_interval"] for p in providers})
+            channel = grpc.aio.secure_channel(cp.target("server"), cp.channel_credentials())
+            await who(channel)
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    try:
+                        await who(channel)
+                    except grpc.aio.AioRpcError as err:
+                        failures.append(f"{err.code().name}: {err.details()}")
+
+            def seen(serial: str) -> Callable[[], Coroutine[Any, Any, bool]]:
+                return lambda: _true(any(s == serial for _, s in server.calls))
+
+            tasks = [asyncio.ensure_future(load()) for _ in range(4)]
+            for i in range(rotations):
+                if i == ca_rotation_at:  # the next CA into every bundle (a rotation too), then it signs
+                    ca.prepare_rotation()
+                    client = snapshot_of_same(client, ca)
+                    server.set_identity(key, chain, certs_pem(ca.bundle))
+                    cp.update_identity(client)
+                    await cp.wait_synced()
+                    ca.activate_next()
+                client = snapshot_of(ca, CLIENT_ID)
+                key, chain = svid_pems(ca, SERVER_ID)
+                server.set_identity(key, chain, certs_pem(ca.bundle))
+                slot = cp.slot
+                cp.update_identity(client)
+                on_channel = await poll(seen(client.serial), 30)  # only the load's calls so far
+                each.append({"slot": [slot, cp.slot], "on_channel": on_channel,
+                             "fresh_connection": await _handshakes_with(cp, client.serial, 30)})
+            if args.get("settle"):
+                out["home"] = await poll(lambda: _true(cp.slot == 0), 30)
+                await cp.wait_synced()
+                settled = len(server.calls)
+                out["calls_after_home"] = await poll(lambda: _true(len(server.calls) > settled + 200), 30)
+                out["serials_after_home"] = sorted({s for _, s in server.calls[settled:]})
+            stop.set()
+            await asyncio.gather(*tasks)
+            await channel.close()
+    signer = _issuer(client.chain_pem)
+    return {**out, "each": each, "failed": len(failures), "failures": failures[:5], "latest": client.serial,
+            "calls": len(server.calls), "ca_rotated": signer == ca.ca_certificate.subject != first_ca}
+
+
+async def _handshakes_with(cp: XdsControlPlane, serial: str, timeout: float) -> bool:
+    """Whether a fresh connection (own subchannel: a new handshake) presents ``serial`` within ``timeout``."""
+    try:
+        await _first_handshake_with(cp, serial, time.monotonic(), timeout)
+    except AssertionError:
+        return False
+    return True
+
+
 # -- the control plane stopping ---------------------------------------------------
 
 
