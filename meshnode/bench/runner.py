@@ -241,7 +241,8 @@ class _Run:
         )
 
     def rotation_spiffe_id(self, agent: DevAgentThread) -> dict[str, Any] | None:
-        """The same through a spiffe-id channel: gRPC re-reads the files itself, on its refresh interval."""
+        """The same through a spiffe-id channel: the node's control plane points the Clusters at a fresh
+        certificate provider slot, whose new provider reads the new files at once (:mod:`meshnode.xds.slots`)."""
         if "RS" not in self.clients:
             return None
         s = self.settings

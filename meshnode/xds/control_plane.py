@@ -227,10 +227,12 @@ class XdsControlPlane:
     def set_endpoints(self, name: str, endpoints: tuple[HostPort, ...]) -> bool:
         """Serve ``endpoints`` (IP addresses) for peer ``name`` from now on (EDS); thread-safe.
 
-        True if they changed. gRPC gets only the new ClusterLoadAssignment:
-        connections to endpoints that stay are kept, new ones are dialled,
-        removed ones drain. Raises PeerError for a peer without an endpoint
-        list (``address = "host:port"``).
+        True if they changed. The update reaches gRPC with the Clusters served
+        again, and gRPC builds new subchannels on every Cluster update (its
+        xDS certificate provider compares by address): connections to every
+        endpoint, staying ones included, are replaced by new handshakes, while
+        calls in flight finish on the old ones. Raises PeerError for a peer
+        without an endpoint list (``address = "host:port"``).
         """
         with self._lock:
             if self._state is _State.CLOSED:
