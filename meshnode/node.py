@@ -12,8 +12,8 @@ async with Node(load_node_config("node.toml"), services=[Greeter()]) as node:
 
 Extension points: ``services`` (``NodeService`` subclasses or plain
 generated servicers), ``handlers`` (generic RPC handlers), ``interceptors``
-(grpc.aio server interceptors: they run after tracing and wrap only calls
-authorization admitted), ``options`` (grpc server options). A node without
+(grpc.aio server interceptors: they run inside the server span and wrap
+only calls authorization admitted), ``options`` (grpc server options). A node without
 ``[node] listen`` is a client only: it opens no port and needs no policy.
 With ``[telemetry] prometheus`` the node records RPC metrics and serves them
 (:mod:`meshnode.telemetry.prometheus`); it never configures logging.

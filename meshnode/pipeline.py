@@ -8,9 +8,9 @@ Every method a node serves passes through here once, at registration:
    The method names feed both registration and the authorization policy.
 2. **normalise** (:func:`normalise`): grpc.aio accepts many behaviour kinds
    (sync function, sync generator, coroutine, async generator, a
-   reader/writer coroutine on a streaming response), but OpenTelemetry's aio
-   interceptor only ``await``\\s unary responses and ``async for``\\s streaming
-   ones. Every behaviour becomes one of those two shapes: a coroutine
+   reader/writer coroutine on a streaming response), but interceptors (the
+   user's, OpenTelemetry's) only ``await`` unary responses and ``async for``
+   streaming ones. Every behaviour becomes one of those two shapes: a coroutine
    function for unary responses, an async generator function for streaming
    ones. Sync code runs on the node's thread pool in a copy of the call's
    context (the span and the caller's identity carry over), with a sync view
@@ -24,14 +24,17 @@ Every method a node serves passes through here once, at registration:
    (``Admission.enter``: the caller's identity for ``peer_id()``). This
    wrapper is meshnode's per-call hook: with RPC metrics on, it also adds
    each call's duration and status code to the admission's ``series``
-   (:mod:`meshnode.telemetry.rpcmetrics`); there is no second interceptor.
+   (:mod:`meshnode.telemetry.rpcmetrics`), and with tracing on it makes the
+   call's server span (:mod:`meshnode.telemetry.serverspans`); there is no
+   second interceptor. An admitted server stream with neither is handed to
+   grpc as the handler's own generator: nothing runs per message.
 4. **register** (:class:`Pipeline.register`): registered method handlers
    (and the same handlers as a generic handler, for grpc releases whose
    interceptor path looks only at generic handlers).
 
 Where the gate sits: at registration (no per-call interceptor coroutine),
 unless user interceptors must see only admitted calls; then
-:class:`AuthzInterceptor` gates after tracing and before them. Both use
+:class:`AuthzInterceptor`, first in the chain, spans and gates before them. Both use
 :meth:`Pipeline.prepare`. Everything here runs on the event loop thread,
 except sync behaviours, which run on the pool.
 """
@@ -341,9 +344,9 @@ def normalise(handler: grpc.RpcMethodHandler, pool: Executor | None = None) -> g
 def _refuse(context: Any, admission: Admission) -> None:
     """End a refused call with its status, without raising: the call is over when the wrapper returns.
 
-    ``context.abort()`` would raise through every interceptor above, and
-    OpenTelemetry's server interceptor records any exception as an
-    ``exception`` event with a Python stack trace: a denial is not a crash.
+    ``context.abort()`` would raise through every interceptor above, and a
+    server span records an escaping exception as an ``exception`` event with
+    a Python stack trace: a denial is not a crash.
     (grpc.aio sends no response message when the code is not OK.)
     """
     code = admission.code
@@ -605,7 +608,8 @@ class _PreparedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc sh
 
 
 class AuthzInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
-    """Normalises and gates every call of a grpc.aio server; place it after OTel's server interceptor."""
+    """Normalises and gates every call of a grpc.aio server (in its server span, with ``spans``); put it first,
+    or after OpenTelemetry's server interceptor on a server that uses that instead."""
 
     def __init__(self, gate: Gate, pool: Executor | None = None, spans: Spans | None = None) -> None:
         self._handlers = _PreparedCache(Pipeline(gate, pool, spans).prepare)
