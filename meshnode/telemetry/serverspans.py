@@ -33,8 +33,9 @@ import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
-from meshnode.telemetry.instrumentation import SCHEMA_URL, server_span_attributes
+from meshnode.telemetry.instrumentation import SCHEMA_URL, peer_address_attributes, server_span_attributes
 
 __all__ = ["ServerSpans"]
 
@@ -47,26 +48,52 @@ _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _TRACER_NAME = "meshnode.server"
 
 
-class _Carrier(dict[str, str]):
-    """The call's metadata as the propagator reads it (text values; the last of a repeated key)."""
+class _NoPeer:
+    """A context without a peer address or metadata: what :func:`server_span_attributes` needs per method."""
 
-    def __init__(self, metadata: Any) -> None:
-        super().__init__((k, v) for k, v in metadata or () if isinstance(v, str))
+    @staticmethod
+    def peer() -> str:
+        return ""
+
+    @staticmethod
+    def invocation_metadata() -> tuple[()]:
+        return ()
 
 
 class ServerSpans:
     """Starts and ends the server span of each call (``tracer_provider`` None: the global one)."""
 
+    _PEERS_LIMIT = 4096  # parsed peer addresses kept (one per client connection)
+    _METHODS_LIMIT = 1024  # a catch-all generic handler may see any path a caller makes up
+
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer(_TRACER_NAME, None, tracer_provider, schema_url=SCHEMA_URL)
+        self._methods: dict[str, dict[str, AttributeValue]] = {}
+        self._peers: dict[str, dict[str, AttributeValue]] = {}
+
+    def _attributes(self, method: str, peer: str) -> dict[str, AttributeValue]:
+        """The span's starting attributes: the method's and the peer address's, each worked out once."""
+        base = self._methods.get(method)
+        if base is None:
+            if len(self._methods) >= self._METHODS_LIMIT:
+                self._methods.clear()
+            base = self._methods[method] = server_span_attributes(method, _NoPeer)
+        address = self._peers.get(peer)
+        if address is None:
+            if len(self._peers) >= self._PEERS_LIMIT:
+                self._peers.clear()
+            address = self._peers[peer] = peer_address_attributes(peer)
+        return {**base, **address}
 
     def start(self, method: str, context: Any) -> tuple[Span, object]:
         """Start the span of a call to ``method`` and make it current; returns it and the token to detach."""
-        metadata = context.invocation_metadata()
-        parent = propagate.extract(_Carrier(metadata)) if metadata else None
-        span = self._tracer.start_span(
-            method, parent, kind=SpanKind.SERVER, attributes=server_span_attributes(method, context)
-        )
+        carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        attributes = self._attributes(method, context.peer())
+        agent = carrier.get("user-agent")
+        if agent is not None:
+            attributes["user_agent.original"] = agent
+        parent = propagate.extract(carrier) if carrier else None
+        span = self._tracer.start_span(method, parent, kind=SpanKind.SERVER, attributes=attributes)
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     @staticmethod
