@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, "-m", "meshnode.cli", "bench", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=150,
+        capture_output=True, text=True, timeout=600,  # a hang guard: the run itself takes about a minute
     )
     return proc, out
 
@@ -101,7 +101,7 @@ def test_rotation_latency_compares_provider_slots_with_the_file_reread(tmp_path:
     proc = subprocess.run(
         [sys.executable, "-m", "meshnode.bench.rotation_latency", "--rounds", "1", "--rotations", "1",
          "--interval", "0.3", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=150,
+        capture_output=True, text=True, timeout=600,  # a hang guard
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "rotation-latency.json").read_text())["summary"]
