@@ -146,13 +146,16 @@ def _load_times(work: Path, rules: int, repeats: int) -> dict[str, float]:
 
     path = work / f"policy-{rules}.json"
     _write(path, a43_document(rules))
-    loads, reloads, checked, allowlists = [], [], [], []
+    loads: list[float] = []
+    reloads: list[float] = []
+    checked: list[float] = []
+    allowlists: list[float] = []
     check = production_check([TRUST_DOMAIN])
     entries = allowlist_entries(rules)
     changes = 0
     for _ in range(repeats):
         start = time.perf_counter()
-        source = PolicyFile(path, start=False)
+        PolicyFile(path, start=False)  # start=False: no watcher thread, nothing to close
         loads.append(time.perf_counter() - start)
         for validate, into in ((None, reloads), (_production, checked)):
             source = PolicyFile(path, start=False, validate=validate)
