@@ -90,6 +90,8 @@ def test_scale_quick_numbers_are_sane(scale_run: tuple[subprocess.CompletedProce
     assert rotation["connected"] == rotation["connections"] and rotation["failed"] == 0
     assert rotation["calls"] > 0 and rotation["errors"] == 0, rotation["error_samples"]
     assert _number(rotation["cost_cpu_s"]["median"])
+    for pair in rotation["each"]["quiet"]:  # after each rotation, every peer channel carried a call
+        assert pair["rotation"]["relay_calls"] == rotation["peers"] and pair["rotation"]["errors"] == 0, pair
 
     startup = {r["command"]: r for r in result["startup"]["rows"]}
     assert set(startup) == {"meshnode run (to ready)", "meshnode --help", "python -c 'import grpc'"}

@@ -8,7 +8,7 @@ Scenarios (each in its module):
 * ``peers`` (:mod:`~meshnode.bench.scale_procs`): ``meshnode run`` time to
   ready, RSS and open files vs 1 to 1,000 configured peers;
 * ``connections`` (:mod:`~meshnode.bench.scale_conns`): server RSS and CPU,
-  call latency and errors vs 10 to 1,000 mTLS connections calling once a
+  call latency and errors vs 10 to 2,000 mTLS connections calling once a
   second;
 * ``rotation``: server CPU-seconds per SVID rotation with 100 open peer
   channels and 1,000 server connections;
@@ -52,7 +52,7 @@ class ScaleSettings:
     out: Path
     policy_sizes: Sequence[int] = POLICY_SIZES
     decision_calls: int = 2000
-    repeats: int = 5
+    repeats: int = 7
     peer_counts: Sequence[int] = PEER_COUNTS
     peer_modes: Sequence[str] = ("dns", "spiffe-id")
     connections: ConnSettings = field(default_factory=ConnSettings)
@@ -65,7 +65,8 @@ class ScaleSettings:
             out, policy_sizes=(10, 1_000), decision_calls=200, repeats=2, peer_counts=(1, 10),
             peer_modes=("dns",),
             connections=ConnSettings(levels=(10,), warmup=1.2, window=1.0, rotation_peers=3,
-                                     rotation_connections=10, rotations=1, rotation_window=1.0),
+                                     rotation_connections=10, rotations=1, loaded_rotations=1,
+                                     rotation_window=1.0),
             startup_runs=1, quick=True,
         )
 

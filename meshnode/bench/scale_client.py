@@ -13,7 +13,10 @@ Protocol (:mod:`meshnode.bench.protocol`): one ``{"ready": ...}`` line once
 every connection made its first call (``connected``, ``failed``,
 ``connect_s``); then ``{"cmd": "window", "duration": D}`` answers after D
 seconds with the calls that *ended* in that window (``latencies_ms``,
-``errors``, ``error_samples``); end of stdin or ``quit`` stops.
+``errors``, ``error_samples``); ``pause`` / ``resume`` stop and restart the
+calls (the connections stay open); ``burst`` makes one call on each relay
+connection at once and answers with ``calls``, ``errors``; end of stdin or
+``quit`` stops.
 The client's identity is issued from the shared CA in ``--state-dir``.
 """
 
@@ -45,6 +48,7 @@ class _Record:
 
     def __init__(self) -> None:
         self.open = False
+        self.paused = False
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
 
@@ -85,6 +89,8 @@ class _Connection:
         while True:
             tick += 1
             await asyncio.sleep(max(start + tick * interval - time.monotonic(), 0.0))
+            if record.paused:
+                continue
             seconds, error = await self.call()
             record.add(seconds, error)
 
@@ -123,7 +129,17 @@ async def _serve(args: argparse.Namespace) -> None:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line or '"quit"' in line:
                 break
-            duration = float(json.loads(line).get("duration", 1.0))
+            command = json.loads(line)
+            if command.get("cmd") in ("pause", "resume"):
+                record.paused = command["cmd"] == "pause"
+                send_line({"paused": record.paused})
+                continue
+            if command.get("cmd") == "burst":  # one call on each relay connection, all at once
+                results = await asyncio.gather(*(c.call() for c in connections if c.index < args.relay))
+                failed = [error for _, error in results if error is not None]
+                send_line({"calls": len(results), "errors": len(failed), "error_samples": sorted(set(failed))[:5]})
+                continue
+            duration = float(command.get("duration", 1.0))
             record.latencies, record.errors, record.open = [], Counter(), True
             await asyncio.sleep(duration)
             record.open = False

@@ -24,7 +24,7 @@ def _iqr(s: Mapping[str, Any], digits: int = 1) -> str:
 def _policy(p: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Decision cost vs policy size", "",
-        "Per decision through `Authorizer.check`, microseconds (median of batches). Miss, new version: every "
+        "Per decision through `Authorizer.check`, microseconds (best of several batches). Miss, new version: every "
         "check under a new policy version (the caller's identity cached). Miss, new caller: every check by "
         "another client certificate (parsed and checked too). Hit: the verdict cache. The measured callers "
         "match the last rule; half the rules are exact IDs, half prefixes.", "",
@@ -79,15 +79,18 @@ def _connections(c: Mapping[str, Any]) -> list[str]:
 def _rotation(r: Mapping[str, Any]) -> list[str]:
     return [
         "## Rotation cost at scale", "",
-        f"{r['connections']:,} client connections ({r['peers']} of them calling Relay through their own peer, "
-        f"so {r['peers']} peer channels are open and busy); {r['rotations']} SVID rotations, each in a "
-        f"{r['window_s']:g} s window, compared with the idle window just before it.", "",
+        f"{r['connections']:,} client connections open, {r['peers']} of them calling Relay through their own "
+        f"peer, so {r['peers']} peer channels are open and in use. Under load (each connection one call a second): "
+        f"{r['loaded_rotations']} windows of {r['window_s']:g} s with one SVID rotation each, next to windows "
+        f"without. CPU: {r['rotations']} rotations with the calls paused (connections open), each followed by one "
+        "call through every peer channel, minus the same calls without a rotation.", "",
         "| measure | median [IQR] |", "|---|---:|",
-        f"| server CPU-seconds per rotation, above idle | {_iqr(r['cost_cpu_s'], 3)} |",
-        f"| server CPU % between rotations | {_iqr(r['idle_server_cpu_pct'])} |",
-        f"| call p99 (ms), idle windows | {_iqr(r['p99_ms_idle'], 2)} |",
-        f"| call p99 (ms), rotation windows | {_iqr(r['p99_ms_rotation'], 2)} |",
-        f"| failed calls (all windows, of {r['calls']:,}) | {r['errors']} |",
+        f"| server CPU-seconds per rotation (above the same calls without one) | {_iqr(r['cost_cpu_s'], 3)} |",
+        f"| server CPU-seconds of a quiet window without rotation | {_iqr(r['idle_cpu_s'], 3)} |",
+        f"| server CPU % under load | {_iqr(r['loaded_server_cpu_pct'])} |",
+        f"| call p99 (ms) under load, windows without a rotation | {_iqr(r['p99_ms_idle'], 2)} |",
+        f"| call p99 (ms) under load, windows with a rotation | {_iqr(r['p99_ms_rotation'], 2)} |",
+        f"| failed calls (of {r['calls']:,}) | {r['errors']} |",
     ]
 
 
