@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +91,23 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _scenarios(settings: ScaleSettings, work: Path, result: dict[str, Any], say: Progress) -> None:
+    say(f"policy: decision cost at {', '.join(map(str, settings.policy_sizes))} rules")
+    result["policy"] = run_policy_scale(work, sizes=settings.policy_sizes, calls=settings.decision_calls,
+                                        repeats=settings.repeats)
+    say(f"peers: meshnode run with {', '.join(map(str, settings.peer_counts))} peers")
+    result["peers"] = run_peer_scale(work, counts=settings.peer_counts, modes=settings.peer_modes)
+    with agent(work) as running:
+        conns = settings.connections
+        say(f"connections: {', '.join(map(str, conns.levels))} mTLS connections, one call a second each")
+        result["connections"] = run_connections(work, running, conns)
+        say(f"rotation: {conns.rotations} SVID rotations, {conns.rotation_peers} peer channels, "
+            f"{conns.rotation_connections} connections")
+        result["rotation"] = run_rotation(work, running, conns)
+    say(f"startup: {settings.startup_runs} interleaved runs of each command")
+    result["startup"] = run_startup(work, runs=settings.startup_runs)
+
+
 def run_scale(settings: ScaleSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Run every scenario; returns the raw numbers (see :mod:`meshnode.bench.scale_report`)."""
     say = progress or (lambda _message: None)
@@ -105,19 +123,12 @@ def run_scale(settings: ScaleSettings, progress: Progress | None = None) -> dict
     # unix socket paths are short: the agent's sockets and the processes' files go in a short temp dir
     with tempfile.TemporaryDirectory(prefix="mn-scale-") as tmp:
         work = Path(tmp)
-        say(f"policy: decision cost at {', '.join(map(str, settings.policy_sizes))} rules")
-        result["policy"] = run_policy_scale(work, sizes=settings.policy_sizes, calls=settings.decision_calls,
-                                            repeats=settings.repeats)
-        say(f"peers: meshnode run with {', '.join(map(str, settings.peer_counts))} peers")
-        result["peers"] = run_peer_scale(work, counts=settings.peer_counts, modes=settings.peer_modes)
-        with agent(work) as running:
-            conns = settings.connections
-            say(f"connections: {', '.join(map(str, conns.levels))} mTLS connections, one call a second each")
-            result["connections"] = run_connections(work, running, conns)
-            say(f"rotation: {conns.rotations} SVID rotations, {conns.rotation_peers} peer channels, "
-                f"{conns.rotation_connections} connections")
-            result["rotation"] = run_rotation(work, running, conns)
-        say(f"startup: {settings.startup_runs} interleaved runs of each command")
-        result["startup"] = run_startup(work, runs=settings.startup_runs)
+        try:
+            _scenarios(settings, work, result, say)
+        finally:  # the processes' stderr, kept for a look after the run (or after a failure)
+            logs = settings.out / "logs"
+            logs.mkdir(exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copyfile(log, logs / log.name)
     result["elapsed_s"] = time.monotonic() - began
     return result

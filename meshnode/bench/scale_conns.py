@@ -45,7 +45,7 @@ from typing import Any
 
 from meshnode.bench.pki import CLIENT_ID, SERVER_ID, TRUST_DOMAIN
 from meshnode.bench.protocol import Child
-from meshnode.bench.scale_node import NodeProcess, cpu_seconds, rss_kib, write_config
+from meshnode.bench.scale_node import NodeProcess, cpu_seconds, machine_busy, rss_kib, write_config
 from meshnode.bench.stats import percentile, spread
 from meshnode.devagent.agent import DevAgentThread
 from meshnode.devagent.ca import DevCA
@@ -117,15 +117,22 @@ def _ready(clients: list[Child], connections: int) -> dict[str, Any]:
 def _window(server_pid: int, clients: list[Child], seconds: float) -> dict[str, Any]:
     """Server CPU and RSS around one window of ``seconds``, and the calls that ended in it."""
     cpu0 = cpu_seconds(server_pid)
+    clients0 = sum(cpu_seconds(c.pid) for c in clients)
+    busy0, total0 = machine_busy()
     began = time.monotonic()
     for c in clients:
         c.send({"cmd": "window", "duration": seconds})
     answers = [c.receive(seconds + 60.0) for c in clients]
     cpu1, elapsed = cpu_seconds(server_pid), time.monotonic() - began
+    clients1 = sum(cpu_seconds(c.pid) for c in clients)
+    busy1, total1 = machine_busy()
     latencies = sorted(x for a in answers for x in a["latencies_ms"])
     return {
         "elapsed_s": elapsed,
         "server_cpu_s": cpu1 - cpu0,
+        "clients_cpu_s": clients1 - clients0,
+        # every process on the machine, ours and others': 100 = all CPUs busy
+        "machine_busy_pct": (busy1 - busy0) / (total1 - total0) * 100 if total1 > total0 else None,
         "server_rss_mib": rss_kib(server_pid) / 1024,
         "calls": sum(a["calls"] for a in answers),
         "errors": sum(a["errors"] for a in answers),
@@ -160,6 +167,7 @@ def _level(work: Path, running: DevAgentThread, connections: int, settings: Conn
         "connections": connections, **ready, "idle_rss_mib": idle_rss, **window,
         "calls_per_s": window["calls"] / seconds,
         "server_cpu_pct": window["server_cpu_s"] / seconds * 100,
+        "clients_cpu_pct": window["clients_cpu_s"] / seconds * 100,
         "server_cpu_us_per_call": window["server_cpu_s"] / window["calls"] * 1e6 if window["calls"] else None,
         "rss_kib_per_connection": (window["server_rss_mib"] - idle_rss) * 1024 / connections,
     }
@@ -177,9 +185,11 @@ def _bend(rows: list[dict[str, Any]]) -> str:
         behind = row["calls_per_s"] < 0.9 * row["connections"]
         slow = row["p99_ms"] is not None and base["p99_ms"] and row["p99_ms"] > 3 * base["p99_ms"]
         if behind or slow or row["errors"]:
+            busy = row["machine_busy_pct"]
             return (f"at {row['connections']} connections: {row['calls_per_s']:.0f} calls/s of "
                     f"{row['connections']} expected, p99 {row['p99_ms'] or 0:.1f} ms, {row['errors']} errors, "
-                    f"server CPU {row['server_cpu_pct']:.0f}%")
+                    f"server CPU {row['server_cpu_pct']:.0f}%, clients {row['clients_cpu_pct']:.0f}%, machine "
+                    f"{busy if busy is not None else float('nan'):.0f}% busy (of all CPUs, every process)")
     return f"no bend up to {rows[-1]['connections']} connections (calls keep pace, p99 within 3x of the first level)"
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from meshnode.errors import MeshnodeError
 
-__all__ = ["NodeProcess", "cpu_seconds", "open_fds", "rss_kib", "write_config"]
+__all__ = ["NodeProcess", "cpu_seconds", "machine_busy", "open_fds", "rss_kib", "write_config"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _READY = re.compile(r"^meshnode: node \S+ ready on [^ ]+:(\d+) as ")
@@ -44,6 +44,14 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all CPUs (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - idle) / _TICKS, total / _TICKS
 
 
 def open_fds(pid: int) -> int:

@@ -61,16 +61,19 @@ def _connections(c: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Server cost vs concurrent mTLS connections", "",
         f"Each connection makes one Echo call every {c['interval_s']:g} s; numbers over a {c['window_s']:g} s window "
-        "after every connection made its first call. Server CPU is its utime+stime (all threads).", "",
+        "after every connection made its first call. Server CPU is its utime+stime (all threads), 100% = one "
+        "CPU; clients: the client processes together; machine busy: every process on the machine, 100% = all "
+        "CPUs (the others' work included).", "",
         "| connections | connected | server CPU % | CPU per call (us) | RSS (MiB) | RSS per conn (KiB) | "
-        "calls/s | p50 (ms) | p99 (ms) | errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "calls/s | p50 (ms) | p99 (ms) | errors | clients CPU % | machine busy % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['connections']:,} | {r['connected']:,} | {_f(r['server_cpu_pct'])} "
         f"| {_f(r['server_cpu_us_per_call'], 0)} | {_f(r['server_rss_mib'])} | {_f(r['rss_kib_per_connection'])} "
         f"| {_f(r['calls_per_s'])} "
-        f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {r['errors'] + r['failed']} |"
+        f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {r['errors'] + r['failed']} "
+        f"| {_f(r['clients_cpu_pct'])} | {_f(r['machine_busy_pct'])} |"
         for r in c["rows"]
     ]
     return [*lines, "", f"Where it bends: {c['bend']}."]
