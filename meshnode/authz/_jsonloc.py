@@ -13,13 +13,39 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Iterator, Mapping
 
-__all__ = ["Path", "json_locations", "render_path"]
+__all__ = ["Locations", "Path", "json_locations", "render_path"]
 
 Path = tuple[str | int, ...]
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
+_NEWLINE = re.compile("\n")
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"]+))')
+
+
+class Locations(Mapping[Path, tuple[int, int]]):
+    """Path -> (line, column), each computed when asked: a valid policy file never asks."""
+
+    __slots__ = ("_line_starts", "_offsets")
+
+    def __init__(self, offsets: dict[Path, int], line_starts: list[int]) -> None:
+        self._offsets = offsets
+        self._line_starts = line_starts
+
+    def __getitem__(self, path: Path) -> tuple[int, int]:
+        offset = self._offsets[path]
+        line = bisect.bisect_right(self._line_starts, offset)
+        return line, offset - self._line_starts[line - 1] + 1
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._offsets
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
 
 
 class _Frame:
@@ -33,15 +59,9 @@ class _Frame:
         self.keys: set[str] = set()
 
 
-def json_locations(text: str) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
+def json_locations(text: str) -> tuple[Locations, list[Path]]:
     """(positions, duplicate member paths) for ``text``, which must be valid JSON."""
-    line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
-
-    def where(offset: int) -> tuple[int, int]:
-        line = bisect.bisect_right(line_starts, offset)
-        return line, offset - line_starts[line - 1] + 1
-
-    locations: dict[Path, tuple[int, int]] = {}
+    locations: dict[Path, int] = {}  # offsets; Locations turns one into (line, column) when asked
     duplicates: list[Path] = []
     stack: list[_Frame] = []
     for m in _TOKEN.finditer(text):
@@ -50,13 +70,13 @@ def json_locations(text: str) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
         string, punct = m.group(1), m.group(2)
         top = stack[-1] if stack else None
         if top is not None and top.expect_key and string is not None:
-            key = json.loads(string)
+            key = string[1:-1] if "\\" not in string else json.loads(string)  # no escapes: the text is the key
             top.key, top.expect_key = key, False
             if key in top.keys:
                 duplicates.append((*top.path, key))
             else:
                 top.keys.add(key)
-                locations[(*top.path, key)] = where(start)
+                locations[(*top.path, key)] = start
             continue
         if punct == ":":
             continue
@@ -71,12 +91,12 @@ def json_locations(text: str) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
             continue
         path: Path = (*top.path, top.key) if top is not None else ()
         if top is None or not top.is_object:
-            locations.setdefault(path, where(start))
+            locations.setdefault(path, start)
         if punct == "{":
             stack.append(_Frame(path, True))
         elif punct == "[":
             stack.append(_Frame(path, False))
-    return locations, duplicates
+    return Locations(locations, [0] + [m.end() for m in _NEWLINE.finditer(text)]), duplicates
 
 
 def render_path(path: Path) -> str:

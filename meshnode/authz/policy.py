@@ -34,6 +34,7 @@ from types import MappingProxyType
 
 from meshnode.authz.audit import AuditCondition
 from meshnode.authz.matchers import AnyPeer, Not, PeerMatcher, PeerSpec, as_peer_matcher, parse_peer
+from meshnode.authz.ruleindex import PeerIndex
 from meshnode.authz.safety import SafetyReport, check_rules
 from meshnode.authz.scopes import (
     AnyMethod,
@@ -211,6 +212,8 @@ class Policy:
     allow_rules: tuple[Rule, ...] = field(init=False, repr=False)
     needs_headers: bool = field(init=False, repr=False)
     ordered: tuple[Rule, ...] = field(init=False, repr=False)  # deny rules, then allow rules
+    #: which of ``ordered`` may match a caller: exact IDs and prefixes looked up, not scanned
+    index: PeerIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rules = tuple(self.rules)
@@ -222,10 +225,17 @@ class Policy:
         object.__setattr__(self, "allow_rules", tuple(r for r in rules if r.effect is Effect.ALLOW))
         object.__setattr__(self, "needs_headers", any(r.headers for r in rules))
         object.__setattr__(self, "ordered", (*self.deny_rules, *self.allow_rules))
+        object.__setattr__(self, "index", PeerIndex([r.peers for r in self.ordered]))
 
     def decide(self, request: Request) -> Decision:
-        """The decision for one request, every rule evaluated (the reference :meth:`resolve` keeps to)."""
-        for r in self.ordered:
+        """The decision for one request: the first rule (deny rules first) that matches it.
+
+        Only the rules :attr:`index` names for the caller are tested; the
+        others cannot match it, so the outcome is that of a full scan.
+        """
+        ordered = self.ordered
+        for i in self.index.candidates(request.peer):
+            r = ordered[i]
             if r.matches(request):
                 return _decision_of(r)
         return _NO_MATCH
@@ -238,7 +248,9 @@ class Policy:
         peers and methods match are left to evaluate per request.
         """
         pending: list[Rule] = []
-        for r in self.ordered:
+        ordered = self.ordered
+        for i in self.index.candidates(peer):
+            r = ordered[i]
             if r.methods.matches(method) and r.peers.matches(peer):
                 if not r.headers:
                     return Residual(tuple(pending), _decision_of(r))

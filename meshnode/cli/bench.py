@@ -18,6 +18,11 @@ whose policy file has 10,001 allow rules, and the same plus one header rule
 before and after a change) in one interleaved run:
 python -m meshnode.bench.header_rule --before PATH.
 
+--scale runs the scale scenarios instead (meshnode.bench.scale): decision
+cost vs policy size, memory and start-up vs configured peers, server cost
+vs concurrent connections, rotation cost at scale, process start-up; it
+writes scale.json and scale.md. --scale --quick is its smoke run.
+
 The benchmark is not part of the installed package (the wheel leaves
 meshnode.bench out): run it from a source checkout (``make bench``).
 """
@@ -49,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rotations", type=int, help="rotations under load (default 24; quick 4)")
     p.add_argument("--variants", help="comma-separated subset of the variants above, A-F, P, Q (B is required)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
+    p.add_argument("--scale", action="store_true",
+                   help="how costs grow: policy size, peers, connections, rotation at scale, start-up")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for bench.json, bench.md, logs")
     p.set_defaults(func=run)
 
@@ -78,7 +85,33 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     return settings.replace(**changes) if changes else settings
 
 
+def _scale(args: argparse.Namespace) -> int:
+    """``--scale``: the scale scenarios (meshnode.bench.scale), scale.json and scale.md."""
+    try:
+        from meshnode.bench.scale import ScaleSettings, run_scale
+        from meshnode.bench.scale_report import write_scale_report
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("meshnode.bench"):
+            raise
+        raise MeshnodeError("bench: the benchmark is not in the installed package; run it from a source "
+                            "checkout: meshnode bench --scale") from None
+    settings = ScaleSettings.quick_run(args.out) if args.quick else ScaleSettings(args.out)
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"bench --scale: [{time.monotonic() - began:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+    result = run_scale(settings, progress)
+    command = "meshnode " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    json_path, md_path, text = write_scale_report(result, settings.out, command)
+    print(text)
+    print(f"bench --scale: wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.scale:
+        return _scale(args)
     settings = settings_from(args)
     from meshnode.bench.report import write_report
     from meshnode.bench.runner import run_bench
