@@ -73,8 +73,9 @@ async def test_an_svid_that_is_not_renewed_is_still_warned_about(records: Record
 @pytest.mark.parametrize("ttl", [2, 10, 30, 3600])
 def test_a_fresh_svid_is_overdue_only_after_the_issuers_half_life_renewal(ttl: int) -> None:
     snap = issue_snapshot(DevCA("example.org"), "spiffe://example.org/a", ttl=dt.timedelta(seconds=ttl))
-    received = dt.datetime.now(dt.UTC).timestamp()
-    renewal = received + ttl / 2  # the dev agent and dev source renew at half the lifetime they gave
+    received = dt.datetime.now(dt.UTC).timestamp()  # however long after the issue (a loaded machine stalls)
+    issued = snap.not_after.timestamp() - ttl  # the dev CA gives exactly ttl from when it issues
+    renewal = issued + ttl / 2  # the dev agent and dev source renew at half the lifetime they gave
     overdue = renewal_overdue_at(snap, received)
     assert renewal < overdue < snap.not_after.timestamp()
 
