@@ -56,11 +56,15 @@ class AgentProcess:
         return self.proc.returncode
 
 
-def fetch_spiffe_id(socket_path: Path, timeout: float = 10) -> str:
-    """The SPIFFE ID of the first X509-SVID the socket hands out (raises grpc.RpcError)."""
+def fetch_spiffe_id(socket_path: Path, timeout: float = 10, *, retry: bool = False) -> str:
+    """The SPIFFE ID of the first X509-SVID the socket hands out (raises grpc.RpcError).
+
+    ``retry``: as Workload API clients do (py-spiffe, go-spiffe, SPIRE's), try again when a connection
+    is refused, until ``timeout`` (gRPC's wait_for_ready); without it, one attempt.
+    """
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
         stream = pb_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
-            pb.X509SVIDRequest(), metadata=HEADER, timeout=timeout
+            pb.X509SVIDRequest(), metadata=HEADER, timeout=timeout, wait_for_ready=retry
         )
         first = next(stream)
         stream.cancel()

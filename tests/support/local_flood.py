@@ -1,8 +1,13 @@
-"""A local user flooding a unix socket: a forked child that drops to another uid and holds connections.
+"""A local user flooding a unix socket: a process that drops to another uid and holds connections.
 
-The child never execs (an unprivileged uid may not be able to run this
-interpreter) and never touches grpc: it only opens sockets and answers
-the parent's questions over a pipe. Needs root (to change uid).
+The flood runs in a fresh interpreter started as root (``python -m
+tests.support.local_flood PATH COUNT UID``), never forked from the test
+process: a fork of a process where gRPC's threads run can leave the child
+stuck on a lock one of them held (gRPC logs "Other threads are currently
+calling into gRPC, skipping fork() handlers"). The new process has no other
+thread; it drops to ``uid`` after its imports (an unprivileged uid may not be
+able to read this interpreter's files), only opens sockets, and answers the
+parent's questions line by line on its stdin/stdout. Needs root.
 """
 
 from __future__ import annotations
@@ -11,33 +16,28 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 NOBODY = 65534
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class UnixFlood:
     """``count`` idle connections to ``path`` from ``uid``, held until :meth:`close`."""
 
     def __init__(self, path: Path, count: int, uid: int = NOBODY) -> None:
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            status = 1
-            try:
-                os.close(self._to_child)
-                os.close(self._from_child)
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-                status = _child(path, count, to_child_r, from_child_w)
-            finally:
-                os._exit(status)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.pid = pid
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.local_flood", str(path), str(count), str(uid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT, env=env,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._to_child = self._proc.stdin.fileno()
+        self._from_child = self._proc.stdout.fileno()
+        self.pid = self._proc.pid
         self.opened = int(self._ask(None))
 
     def _ask(self, question: str | None, timeout: float = 120) -> str:
@@ -45,10 +45,10 @@ class UnixFlood:
             os.write(self._to_child, question.encode() + b"\n")
         ready, _, _ = select.select([self._from_child], [], [], timeout)
         if not ready:
-            raise AssertionError(f"the flood child did not answer {question!r} in {timeout} s")
+            raise AssertionError(f"the flood process did not answer {question!r} in {timeout} s")
         answer = os.read(self._from_child, 1024).decode().strip()
         if not answer:
-            raise AssertionError("the flood child died")
+            raise AssertionError(f"the flood process died (status {self._proc.poll()})")
         return answer
 
     def still_open(self) -> int:
@@ -60,13 +60,20 @@ class UnixFlood:
         return int(self._ask(f"wait {n} {timeout}", timeout + 30))
 
     def close(self) -> None:
-        os.close(self._to_child)
-        os.close(self._from_child)
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                stream.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        os.waitpid(self.pid, 0)
+        self._proc.wait()
+
+
+def _drop_to(uid: int) -> None:  # pragma: no cover - flood process only
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 
 
 def _child(path: Path, count: int, commands: int, answers: int) -> int:  # pragma: no cover - child only
@@ -114,3 +121,13 @@ def _child(path: Path, count: int, commands: int, answers: int) -> int:  # pragm
                 while len(alive) > target and time.monotonic() < deadline:
                     reap(100)
             os.write(answers, f"{len(alive)}\n".encode())
+
+
+def main(argv: list[str]) -> int:  # pragma: no cover - flood process only
+    path, count, uid = Path(argv[0]), int(argv[1]), int(argv[2])
+    _drop_to(uid)
+    return _child(path, count, sys.stdin.fileno(), sys.stdout.fileno())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
