@@ -1,15 +1,18 @@
 """``meshnode bench``: what meshnode costs next to bare grpcio, measured on this machine.
 
 Runs bare grpcio (insecure, and mTLS with static credentials: the
-baseline B) side by side with meshnode nodes (C: authorization; D: plus
-tracing; E/F: meshnode client channels; J: E with JWT-SVIDs required),
-interleaved over many rounds, with servers and clients in separate
-processes pinned to separate CPUs; then
+baseline B), the hand-written limit (G: an allowlist on
+peer_identities() in the servicer; K: the same keyed on the caller's
+certificate) side by side with meshnode (C: a Node; N: `meshnode run`
+with the demo service; D: C plus tracing; M: C plus metrics; E/F, E3/F3:
+meshnode client channels; J: E with JWT-SVIDs required), interleaved over
+many rounds, with servers and clients in separate processes pinned to
+separate CPUs, on unary calls, short and long server streams; then
 handshake rates with static vs. dynamic server credentials, and SVID and
 CA rotations under load. Writes bench.json (every number) and bench.md
 (the tables) to --out and prints the markdown.
 
---quick is the smoke run for CI (well under a minute); its numbers are too
+--quick is the smoke run for CI (about a minute); its numbers are too
 few to compare configurations.
 
 Variants P and Q (not run by default) are the policy-scale scenario: a node
@@ -52,7 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds per variant and workload (default 0.6; quick 0.25)")
     p.add_argument("--callers", type=int, help="concurrent callers of the 'many callers' workloads (default 16)")
     p.add_argument("--rotations", type=int, help="rotations under load (default 24; quick 4)")
-    p.add_argument("--variants", help="comma-separated subset of the variants above, A-F, P, Q (B is required)")
+    p.add_argument("--variants", help="comma-separated subset of the variants above "
+                   "(A, B, G, K, C, N, D, M, E, F, E3, F3, J, P, Q; B is required)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
     p.add_argument("--scale", action="store_true",
                    help="how costs grow: policy size, peers, connections, rotation at scale, start-up")
