@@ -51,6 +51,28 @@ def until(client: Client, done: Callable[[dict[str, Any]], bool], what: str, tim
             raise AssertionError(f"still waiting after {timeout} s for {what}; last windows: {windows[-5:]}")
 
 
+def until_calls(client: Client, calls: int, what: str, *, without: str | None = None,
+                spread: frozenset[str] = frozenset(), timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Mark windows of the running load until consecutive ones hold ``calls`` calls, none of them on
+    ``without`` and every replica in ``spread`` among them; all the windows marked.
+
+    Counted over as many windows as it takes, so a slower machine (fewer calls a window) waits longer
+    instead of never seeing a window big enough."""
+    deadline = time.monotonic() + timeout
+    windows: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    while True:
+        time.sleep(0.2)
+        window = client.ask("mark")
+        windows.append(window)
+        run = [] if without is not None and without in window["counts"] else [*run, window]
+        seen = {name for w in run for name in w["counts"]}
+        if sum(w["calls"] for w in run) >= calls and spread <= seen:
+            return windows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s for {what}; last windows: {windows[-5:]}")
+
+
 def failures(windows: list[dict[str, Any]]) -> list[Any]:
     return [f for w in windows for f in w["failed"]]
 
@@ -135,7 +157,7 @@ def test_a_killed_replica_fails_no_call_gets_none_while_down_and_calls_again_whe
             assert time.monotonic() < deadline, f"held calls not retried elsewhere: {client.ask('stalled')}"
             time.sleep(0.1)
         client.ask("mark")  # calls in flight at the kill are in this window
-        _, down = until(client, lambda w: w["calls"] >= 500, "calls while the replica is down")
+        down = until_calls(client, 500, "calls while the replica is down")
         assert all(victim.name not in w["counts"] for w in down), down
         back = m.replicas[victim.name] = Replica(m, victim.host, m.port, name=victim.name, socket="beta")
         start = time.monotonic()
@@ -180,8 +202,7 @@ def test_a_replica_stopped_gracefully_fails_no_call_even_without_retries(verify:
             client.wait_health_watched([r.address for r in m.replicas.values()])
         stopped = m.replicas["beta-3"]
         assert stopped.process.terminate() == 0
-        _, windows = until(client, lambda w: w["calls"] >= 500 and "beta-3" not in w["counts"],
-                           "calls without the stopped replica")
+        windows = until_calls(client, 500, "calls without the stopped replica", without="beta-3")
         totals = client.ask("stop")
         assert failures(windows) == [] and totals["failed"] == [], failures(windows)[:5]
 
@@ -200,8 +221,8 @@ def test_scaling_through_dns_adds_and_drains_replicas(verify: str) -> None:
         m.answer(*HOSTS)  # scale up
         _, w2 = until(client, lambda w: "beta-4" in w["counts"], "calls on the added replica")
         m.answer("127.0.0.3", "127.0.0.4")  # scale down: beta-2 keeps running, out of the answer
-        _, w3 = until(client, lambda w: w["calls"] >= 300 and "beta-2" not in w["counts"]
-                      and {"beta-3", "beta-4"} <= set(w["counts"]), "the removed replica drained")
+        w3 = until_calls(client, 300, "the removed replica drained", without="beta-2",
+                         spread=frozenset({"beta-3", "beta-4"}))
         totals = client.ask("stop")
         assert failures(w1 + w2 + w3) == [] and totals["failed"] == []
         assert "now has 3 endpoint(s)" in client.log() and "removed 127.0.0.2" in client.log()
