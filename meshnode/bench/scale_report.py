@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from meshnode.bench.stats import json_safe
 
 __all__ = ["markdown", "write_scale_report"]
 
@@ -125,24 +126,13 @@ def markdown(result: Mapping[str, Any], command: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: write null for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_scale_report(result: dict[str, Any], out: Path, command: str | None = None) -> tuple[Path, Path, str]:
     """Write ``scale.json`` and ``scale.md`` in ``out``; returns both paths and the markdown."""
     if command:
         result["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "scale.json", out / "scale.md"
-    json_path.write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     text = markdown(result, command)
     md_path.write_text(text)
     return json_path, md_path, text

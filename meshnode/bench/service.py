@@ -82,7 +82,7 @@ class AllowlistEcho(BenchEcho):
             yield reply
 
 
-class CertificateAllowlistEcho(BenchEcho):
+class CertificateAllowlistEcho(AllowlistEcho):
     """:class:`AllowlistEcho` done safely by hand: decided on the caller's certificate, not its SAN strings.
 
     ``peer_identities()`` is a flat list of SAN strings without their type: a
@@ -90,13 +90,14 @@ class CertificateAllowlistEcho(BenchEcho):
     an allowed SPIFFE ID passes :class:`AllowlistEcho`. A careful hand-written
     server keys on the verified leaf (``auth_context()["x509_pem_cert"]``, the
     only API that gives it) and checks it as an X509-SVID once per
-    certificate, as meshnode does; this is that server, with no framework.
+    certificate, as meshnode does; this is that server, with no framework
+    (the handlers are :class:`AllowlistEcho`'s, only the check differs).
     """
 
     def __init__(self, allowed: Iterable[str]) -> None:
         from meshnode.spiffeid import parse_spiffe_id
 
-        self._allowed = frozenset(parse_spiffe_id(a) for a in allowed)
+        self._ids = frozenset(parse_spiffe_id(a) for a in allowed)
         self._decided: dict[bytes, bool] = {}
 
     def _allowed_caller(self, context: grpc.aio.ServicerContext) -> bool:
@@ -109,22 +110,8 @@ class CertificateAllowlistEcho(BenchEcho):
             from meshnode.authz.identity import resolve_peer
 
             peer = resolve_peer(auth).spiffe_id
-            allowed = self._decided[pems[0]] = peer is not None and peer in self._allowed
+            allowed = self._decided[pems[0]] = peer is not None and peer in self._ids
         return allowed
-
-    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayReply:
-        if not self._allowed_caller(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
-        return demo_pb2.SayReply(text=request.text)
-
-    async def SayStream(
-        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[demo_pb2.SayReply]:
-        if not self._allowed_caller(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
-        reply, count = _replies(request)
-        for _ in range(count):
-            yield reply
 
 
 class CertificateLog:

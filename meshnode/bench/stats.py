@@ -13,7 +13,7 @@ NODE = "C"
 #: the hand-written server that authorizes by hand: meshnode servers are also compared with it per round
 LIMIT = "G"
 
-__all__ = ["Spread", "percentile", "ratio", "spread", "summarize_cells", "summarize_handshakes"]
+__all__ = ["Spread", "json_safe", "percentile", "ratio", "spread", "summarize_cells", "summarize_handshakes"]
 
 Spread = dict[str, float | int | None]
 
@@ -113,3 +113,14 @@ def summarize_handshakes(batches: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ratio": spread(ratios("server_cpu_us")),
         "errors": sum(b["errors"] for b in batches),
     }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has no spelling for them), for the result files."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
